@@ -1,0 +1,101 @@
+"""The shipped AWS catalog (configs/catalog.yml, generated from botocore) and its expansion.
+
+The catalog adds AWS defaults and expectations for the selected services and regions; it never
+restricts what a user may target. Shipped files are found whether installed or run from a checkout.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from probes.base import PROBE_KINDS, HttpSpec, ProbeKind, Target
+
+if TYPE_CHECKING:
+    from monitor.config import CatalogConfig
+
+GLOBAL = "global"
+
+
+def configs_dir() -> Traversable:
+    """The shipped configs/: package data when installed, the checkout's folder otherwise."""
+    try:
+        return importlib.resources.files("monitor.configs")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def shipped(name: str) -> Traversable:
+    return configs_dir().joinpath(name)
+
+
+@functools.cache
+def load_catalog() -> dict[str, Any]:
+    data = yaml.safe_load(shipped("catalog.yml").read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "services" not in data:
+        raise RuntimeError("the shipped catalog.yml is damaged: no 'services'")
+    return data
+
+
+def service_names() -> tuple[str, ...]:
+    return tuple(sorted(load_catalog()["services"]))
+
+
+def _target_name(service: str, kind: str, region: str) -> str:
+    base = kind if kind.startswith(service) else f"{service}-{kind}"
+    return f"{base}-{region}"
+
+
+def expand_catalog(
+    cfg: CatalogConfig, path: str, *, interval: float, timeout: float
+) -> list[Target]:
+    from monitor.config import ConfigError
+
+    services = load_catalog()["services"]
+    known = sorted(services)
+    for i, name in enumerate(cfg.services):
+        if name not in services:
+            raise ConfigError(
+                f"{path}: catalog.services[{i}]: unknown service {name!r} "
+                f"(known: {', '.join(known)})"
+            )
+    wanted_regions = set(cfg.regions)
+    seen_regions: set[str] = set()
+    targets: list[Target] = []
+    for service in dict.fromkeys(cfg.services):
+        for ep in services[service]["endpoints"]:
+            if ep["plane"] not in cfg.planes:
+                continue
+            probes: tuple[ProbeKind, ...] = tuple(
+                p for p in ep.get("probes", PROBE_KINDS) if p in PROBE_KINDS
+            )
+            for region, host in sorted(ep["hosts"].items()):
+                if region != GLOBAL and region not in wanted_regions:
+                    continue
+                seen_regions.add(region)
+                targets.append(
+                    Target(
+                        name=_target_name(service, ep["kind"], region),
+                        service=service,
+                        region=region,
+                        host=host,
+                        port=int(ep.get("port", 443)),
+                        probes=probes,
+                        plane=ep["plane"],
+                        http=HttpSpec(expect_status=tuple(ep.get("expect_status", ()))),
+                        interval=interval,
+                        timeout=timeout,
+                        source="catalog",
+                    )
+                )
+    for i, region in enumerate(cfg.regions):
+        if region not in seen_regions and cfg.services:
+            raise ConfigError(
+                f"{path}: catalog.regions[{i}]: {region!r} has no endpoint in the selected services"
+            )
+    return targets

@@ -1,0 +1,244 @@
+"""The `probe` command: run (one round, table or JSON, exit status), targets, lab up.
+
+Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, 2 usage or configuration error,
+3 this vantage has no IPv6 at all. `--dry-run` and `targets` send no packet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import importlib.resources
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor import __version__
+from monitor.catalog import shipped
+from monitor.config import Config, ConfigError, load_config, parse_duration
+from monitor.output import EXIT_USAGE, exit_status, plan_rows, write_json, write_plan, write_table
+from monitor.runner import Report
+from probes.base import FAMILIES, PROBE_KINDS, Family, Target
+
+DEFAULT_CONFIG = "default.yml"
+
+
+def parse_resolver(text: str) -> tuple[str, int]:
+    """'::1', '[::1]:5353', '127.0.0.1', '127.0.0.1:5353' -> (address, port)."""
+    host, port = text, 53
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise argparse.ArgumentTypeError(f"bad resolver {text!r}")
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad resolver {text!r}: give an IP address, e.g. ::1 or [::1]:5353"
+        ) from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"bad resolver port in {text!r}")
+    return host, port
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", metavar="FILE", help="YAML config (default: the shipped AWS catalog)"
+    )
+    p.add_argument("--target", action="append", default=[], metavar="NAME")
+    p.add_argument("--service", action="append", default=[], metavar="S")
+    p.add_argument("--region", action="append", default=[], metavar="R")
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        choices=PROBE_KINDS,
+        metavar="KIND",
+        help=f"one of {', '.join(PROBE_KINDS)}",
+    )
+    p.add_argument("--family", choices=("ipv4", "ipv6", "both"), default="both")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="probe",
+        description="Compare AWS endpoints over IPv6 and IPv4 from this vantage point.",
+    )
+    parser.add_argument("--version", action="version", version=f"dualstack-monitor {__version__}")
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="probe every target once and judge IPv6 against IPv4",
+        description="Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, "
+        "2 usage or configuration error, 3 this vantage has no IPv6.",
+    )
+    _add_selection(run)
+    run.add_argument(
+        "--resolver",
+        type=parse_resolver,
+        metavar="ADDR[:PORT]",
+        help="DNS server to use instead of the configured or system one",
+    )
+    run.add_argument("--ca-file", metavar="PEM", help="extra trust anchors for TLS")
+    run.add_argument("--timeout", type=_duration, metavar="S", help="per-probe timeout")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be probed and exit; sends no packet",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    targets = sub.add_parser("targets", help="list the expanded targets; sends no packet")
+    _add_selection(targets)
+
+    lab = sub.add_parser("lab", help="a local dual-stack lab of real servers on loopback")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_sub.add_parser("up", help="start the lab, write its config, run until interrupted")
+    up.add_argument(
+        "--dir",
+        default="dualstack-lab",
+        metavar="DIR",
+        help="where to write the CA, certificates and lab.yml (default ./dualstack-lab)",
+    )
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.config:
+        return load_config(args.config)
+    # as_file: a real path even when the package is installed as a zip.
+    with importlib.resources.as_file(shipped(DEFAULT_CONFIG)) as path:
+        return load_config(path)
+
+
+def _families(args: argparse.Namespace, cfg: Config) -> tuple[Family, ...]:
+    chosen: tuple[Family, ...] = FAMILIES if args.family == "both" else (args.family,)
+    return tuple(f for f in chosen if f in cfg.families)
+
+
+def select(cfg: Config, args: argparse.Namespace) -> list[Target]:
+    names = {t.name for t in cfg.targets}
+    for name in args.target:
+        if name not in names:
+            raise ConfigError(f"--target {name}: no such target in {cfg.path}")
+    picked = [
+        t
+        for t in cfg.targets
+        if (not args.target or t.name in args.target)
+        and (not args.service or t.service in args.service)
+        and (not args.region or t.region in args.region)
+    ]
+    if args.probe:
+        picked = [
+            dataclasses.replace(t, probes=tuple(p for p in t.probes if p in args.probe))
+            for t in picked
+        ]
+    return picked
+
+
+def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    if getattr(args, "resolver", None):
+        host, port = args.resolver
+        cfg = dataclasses.replace(cfg, nameservers=(host,), resolver_port=port)
+    if getattr(args, "ca_file", None):
+        if not Path(args.ca_file).is_file():
+            raise ConfigError(f"--ca-file: no such file {args.ca_file!r}")
+        cfg = dataclasses.replace(cfg, ca_file=str(Path(args.ca_file).resolve()))
+    if getattr(args, "timeout", None):
+        timeout: float = args.timeout
+        targets = tuple(dataclasses.replace(t, timeout=timeout) for t in cfg.targets)
+        cfg = dataclasses.replace(cfg, timeout=timeout, targets=targets)
+    return cfg
+
+
+def cmd_targets(args: argparse.Namespace, *, dry_run: bool = False) -> int:
+    cfg = _apply_overrides(_load(args), args)
+    targets = select(cfg, args)
+    rows = plan_rows(targets, _families(args, cfg))
+    title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage})"
+    write_plan(rows, sys.stdout, fmt=args.format, title=title)
+    if cfg.zones:
+        print(
+            f"route53 zones {', '.join(cfg.zones)}: name servers are found at run time",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return cmd_targets(args, dry_run=True)
+    cfg = _apply_overrides(_load(args), args)
+    targets = select(cfg, args)
+    families = _families(args, cfg)
+    show_progress = args.format == "table" and sys.stderr.isatty() and not args.no_progress
+    report = asyncio.run(_run_with_progress(cfg, targets, families, show_progress))
+    if args.format == "json":
+        write_json(report, sys.stdout)
+    else:
+        write_table(report, sys.stdout)
+    return exit_status(report)
+
+
+async def _run_with_progress(
+    cfg: Config, targets: Sequence[Target], families: Sequence[Family], show: bool
+) -> Report:
+    from monitor.runner import run_round  # imports the probe stack only when probing
+
+    if not show:
+        return await run_round(cfg, targets, families=families)
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("probing", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return await run_round(cfg, targets, families=families, progress=progress)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from monitor.lab.run import lab_up
+
+    status: int = lab_up(Path(args.dir))
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "targets":
+            return cmd_targets(args)
+        return cmd_lab(args)
+    except ConfigError as exc:
+        print(f"probe: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Load and validate the YAML configuration; expand it into concrete Targets.
+
+Unknown keys are rejected and every error names the file, the key path and what is wrong, on
+one line. Durations are strings like 500ms, 5s, 1m30s (a bare number is seconds).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from probes.base import FAMILIES, PROBE_KINDS, Family, HttpSpec, ProbeKind, Target, TlsSpec
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$"
+HOST_RE = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$"
+)
+
+
+Plane = Literal["data", "control"]
+PLANES: tuple[Plane, ...] = ("data", "control")
+NAMESERVER_PROBES: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line for a person."""
+
+
+def parse_duration(value: object) -> float:
+    """'1m30s' -> 90.0; numbers are seconds. Raises ValueError with a readable message."""
+    if isinstance(value, bool):
+        raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 1m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        pos, seconds = 0, 0.0
+        for match in _DURATION.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNITS[match.group(2)]
+            pos = match.end()
+        if pos != len(text) or not text:
+            raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 1m")
+    else:
+        raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 1m")
+    if seconds <= 0:
+        raise ValueError(f"bad duration {value!r}: must be more than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_ip(value: str) -> str:
+    ipaddress.ip_address(value)
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class ResolverConfig(_Strict):
+    nameservers: list[Annotated[str, BeforeValidator(_check_ip)]] = Field(min_length=1)
+    port: int = Field(53, ge=1, le=65535)
+
+
+class TlsConfig(_Strict):
+    ca_file: str | None = None
+
+
+class CatalogConfig(_Strict):
+    services: list[str] = Field(default_factory=list)
+    regions: list[str] = Field(default_factory=list)
+    planes: list[Plane] = Field(default_factory=lambda: list(PLANES))
+
+
+class HttpConfig(_Strict):
+    path: str = "/"
+    expect_status: list[Annotated[int, Field(ge=100, le=599)]] = Field(default_factory=list)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError("must start with / and contain no spaces")
+        return v
+
+
+class TargetTlsConfig(_Strict):
+    alpn: list[str] = Field(default_factory=lambda: ["h2", "http/1.1"])
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None
+
+
+class TargetConfig(_Strict):
+    name: Annotated[str, Field(pattern=NAME_RE)]
+    service: str = "custom"
+    region: str | None = None
+    host: str
+    port: int = Field(443, ge=1, le=65535)
+    probes: list[ProbeKind] = Field(default_factory=lambda: list(PROBE_KINDS))
+    families: list[Family] | None = None
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    tls: TargetTlsConfig = Field(default_factory=TargetTlsConfig)
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    zone: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        try:
+            ipaddress.ip_address(v)
+            return v
+        except ValueError:
+            pass
+        if not HOST_RE.match(v):
+            raise ValueError(f"{v!r} is not a host name or IP address")
+        return v.rstrip(".")
+
+
+class Route53Config(_Strict):
+    zones: list[str] = Field(default_factory=list)
+    port: int = Field(53, ge=1, le=65535)
+    probes: list[ProbeKind] = Field(default_factory=lambda: list(NAMESERVER_PROBES))
+    max_nameservers: int = Field(8, ge=1, le=16)
+
+
+class ParityConfig(_Strict):
+    slower_ratio: float = Field(1.5, gt=1.0)
+    slower_margin: Duration = 0.05
+
+
+class SourceConfig(_Strict):
+    ipv4: Annotated[str, BeforeValidator(_check_ip)] | None = None
+    ipv6: Annotated[str, BeforeValidator(_check_ip)] | None = None
+
+
+class ConfigModel(_Strict):
+    vantage: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    interval: Duration = 30.0
+    timeout: Duration = 5.0
+    concurrency: int = Field(32, ge=1, le=4096)
+    families: list[Family] = Field(default_factory=lambda: list(FAMILIES))
+    resolver: ResolverConfig | None = None
+    tls: TlsConfig = Field(default_factory=TlsConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    targets: list[TargetConfig] = Field(default_factory=list)
+    route53: Route53Config = Field(default_factory=Route53Config)
+    parity: ParityConfig = Field(default_factory=ParityConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ConfigModel:
+        seen: dict[str, int] = {}
+        for i, t in enumerate(self.targets):
+            if t.name in seen:
+                raise _KeyError(
+                    ("targets", i, "name"),
+                    f"duplicate target name {t.name!r} (first at targets[{seen[t.name]}])",
+                )
+            seen[t.name] = i
+        return self
+
+
+class _KeyError(ValueError):
+    """A cross-field error that knows its own key path."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """The validated configuration with the catalog expanded into targets."""
+
+    path: str
+    vantage: str
+    interval: float
+    timeout: float
+    concurrency: int
+    families: tuple[Family, ...]
+    nameservers: tuple[str, ...]
+    resolver_port: int
+    ca_file: str | None
+    targets: tuple[Target, ...]
+    zones: tuple[str, ...]
+    route53: Route53Config
+    slower_ratio: float
+    slower_margin: float
+    sources: dict[Family, str] = field(default_factory=dict)
+
+
+def _loc(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _message(err: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{err['input']!r} is not one of {allowed}"
+    if kind == "string_pattern_mismatch":
+        return f"{err['input']!r}: use letters, digits and . _ : - (at most 63)"
+    msg = str(err["msg"])
+    if msg.startswith("Value error, "):
+        return msg.removeprefix("Value error, ")
+    return f"{err['input']!r}: {msg[:1].lower()}{msg[1:]}"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node)
+        if key in mapping:
+            mark = key_node.start_mark
+            raise ConfigError(f"line {mark.line + 1}: duplicate key {key!r}")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(text: str, path: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+
+
+def validate(data: Any, path: str) -> ConfigModel:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    try:
+        return ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        ctx_err = first.get("ctx", {}).get("error")
+        if isinstance(ctx_err, _KeyError):
+            where, what = _loc(ctx_err.loc), ctx_err.message
+        else:
+            where, what = _loc(first["loc"]), _message(first)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{path}: {where}: {what}{more}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    model = validate(load_yaml(text, str(p)), str(p))
+    return build(model, str(p), base_dir=p.parent)
+
+
+def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
+    from monitor.catalog import expand_catalog  # the catalog module imports config types
+
+    def rel(f: str | None, key: str) -> str | None:
+        """Paths in a config file are relative to that file; they must exist."""
+        if f is None:
+            return None
+        resolved = base_dir / f
+        if not resolved.is_file():
+            raise ConfigError(f"{path}: {key}: no such file {str(resolved)!r}")
+        return str(resolved)
+
+    targets: list[Target] = []
+    catalog_targets = expand_catalog(
+        model.catalog, path, interval=model.interval, timeout=model.timeout
+    )
+    names = {t.name for t in model.targets}
+    # A user target of the same name overrides the catalog's.
+    targets.extend(ct for ct in catalog_targets if ct.name not in names)
+    for i, t in enumerate(model.targets):
+        key = f"targets[{i}].tls"
+        targets.append(
+            Target(
+                name=t.name,
+                service=t.service,
+                region=t.region or "",
+                host=t.host,
+                port=t.port,
+                probes=tuple(dict.fromkeys(t.probes)),
+                http=HttpSpec(path=t.http.path, expect_status=tuple(t.http.expect_status)),
+                tls=TlsSpec(
+                    alpn=tuple(t.tls.alpn),
+                    client_cert=rel(t.tls.client_cert, f"{key}.client_cert"),
+                    client_key=rel(t.tls.client_key, f"{key}.client_key"),
+                    server_name=t.tls.server_name,
+                ),
+                interval=t.interval or model.interval,
+                timeout=t.timeout or model.timeout,
+                zone=t.zone,
+                families=tuple(dict.fromkeys(t.families or model.families)),
+                source="config",
+            )
+        )
+    sources: dict[Family, str] = {}
+    if model.source.ipv4:
+        sources["ipv4"] = model.source.ipv4
+    if model.source.ipv6:
+        sources["ipv6"] = model.source.ipv6
+    return Config(
+        path=path,
+        vantage=model.vantage or socket.gethostname().split(".")[0] or "default",
+        interval=model.interval,
+        timeout=model.timeout,
+        concurrency=model.concurrency,
+        families=tuple(dict.fromkeys(model.families)),
+        nameservers=tuple(model.resolver.nameservers) if model.resolver else (),
+        resolver_port=model.resolver.port if model.resolver else 53,
+        ca_file=rel(model.tls.ca_file, "tls.ca_file"),
+        targets=tuple(targets),
+        zones=tuple(z.rstrip(".") for z in model.route53.zones),
+        route53=model.route53,
+        slower_ratio=model.parity.slower_ratio,
+        slower_margin=model.parity.slower_margin,
+        sources=sources,
+    )

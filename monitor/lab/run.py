@@ -1,0 +1,153 @@
+"""`probe lab up`: start the lab, write a monitor config for it, say what each fault should show,
+and run until interrupted. Also the expected verdicts, which the tests assert against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab
+from probes.base import PROBE_KINDS
+
+_TRANSPORT = ("tcp", "tls", "http2", "http3")
+_TLS = ("tls", "http2", "http3")
+
+
+def _verdicts(default: str, **over: str) -> dict[str, str]:
+    return {p: over.get(p, default) for p in PROBE_KINDS}
+
+
+# fault -> probe -> verdict, for a vantage that may send ICMP (see expected()).
+EXPECTED: dict[str, dict[str, str]] = {
+    "healthy": _verdicts("ok"),
+    "alias": _verdicts("ok"),
+    "no_aaaa": _verdicts("ipv6_missing"),
+    "v4_only": _verdicts("ok", **dict.fromkeys(_TRANSPORT, "ipv6_failed")),
+    "cert_differs_v6": _verdicts("ok", tls="mismatch"),
+    "rotated_v6": _verdicts("ok"),
+    "expired_v6": _verdicts("ok", **dict.fromkeys(_TLS, "ipv6_failed")),
+    "v6_reset": _verdicts("ok", **dict.fromkeys(_TLS, "ipv6_failed")),
+    "v6_timeout": _verdicts("ok", **dict.fromkeys(_TRANSPORT, "ipv6_failed")),
+    "nat64": _verdicts("ipv6_missing"),
+    "missing": {"dns": "both_failed"},
+}
+NAMESERVER_EXPECTED = {"dns": "ok", "icmp": "ok", "tcp": "ok"}
+
+
+def expected(name: str, probe: str, *, icmp_permitted: bool) -> str:
+    """The verdict the lab should produce; without ICMP permission both families fail alike."""
+    verdict = EXPECTED[name][probe] if name in EXPECTED else NAMESERVER_EXPECTED[probe]
+    if probe == "icmp" and not icmp_permitted and verdict == "ok":
+        return "both_failed"
+    return verdict
+
+
+def lab_config(lab: Lab, *, vantage: str = "lab") -> dict[str, Any]:
+    """A monitor config probing every lab endpoint through the lab's own DNS server."""
+    targets: list[dict[str, Any]] = [
+        {
+            "name": ep.name,
+            "service": "alb",
+            "region": "us-east-1",
+            "host": ep.host,
+            "port": ep.port,
+            "probes": list(PROBE_KINDS),
+        }
+        for ep in lab.endpoints
+    ]
+    healthy = lab.endpoint("healthy")
+    # A CNAME to the healthy endpoint, whose certificate names the canonical host.
+    targets.append(
+        {
+            "name": "alias",
+            "service": "custom",
+            "host": ALIAS_HOST,
+            "port": healthy.port,
+            "probes": list(PROBE_KINDS),
+            "tls": {"server_name": healthy.host},
+        }
+    )
+    targets.append(
+        {
+            "name": "missing",
+            "service": "alb",
+            "region": "us-east-1",
+            "host": MISSING_HOST,
+            "probes": ["dns"],
+        }
+    )
+    return {
+        "vantage": vantage,
+        "interval": "15s",
+        "timeout": "2s",
+        "resolver": {"nameservers": ["::1", "127.0.0.1"], "port": lab.dns_port},
+        "tls": {"ca_file": str(lab.ca_file)},
+        "parity": {"slower_ratio": 3.0, "slower_margin": "250ms"},
+        "route53": {"zones": [ZONE], "port": lab.dns_port},
+        "targets": targets,
+    }
+
+
+def write_config(lab: Lab, path: Path, *, vantage: str = "lab") -> Path:
+    header = (
+        "# Written by `probe lab up` for the lab running now; it is useless once the lab stops.\n"
+        f"# Try: probe run --config {path}\n"
+    )
+    path.write_text(header + yaml.safe_dump(lab_config(lab, vantage=vantage), sort_keys=False))
+    return path
+
+
+def describe(lab: Lab) -> str:
+    lines = ["endpoint          port   what is wrong                          expected verdicts"]
+    for ep in lab.endpoints:
+        bad = {p: v for p, v in EXPECTED[ep.name].items() if v != "ok"}
+        shown = ", ".join(f"{p}={v}" for p, v in bad.items()) or "all ok"
+        lines.append(f"{ep.name:<17} {ep.port:<6} {ep.description[:38]:<38} {shown}")
+    lines.append(f"{'alias':<17} {'':<6} {'CNAME to healthy':<38} all ok")
+    lines.append(f"{'missing':<17} {'':<6} {'NXDOMAIN':<38} dns=both_failed")
+    lines.append(
+        f"{'route53-ns-*':<17} {lab.dns_port:<6} {'the zone ' + ZONE + ' NS set':<38} all ok"
+    )
+    return "\n".join(lines)
+
+
+async def _serve(workdir: Path) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
+            loop.add_signal_handler(sig, stop.set)
+    async with Lab(workdir) as lab:
+        path = write_config(lab, workdir.resolve() / "lab.yml")
+        print(
+            f"dualstack lab up: DNS on [::1]:{lab.dns_port} and 127.0.0.1:{lab.dns_port}, "
+            f"CA bundle {lab.ca_file}"
+        )
+        print(describe(lab))
+        print(f"\nlab ready: config written to {path}")
+        print(f"in another terminal:  probe run --config {path}")
+        print("Ctrl-C stops the lab.", flush=True)
+        await stop.wait()
+    print("lab stopped", flush=True)
+
+
+def lab_up(workdir: Path) -> int:
+    try:
+        asyncio.run(_serve(workdir))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"probe lab up: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+__all__ = ["EXPECTED", "FAULTS", "expected", "lab_config", "lab_up", "write_config"]

@@ -1,0 +1,200 @@
+"""Types every probe shares: the request it gets, the result it returns, the error kinds.
+
+A probe never raises for a network failure: it returns a ProbeResult whose `error.kind` is one
+of the closed set in ErrorKind. The shared handler in probes/__init__.py owns timeouts and crashes.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Family = Literal["ipv4", "ipv6"]
+FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
+ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3"]
+PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
+Clock = Callable[[], float]
+
+
+class ErrorKind(enum.StrEnum):
+    """The closed set of failure kinds. Documented in docs/error-kinds.md; keep both in step."""
+
+    DNS_NXDOMAIN = "dns_nxdomain"
+    DNS_NO_ADDRESS = "dns_no_address"
+    DNS_NAT64_SYNTHESIZED = "dns_nat64_synthesized"
+    DNS_SERVFAIL = "dns_servfail"
+    DNS_REFUSED = "dns_refused"
+    DNS_BAD_RESPONSE = "dns_bad_response"
+    TIMEOUT = "timeout"
+    CONNECT_REFUSED = "connect_refused"
+    CONNECTION_RESET = "connection_reset"
+    NETWORK_UNREACHABLE = "network_unreachable"
+    HOST_UNREACHABLE = "host_unreachable"
+    TLS_CERT_EXPIRED = "tls_cert_expired"
+    TLS_HOSTNAME_MISMATCH = "tls_hostname_mismatch"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    HTTP_STATUS = "http_status"
+    PROTOCOL_ERROR = "protocol_error"
+    ICMP_NOT_PERMITTED = "icmp_not_permitted"
+    ICMP_NO_REPLY = "icmp_no_reply"
+    CLIENT_CONFIG = "client_config"
+    SOCKET_ERROR = "socket_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeError:
+    kind: ErrorKind
+    """What went wrong, from the closed set."""
+    message: str
+    """A human sentence; may quote what a remote peer sent, so escape it before showing it."""
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": str(self.kind), "message": self.message}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSpec:
+    path: str = "/"
+    """Request path for http2/http3."""
+    expect_status: tuple[int, ...] = ()
+    """Statuses that count as success; empty means any HTTP response is reachability."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSpec:
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    """ALPN offered by the tls probe (http2 always offers h2, http/1.1; http3 offers h3)."""
+    client_cert: str | None = None
+    client_key: str | None = None
+    server_name: str | None = None
+    """SNI and name to verify; defaults to the target host."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """One endpoint to compare over IPv4 and IPv6, after catalog expansion."""
+
+    name: str
+    """Unique, from configuration; the `target` label."""
+    service: str
+    region: str
+    """"" when not regional; exported as region="none"."""
+    host: str
+    port: int = 443
+    probes: tuple[ProbeKind, ...] = PROBE_KINDS
+    plane: str = ""
+    """"data" or "control" for catalog entries, "" for user targets."""
+    http: HttpSpec = field(default_factory=HttpSpec)
+    tls: TlsSpec = field(default_factory=TlsSpec)
+    interval: float = 30.0
+    timeout: float = 5.0
+    families: tuple[Family, ...] = FAMILIES
+    """The families this target is probed over (both unless configured otherwise)."""
+    zone: str | None = None
+    """Set for a name-server target: the dns probe asks this zone's SOA of the server itself."""
+    source: str = "config"
+    """Where the target came from: "config", "catalog", "route53-zone"."""
+
+    @property
+    def sni(self) -> str:
+        return self.tls.server_name or self.host
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resolution:
+    """What resolving the target's name for one family produced (the dns probe's raw data)."""
+
+    family: Family
+    addresses: tuple[str, ...] = ()
+    rcode: str = "NOERROR"
+    ttl: int | None = None
+    cname_chain: tuple[str, ...] = ()
+    seconds: float = 0.0
+    nameserver: str = ""
+    nat64_synthesized: bool = False
+    error: ProbeError | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeEnv:
+    """What probes share and tests inject: trust anchors, resolver, clock, source addresses."""
+
+    ssl_cafile: str | None = None
+    clock: Clock = time.perf_counter
+    source_addresses: Mapping[Family, str] = field(default_factory=dict)
+    icmp_count: int = 3
+    icmp_interval: float = 0.2
+    resolver_nameservers: tuple[str, ...] = ()
+    resolver_port: int = 53
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeRequest:
+    target: Target
+    family: Family
+    address: str
+    """IP literal of that family: probes connect to it and never resolve the name themselves."""
+    timeout: float
+    env: ProbeEnv
+    resolution: Resolution | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outcome:
+    """What a probe module returns; the handler adds identity and total duration."""
+
+    success: bool
+    phases: Mapping[str, float] = field(default_factory=dict)
+    error: ProbeError | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    duration: float | None = None
+    """The latency to compare, when it is not the wall time of the probe (ICMP: mean RTT)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    target: str
+    probe: ProbeKind
+    family: Family
+    address: str | None
+    success: bool
+    duration_seconds: float
+    """The probe's own time, resolution excluded (it is phase `resolve`)."""
+    started: float
+    """Unix time the probe began."""
+    phases: Mapping[str, float] = field(default_factory=dict)
+    error: ProbeError | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+    """Reason the probe was not run (family filtered out, vantage has no IPv6, ...)."""
+
+
+ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]
+
+
+@functools.lru_cache(maxsize=256)
+def make_client_context(
+    cafile: str | None, alpn: tuple[str, ...], spec: TlsSpec, *, verify: bool = True
+) -> ssl.SSLContext:
+    """A client context trusting the system store plus `cafile`, offering `alpn`.
+
+    Cached: loading the system store costs milliseconds of CPU, and a context is reusable.
+    """
+    ctx = ssl.create_default_context()
+    if cafile:
+        ctx.load_verify_locations(cafile=cafile)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    if spec.client_cert:
+        ctx.load_cert_chain(spec.client_cert, spec.client_key)
+    return ctx

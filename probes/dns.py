@@ -1,0 +1,96 @@
+"""The dns probe, in its two meanings (documented in docs/probes.md):
+
+- host target: the name's A (family ipv4) and AAAA (family ipv6) answer through the resolver;
+- name-server target (`zone` set): the zone's SOA asked of the server itself over its IPv4 and
+  its IPv6 address, so "family" is the transport (Route 53's "queries over IPv6").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
+from probes.errors import classify, error
+
+
+def _from_resolution(res: Resolution) -> Outcome:
+    details: dict[str, Any] = {
+        "rcode": res.rcode,
+        "records": list(res.addresses),
+        "ttl": res.ttl,
+        "cname_chain": list(res.cname_chain),
+        "nameserver": res.nameserver,
+        "nat64_synthesized": res.nat64_synthesized,
+    }
+    return Outcome(
+        success=res.error is None and bool(res.addresses),
+        error=res.error,
+        phases={"query": res.seconds},
+        details=details,
+        duration=res.seconds,
+    )
+
+
+async def _ask_soa(req: ProbeRequest) -> Outcome:
+    zone = req.target.zone or ""
+    clock = req.env.clock
+    query = dns.message.make_query(zone.rstrip(".") + ".", dns.rdatatype.SOA)
+    query.flags &= ~dns.flags.RD  # ask the authority itself, not its recursion
+    source = req.env.source_addresses.get(req.family)
+    t0 = clock()
+    try:
+        response = await dns.asyncquery.udp(
+            query, req.address, timeout=req.timeout, port=req.target.port, source=source
+        )
+    except dns.exception.Timeout:
+        return Outcome(success=False, error=error(ErrorKind.TIMEOUT, "no DNS answer"))
+    except OSError as exc:
+        return Outcome(success=False, error=classify(exc), phases={"query": clock() - t0})
+    except dns.exception.DNSException as exc:
+        return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
+    seconds = clock() - t0
+    rcode = dns.rcode.to_text(response.rcode())
+    soa = next((rr for rr in response.answer if rr.rdtype == dns.rdatatype.SOA), None)
+    details: dict[str, Any] = {
+        "rcode": rcode,
+        "zone": zone,
+        "authoritative": bool(response.flags & dns.flags.AA),
+        "serial": soa[0].serial if soa else None,
+        "transport": "udp",
+    }
+    phases = {"query": seconds}
+    if rcode != "NOERROR":
+        kind = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}.get(
+            rcode, ErrorKind.DNS_SERVFAIL
+        )
+        return Outcome(
+            success=False,
+            error=error(kind, f"SOA {zone}: {rcode}"),
+            phases=phases,
+            details=details,
+            duration=seconds,
+        )
+    if soa is None or not details["authoritative"]:
+        return Outcome(
+            success=False,
+            error=error(ErrorKind.DNS_BAD_RESPONSE, f"SOA {zone}: no authoritative answer"),
+            phases=phases,
+            details=details,
+            duration=seconds,
+        )
+    return Outcome(success=True, phases=phases, details=details, duration=seconds)
+
+
+async def probe(req: ProbeRequest) -> Outcome:
+    if req.target.zone:
+        return await _ask_soa(req)
+    if req.resolution is None:
+        return Outcome(success=False, error=error(ErrorKind.INTERNAL_ERROR, "not resolved"))
+    return _from_resolution(req.resolution)

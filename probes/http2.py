@@ -1,0 +1,164 @@
+"""HTTPS GET offering ALPN h2 and http/1.1, to the IP literal with the host as SNI and :authority.
+
+HTTP/2 is spoken with the sans-I/O h2 library; a server that picks http/1.1 (S3 does) is
+answered with h11. A response is reachability; `expect_status` tightens it. The body is read up
+to a bound and discarded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h11
+
+from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.errors import classify, error
+from probes.netutil import close_stream
+from probes.tls import HandshakeFailed, handshake
+
+ALPN = ("h2", "http/1.1")
+MAX_BODY = 1 << 20
+USER_AGENT = "dualstack-monitor/0.1"
+
+
+def authority(req: ProbeRequest) -> str:
+    host = req.target.host
+    return host if req.target.port == 443 else f"{host}:{req.target.port}"
+
+
+class _Response:
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body_bytes = 0
+        self.ttfb: float | None = None
+
+
+async def _exchange_h2(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: ProbeRequest, resp: _Response
+) -> None:
+    clock = req.env.clock
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [
+            (":method", "GET"),
+            (":scheme", "https"),
+            (":authority", authority(req)),
+            (":path", req.target.http.path),
+            ("user-agent", USER_AGENT),
+            ("accept", "*/*"),
+        ],
+        end_stream=True,
+    )
+    writer.write(conn.data_to_send())
+    t_sent = clock()
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            raise EOFError("connection closed before the response ended")
+        for event in conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
+                resp.ttfb = clock() - t_sent
+                for name, value in event.headers or []:
+                    key = name.decode() if isinstance(name, bytes) else name
+                    val = value.decode("latin-1") if isinstance(value, bytes) else value
+                    resp.headers[key.lower()] = val
+                resp.status = int(resp.headers.get(":status", "0"))
+            elif isinstance(event, h2.events.DataReceived):
+                resp.body_bytes += len(event.data)
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                return
+            elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
+                raise h2.exceptions.ProtocolError(f"stream reset by peer (code {event.error_code})")
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                raise h2.exceptions.ProtocolError(f"GOAWAY from peer (code {event.error_code})")
+        if resp.body_bytes > MAX_BODY and resp.status is not None:
+            return
+        writer.write(conn.data_to_send())
+
+
+async def _exchange_h11(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: ProbeRequest, resp: _Response
+) -> None:
+    clock = req.env.clock
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target=req.target.http.path,
+        headers=[
+            ("host", authority(req)),
+            ("user-agent", USER_AGENT),
+            ("accept", "*/*"),
+            ("connection", "close"),
+        ],
+    )
+    writer.write(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+    t_sent = clock()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Response):
+            resp.ttfb = clock() - t_sent
+            resp.status = event.status_code
+            resp.headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+        elif isinstance(event, h11.Data):
+            resp.body_bytes += len(event.data)
+            if resp.body_bytes > MAX_BODY:
+                return
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return
+
+
+async def probe(req: ProbeRequest) -> Outcome:
+    clock = req.env.clock
+    try:
+        hs = await handshake(req, ALPN)
+    except HandshakeFailed as failed:
+        return Outcome(
+            success=False, error=failed.error, phases=failed.phases, details=failed.details
+        )
+    phases: dict[str, float] = {"connect": hs.connect_seconds, "tls": hs.tls_seconds}
+    alpn = hs.details.get("alpn")
+    version = "2" if alpn == "h2" else "1.1"
+    resp = _Response()
+    t0 = clock()
+    try:
+        if version == "2":
+            await _exchange_h2(hs.reader, hs.writer, req, resp)
+        else:
+            await _exchange_h11(hs.reader, hs.writer, req, resp)
+        err = None
+    except (h2.exceptions.H2Error, h11.ProtocolError) as exc:
+        err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/{version}: {exc}")
+    except (OSError, EOFError) as exc:
+        err = classify(exc)
+    finally:
+        await close_stream(hs.writer)
+    if resp.ttfb is not None:
+        phases["ttfb"] = resp.ttfb
+        phases["transfer"] = max(0.0, clock() - t0 - resp.ttfb)
+    details: dict[str, Any] = {
+        "http_version": version,
+        "status": resp.status,
+        "tls_version": hs.details.get("version"),
+        "alpn": alpn,
+        "alt_svc": resp.headers.get("alt-svc"),
+        "server": resp.headers.get("server"),
+        "body_bytes": resp.body_bytes,
+    }
+    if err is None and resp.status is None:
+        err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/{version}: no response")
+    expect = req.target.http.expect_status
+    if err is None and expect and resp.status not in expect:
+        err = error(ErrorKind.HTTP_STATUS, f"status {resp.status} not in {list(expect)}")
+    return Outcome(success=err is None, error=err, phases=phases, details=details)

@@ -1,0 +1,198 @@
+"""HTTP/3 over QUIC (aioquic) to the IP literal, with the host as QUIC server_name and :authority.
+
+Reports handshake time, TTFB and status. Uses a socket of the probed family (not aioquic's
+dual-stack `::` socket) so an IPv4-only host works and a per-family source address can be bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import socket
+from pathlib import Path
+from typing import Any
+
+import certifi
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.tls import AlertDescription
+
+from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.errors import classify, error
+from probes.http2 import MAX_BODY, USER_AGENT, authority
+
+
+class _H3Client(QuicConnectionProtocol):
+    def __init__(self, quic: QuicConnection, clock: Any) -> None:
+        super().__init__(quic)
+        self._http: H3Connection | None = None
+        self._clock = clock
+        self.socket_error: OSError | None = None
+        self.terminated: ConnectionTerminated | None = None
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.body_bytes = 0
+        self.t_headers: float | None = None
+        # Created with the request: a failed handshake leaves no future unawaited.
+        self.done: asyncio.Future[None] | None = None
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP port unreachable arrives here: fail now instead of waiting for the timeout.
+        if isinstance(exc, OSError) and self.socket_error is None:
+            self.socket_error = exc
+            self._quic.close(error_code=0, reason_phrase="socket error")
+            self.transmit()
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc)
+
+    def request(self, path: str, authority_: str) -> asyncio.Future[None]:
+        self.done = asyncio.get_running_loop().create_future()
+        self._http = H3Connection(self._quic)
+        stream_id = self._quic.get_next_available_stream_id()
+        self._http.send_headers(
+            stream_id,
+            [
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", authority_.encode()),
+                (b":path", path.encode()),
+                (b"user-agent", USER_AGENT.encode()),
+            ],
+            end_stream=True,
+        )
+        self.transmit()
+        return self.done
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.terminated = event
+            self._fail(ConnectionError(event.reason_phrase or "closed"))
+        if self._http is None:
+            return
+        for h3 in self._http.handle_event(event):
+            self._h3_event(h3)
+
+    def _h3_event(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            if self.t_headers is None:
+                self.t_headers = self._clock()
+            for name, value in event.headers:
+                self.headers[name.decode().lower()] = value.decode("latin-1")
+            self.status = int(self.headers.get(":status", "0"))
+        elif isinstance(event, DataReceived):
+            self.body_bytes += len(event.data)
+        ended = getattr(event, "stream_ended", False)
+        if (ended or self.body_bytes > MAX_BODY) and self.done and not self.done.done():
+            self.done.set_result(None)
+
+
+@functools.cache
+def _read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
+# QUIC carries a TLS alert as CRYPTO_ERROR 0x100 + alert (RFC 9001, 4.8).
+_CRYPTO_ERROR = 0x100
+_ALERT_KINDS = {
+    AlertDescription.certificate_expired: ErrorKind.TLS_CERT_EXPIRED,
+    AlertDescription.bad_certificate: ErrorKind.TLS_UNTRUSTED,
+    AlertDescription.unknown_ca: ErrorKind.TLS_UNTRUSTED,
+    AlertDescription.certificate_unknown: ErrorKind.TLS_UNTRUSTED,
+}
+
+
+def _handshake_error(client: _H3Client) -> ProbeError:
+    if client.socket_error is not None:
+        return classify(client.socket_error)
+    term = client.terminated
+    if term is None:
+        return error(ErrorKind.PROTOCOL_ERROR, "QUIC: handshake failed")
+    reason = term.reason_phrase or f"error code {term.error_code:#x}"
+    try:
+        alert = AlertDescription(term.error_code - _CRYPTO_ERROR)
+    except ValueError:
+        return error(ErrorKind.PROTOCOL_ERROR, f"QUIC: {reason}")
+    kind = _ALERT_KINDS.get(alert, ErrorKind.TLS_HANDSHAKE_FAILED)
+    # aioquic reports a name mismatch as bad_certificate; its own message says which.
+    if kind is ErrorKind.TLS_UNTRUSTED and "doesn't match" in reason:
+        kind = ErrorKind.TLS_HOSTNAME_MISMATCH
+    return error(kind, f"QUIC TLS: {reason}")
+
+
+async def probe(req: ProbeRequest) -> Outcome:
+    clock = req.env.clock
+    loop = asyncio.get_running_loop()
+    config = QuicConfiguration(
+        is_client=True, alpn_protocols=list(H3_ALPN), server_name=req.target.sni
+    )
+    if req.env.ssl_cafile:
+        # aioquic drops its certifi defaults once a CA is given: keep both, like ssl does.
+        config.load_verify_locations(cafile=certifi.where(), cadata=_read(req.env.ssl_cafile))
+    if req.target.tls.client_cert:
+        config.load_cert_chain(req.target.tls.client_cert, req.target.tls.client_key)
+    af = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
+    sock = socket.socket(af, socket.SOCK_DGRAM)
+    # Datagrams arrive from 4-tuples on AF_INET6; aioquic matches paths by equality.
+    peer = (
+        (req.address, req.target.port, 0, 0)
+        if req.family == "ipv6"
+        else (req.address, req.target.port)
+    )
+    try:
+        sock.bind((req.env.source_addresses.get(req.family, ""), 0))
+        # Connected, so the kernel reports ICMP port unreachable to us (error_received).
+        sock.connect(peer)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _H3Client(QuicConnection(configuration=config), clock), sock=sock
+        )
+    except OSError as exc:
+        sock.close()
+        return Outcome(success=False, error=classify(exc))
+    client = protocol
+    phases: dict[str, float] = {}
+    details: dict[str, Any] = {"http_version": "3", "status": None, "alpn": None}
+    err: ProbeError | None = None
+    t0 = clock()
+    try:
+        client.connect(peer)
+        try:
+            await client.wait_connected()
+        except ConnectionError:
+            return Outcome(success=False, error=_handshake_error(client), phases=phases)
+        phases["handshake"] = clock() - t0
+        details["alpn"] = client._quic.tls.alpn_negotiated
+        t1 = clock()
+        response = client.request(req.target.http.path, authority(req))
+        try:
+            await response
+        except (OSError, ConnectionError) as exc:
+            err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/3: {exc}")
+        if client.t_headers is not None:
+            phases["ttfb"] = client.t_headers - t1
+            phases["transfer"] = max(0.0, clock() - client.t_headers)
+    finally:
+        client.close()
+        # A peer that never acks our close must not hold the probe: the socket closes anyway.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(client.wait_closed(), 1.0)
+        transport.close()
+    details.update(
+        status=client.status,
+        alt_svc=client.headers.get("alt-svc"),
+        server=client.headers.get("server"),
+        body_bytes=client.body_bytes,
+    )
+    if err is None and client.status is None:
+        err = error(ErrorKind.PROTOCOL_ERROR, "HTTP/3: no response")
+    expect = req.target.http.expect_status
+    if err is None and expect and client.status not in expect:
+        err = error(ErrorKind.HTTP_STATUS, f"status {client.status} not in {list(expect)}")
+    return Outcome(success=err is None, error=err, phases=phases, details=details)

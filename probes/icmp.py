@@ -1,0 +1,81 @@
+"""ICMP / ICMPv6 echo to the target's address of one family, via icmplib.
+
+Tries an unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux and by
+default on macOS), then a raw socket; with neither permitted it reports `icmp_not_permitted`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import icmplib
+
+from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.errors import classify, error
+
+
+def _has_root() -> bool:
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is not None and geteuid() == 0
+
+
+async def _ping(req: ProbeRequest, privileged: bool) -> icmplib.Host:
+    count = req.env.icmp_count
+    # Keep the whole exchange inside the probe timeout: the last echo gets what is left.
+    per_reply = max(0.1, req.timeout - count * req.env.icmp_interval)
+    return await icmplib.async_ping(
+        req.address,
+        count=count,
+        interval=req.env.icmp_interval,
+        timeout=per_reply,
+        source=req.env.source_addresses.get(req.family),
+        family=6 if req.family == "ipv6" else 4,
+        privileged=privileged,
+    )
+
+
+async def probe(req: ProbeRequest) -> Outcome:
+    host = None
+    last_denied: Exception | None = None
+    for privileged in (False, True):
+        if privileged and not _has_root():
+            break
+        try:
+            host = await _ping(req, privileged)
+            break
+        except icmplib.SocketPermissionError as exc:
+            last_denied = exc
+        except icmplib.ICMPLibError as exc:
+            return Outcome(success=False, error=error(ErrorKind.SOCKET_ERROR, str(exc)))
+        except OSError as exc:
+            return Outcome(success=False, error=classify(exc))
+    if host is None:
+        return Outcome(
+            success=False,
+            error=error(
+                ErrorKind.ICMP_NOT_PERMITTED,
+                "no ICMP socket allowed: run as root, grant CAP_NET_RAW, or widen "
+                f"net.ipv4.ping_group_range ({last_denied})",
+            ),
+        )
+    details: dict[str, Any] = {
+        "sent": host.packets_sent,
+        "received": host.packets_received,
+        "loss_ratio": host.packet_loss,
+        "rtt_min_seconds": host.min_rtt / 1000,
+        "rtt_avg_seconds": host.avg_rtt / 1000,
+        "rtt_max_seconds": host.max_rtt / 1000,
+    }
+    if host.packets_received == 0:
+        return Outcome(
+            success=False,
+            error=error(ErrorKind.ICMP_NO_REPLY, f"no echo reply to {host.packets_sent} requests"),
+            details=details,
+        )
+    return Outcome(
+        success=True,
+        phases={"rtt": host.avg_rtt / 1000},
+        details=details,
+        duration=host.avg_rtt / 1000,
+    )

@@ -1,0 +1,52 @@
+"""Socket helpers shared by the TCP-based probes: pin the family by dialling the IP literal.
+
+An optional per-family source address binds the socket to one uplink of a multi-homed host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+
+from probes.base import ProbeRequest
+
+
+def local_addr(req: ProbeRequest) -> tuple[str, int] | None:
+    source = req.env.source_addresses.get(req.family)
+    return (source, 0) if source else None
+
+
+async def open_stream(
+    req: ProbeRequest,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to `req.address` (never the name), optionally with TLS and SNI."""
+    return await asyncio.open_connection(
+        host=req.address,
+        port=req.target.port,
+        ssl=ssl_context,
+        server_hostname=server_hostname if ssl_context else None,
+        local_addr=local_addr(req),
+        # The handshake is bounded by the probe timeout, not asyncio's 60 s default.
+        ssl_handshake_timeout=req.timeout if ssl_context else None,
+    )
+
+
+CLOSE_GRACE = 1.0
+
+
+async def close_stream(writer: asyncio.StreamWriter) -> None:
+    """Close and wait a little; a peer that resets or never acks the close changes nothing
+    already measured, and must not hold the probe."""
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
+
+
+def abort_stream(writer: asyncio.StreamWriter) -> None:
+    """Drop a connection that already failed: after a failed start_tls, Python 3.11's
+    wait_closed() can wait forever, so don't ask for a graceful close."""
+    writer.transport.abort()

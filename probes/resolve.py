@@ -1,0 +1,175 @@
+"""Resolve a target's name once per family (A for ipv4, AAAA for ipv6) with dnspython.
+
+Uses the configured name servers, or the system's (/etc/resolv.conf) when none are set; never
+the OS stub via getaddrinfo, so rcode, TTL and the CNAME chain are visible. Flags AAAA records
+inside a NAT64 prefix (64:ff9b::/96 or the one learnt from ipv4only.arpa, RFC 7050).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+
+from probes.base import Clock, ErrorKind, Family, ProbeError, Resolution
+from probes.errors import error
+
+WELL_KNOWN_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# RFC 7050: the two IPv4 addresses behind ipv4only.arpa, found inside a synthesized AAAA.
+_IPV4ONLY = (ipaddress.IPv4Address("192.0.0.170"), ipaddress.IPv4Address("192.0.0.171"))
+_RDTYPE = {"ipv4": dns.rdatatype.A, "ipv6": dns.rdatatype.AAAA}
+
+
+def ip_family(address: str) -> Family | None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return "ipv6" if ip.version == 6 else "ipv4"
+
+
+def nat64_prefixes_from(addresses: Sequence[str]) -> tuple[ipaddress.IPv6Network, ...]:
+    """RFC 7050 section 3: find the /96 prefixes whose low 32 bits carry 192.0.0.170/171."""
+    found: list[ipaddress.IPv6Network] = []
+    for text in addresses:
+        ip = ipaddress.IPv6Address(text)
+        if ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF) in _IPV4ONLY:
+            net = ipaddress.IPv6Network((int(ip) & ~0xFFFFFFFF, 96))
+            if net not in found:
+                found.append(net)
+    return tuple(found)
+
+
+class Resolver:
+    """One resolver per run or per vantage; tests inject the lab's name server."""
+
+    def __init__(
+        self,
+        nameservers: Sequence[str] = (),
+        port: int = 53,
+        *,
+        timeout: float = 5.0,
+        clock: Clock,
+    ) -> None:
+        if nameservers:
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = list(nameservers)
+            self._resolver.port = port
+        else:
+            self._resolver = dns.asyncresolver.Resolver()
+        self._resolver.lifetime = timeout
+        self._resolver.timeout = min(timeout, 2.0)
+        self._resolver.search = []
+        self._resolver.use_search_by_default = False
+        self._clock = clock
+        self._nat64: tuple[ipaddress.IPv6Network, ...] | None = None
+        self._nat64_lock = asyncio.Lock()
+
+    @property
+    def nameservers(self) -> tuple[str, ...]:
+        return tuple(str(ns) for ns in self._resolver.nameservers)
+
+    async def nat64_prefixes(self) -> tuple[ipaddress.IPv6Network, ...]:
+        """The well-known prefix plus any learnt from ipv4only.arpa (asked once)."""
+        async with self._nat64_lock:
+            if self._nat64 is None:
+                learnt: tuple[ipaddress.IPv6Network, ...] = ()
+                try:
+                    answer = await self._resolver.resolve(
+                        "ipv4only.arpa.", "AAAA", raise_on_no_answer=False, search=False
+                    )
+                    if answer.rrset is not None:
+                        learnt = nat64_prefixes_from([r.address for r in answer.rrset])
+                except dns.exception.DNSException:
+                    learnt = ()  # no DNS64 here, or the resolver refuses: only the well-known
+                self._nat64 = (WELL_KNOWN_NAT64, *(p for p in learnt if p != WELL_KNOWN_NAT64))
+            return self._nat64
+
+    async def nameservers_of(self, zone: str) -> list[str]:
+        """The zone's NS names, sorted; raises dns.exception.DNSException on failure."""
+        answer = await self._resolver.resolve(zone.rstrip(".") + ".", "NS", search=False)
+        return sorted(str(r.target).rstrip(".") for r in answer)
+
+    async def resolve(self, host: str, family: Family) -> Resolution:
+        literal = ip_family(host)
+        if literal is not None:
+            return Resolution(family=family, addresses=(host,) if literal == family else ())
+        name = host if host.endswith(".") else host + "."
+        t0 = self._clock()
+        try:
+            answer = await self._resolver.resolve(
+                name, _RDTYPE[family], raise_on_no_answer=False, search=False
+            )
+        except dns.resolver.NXDOMAIN:
+            return self._failed(
+                family, t0, "NXDOMAIN", ErrorKind.DNS_NXDOMAIN, f"{host}: no such name"
+            )
+        except dns.resolver.NoNameservers as exc:
+            return self._no_nameservers(family, t0, host, exc)
+        except dns.exception.Timeout:
+            return self._failed(family, t0, "", ErrorKind.TIMEOUT, f"{host}: DNS timed out")
+        except (dns.exception.DNSException, ValueError) as exc:
+            return self._failed(family, t0, "", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
+        seconds = self._clock() - t0
+        chain = tuple(str(rrset.name).rstrip(".") for rrset in answer.chaining_result.cnames)
+        nameserver = str(answer.nameserver or "")
+        if answer.rrset is None:
+            rtype = "AAAA" if family == "ipv6" else "A"
+            return Resolution(
+                family=family,
+                seconds=seconds,
+                cname_chain=chain,
+                nameserver=nameserver,
+                error=error(ErrorKind.DNS_NO_ADDRESS, f"{host}: no {rtype} record"),
+            )
+        addresses = tuple(sorted(r.address for r in answer.rrset))
+        nat64 = False
+        if family == "ipv6":
+            prefixes = await self.nat64_prefixes()
+            nat64 = all(any(ipaddress.IPv6Address(a) in p for p in prefixes) for a in addresses)
+        return Resolution(
+            family=family,
+            addresses=addresses,
+            ttl=answer.rrset.ttl,
+            cname_chain=chain,
+            seconds=seconds,
+            nameserver=nameserver,
+            nat64_synthesized=nat64,
+            error=error(
+                ErrorKind.DNS_NAT64_SYNTHESIZED,
+                f"{host}: AAAA {addresses[0]} is synthesized by DNS64 (NAT64 prefix), "
+                "not native IPv6",
+            )
+            if nat64
+            else None,
+        )
+
+    def _failed(
+        self, family: Family, t0: float, rcode: str, kind: ErrorKind, message: str
+    ) -> Resolution:
+        return Resolution(
+            family=family, rcode=rcode, seconds=self._clock() - t0, error=error(kind, message)
+        )
+
+    def _no_nameservers(
+        self, family: Family, t0: float, host: str, exc: dns.resolver.NoNameservers
+    ) -> Resolution:
+        # Each entry is (server, tcp, port, error, response); an rcode error is its text.
+        rcodes = {str(e[3]) for e in exc.kwargs.get("errors", [])}
+        for rcode, kind in (
+            ("SERVFAIL", ErrorKind.DNS_SERVFAIL),
+            ("REFUSED", ErrorKind.DNS_REFUSED),
+        ):
+            if rcode in rcodes:
+                return self._failed(family, t0, rcode, kind, f"{host}: {rcode} from every server")
+        return self._failed(family, t0, "", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
+
+
+def first_error(resolutions: Sequence[Resolution]) -> ProbeError | None:
+    return next((r.error for r in resolutions if r.error is not None), None)

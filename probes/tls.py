@@ -1,0 +1,132 @@
+"""TLS handshake over TCP to the IP literal with the host name as SNI: timing and what is presented.
+
+Reports version, cipher, ALPN, leaf fingerprint, SANs, issuer, expiry and the verification
+verdict (system store plus the configured CA file). When verification fails, a second handshake
+without verification records the certificate that was presented, so the difference can be shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from probes.base import Outcome, ProbeError, ProbeRequest, make_client_context
+from probes.errors import classify
+from probes.netutil import abort_stream, close_stream, open_stream
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handshake:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    connect_seconds: float
+    tls_seconds: float
+    details: dict[str, Any]
+
+
+class HandshakeFailed(Exception):
+    """The TCP connect or TLS handshake failed; carries the timings and details seen so far."""
+
+    def __init__(self, error: ProbeError, phases: dict[str, float], details: dict[str, Any]):
+        super().__init__(error.message)
+        self.error = error
+        self.phases = phases
+        self.details = details
+
+
+def describe_certificate(der: bytes) -> dict[str, Any]:
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        sans = sorted(
+            [str(n) for n in san.get_values_for_type(x509.DNSName)]
+            + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+        )
+    except x509.ExtensionNotFound:
+        sans = []
+    not_after = cert.not_valid_after_utc
+    return {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "sans": sans,
+        "not_after": not_after.isoformat().replace("+00:00", "Z"),
+        "not_after_timestamp": not_after.timestamp(),
+        "fingerprint_sha256": hashlib.sha256(der).hexdigest(),
+        "serial": format(cert.serial_number, "x"),
+    }
+
+
+def _session_details(writer: asyncio.StreamWriter) -> dict[str, Any]:
+    sslobj: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
+    if sslobj is None:
+        return {}
+    cipher = sslobj.cipher()
+    details: dict[str, Any] = {
+        "version": sslobj.version(),
+        "cipher": cipher[0] if cipher else None,
+        "alpn": sslobj.selected_alpn_protocol(),
+    }
+    der = sslobj.getpeercert(binary_form=True)
+    if der:
+        details["certificate"] = describe_certificate(der)
+    return details
+
+
+async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
+    """TCP connect then TLS handshake; raises HandshakeFailed with the error as data."""
+    clock = req.env.clock
+    ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
+    t0 = clock()
+    try:
+        reader, writer = await open_stream(req)
+    except OSError as exc:
+        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, {}) from exc
+    t1 = clock()
+    try:
+        await writer.start_tls(
+            ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
+        )
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+        phases = {"connect": t1 - t0, "tls": clock() - t1}
+        abort_stream(writer)
+        details: dict[str, Any] = {"verified": False}
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            details.update(await _unverified_details(req, alpn))
+        raise HandshakeFailed(classify(exc), phases, details) from exc
+    t2 = clock()
+    details = {"verified": True, **_session_details(writer)}
+    return Handshake(
+        reader=reader, writer=writer, connect_seconds=t1 - t0, tls_seconds=t2 - t1, details=details
+    )
+
+
+async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> dict[str, Any]:
+    """What the peer presents, without judging it: only for showing a failed verification."""
+    ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls, verify=False)
+    try:
+        _reader, writer = await open_stream(req, ssl_context=ctx, server_hostname=req.target.sni)
+    except (OSError, ssl.SSLError):
+        return {}
+    details = _session_details(writer)
+    await close_stream(writer)
+    return details
+
+
+async def probe(req: ProbeRequest) -> Outcome:
+    try:
+        hs = await handshake(req, req.target.tls.alpn)
+    except HandshakeFailed as failed:
+        return Outcome(
+            success=False, error=failed.error, phases=failed.phases, details=failed.details
+        )
+    await close_stream(hs.writer)
+    return Outcome(
+        success=True,
+        phases={"connect": hs.connect_seconds, "tls": hs.tls_seconds},
+        details=hs.details,
+    )

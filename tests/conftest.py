@@ -1,0 +1,64 @@
+"""Test-wide fixtures: the network guard (autouse, this process and every child Python) and the
+lab of real servers on loopback, started once per session in its own thread and event loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+GUARD_DIR = Path(__file__).parent / "netguard"
+sys.path.insert(0, str(GUARD_DIR))
+
+import guard  # noqa: E402
+
+guard.install()
+
+from lab.thread import LabThread  # noqa: E402
+
+from monitor.lab import Lab  # noqa: E402
+from monitor.lab.run import write_config  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _guard_children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every Python child inherits the guard via sitecustomize and logs violations here."""
+    log = tmp_path_factory.mktemp("netguard") / "violations.log"
+    log.touch()
+    log.chmod(0o666)  # children run as an unprivileged user in some tests
+    os.environ[guard.LOG_ENV] = str(log)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD_DIR), old) if p)
+    yield log
+    os.environ.pop(guard.LOG_ENV, None)
+
+
+@pytest.fixture(autouse=True)
+def network_guard(_guard_children: Path) -> Iterator[None]:
+    """Fail the test if anything tried to reach outside loopback and the lab prefixes."""
+    before = _guard_children.read_text()
+    guard.take()
+    yield
+    seen = guard.take()
+    children = _guard_children.read_text()[len(before) :]
+    if seen or children:
+        pytest.fail(
+            "network guard: forbidden traffic attempted:\n"
+            + "\n".join([*seen, *children.splitlines()]),
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def lab_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """The lab's real DNS, TLS/HTTP/2 and HTTP/3 servers on ::1 and 127.0.0.1, once a session."""
+    with LabThread(tmp_path_factory.mktemp("lab")) as lab:
+        yield lab
+
+
+@pytest.fixture(scope="session")
+def lab_config_file(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(lab_session, tmp_path_factory.mktemp("labcfg") / "lab.yml")

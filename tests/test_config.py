@@ -1,0 +1,130 @@
+"""Configuration: each invalid file pairs with its exact one-line error; valid files expand."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.config import ConfigError, load_config, parse_duration
+
+DATA = Path(__file__).parent / "testdata" / "config"
+
+INVALID = {
+    "invalid-unknown-key.yml": "targets[0].porto: unknown key",
+    "invalid-bad-duration.yml": "interval: bad duration '30x': use e.g. 500ms, 5s, 1m",
+    "invalid-bad-target-timeout.yml": (
+        "targets[0].timeout: bad duration 'soon': use e.g. 500ms, 5s, 1m"
+    ),
+    "invalid-duplicate-target.yml": (
+        "targets[2].name: duplicate target name 'web' (first at targets[0])"
+    ),
+    "invalid-bad-family.yml": "families[1]: 'ipv5' is not one of 'ipv4' or 'ipv6'",
+    "invalid-bad-target-family.yml": (
+        "targets[0].families[0]: 'inet6' is not one of 'ipv4' or 'ipv6'"
+    ),
+    "invalid-bad-probe.yml": (
+        "targets[0].probes[1]: 'smtp' is not one of 'dns', 'icmp', 'tcp', 'tls', 'http2' or 'http3'"
+    ),
+    "invalid-unknown-service.yml": (
+        "catalog.services[1]: unknown service 'ec2' (known: alb, cloudfront, iot, route53, s3)"
+    ),
+    "invalid-unknown-region.yml": (
+        "catalog.regions[1]: 'moon-base-1' has no endpoint in the selected services"
+    ),
+    "invalid-duplicate-key.yml": "line 3: duplicate key 'vantage'",
+    "invalid-yaml.yml": "line 4: invalid YAML: expected ',' or ']', but got '<stream end>'",
+    "invalid-bad-resolver.yml": (
+        "resolver.nameservers[0]: 'dns.example.com' does not appear to be an IPv4 or IPv6 address"
+    ),
+    "invalid-missing-host.yml": "targets[0].host: required key is missing",
+    "invalid-bad-host.yml": "targets[0].host: 'bad host!' is not a host name or IP address",
+    "invalid-top-level-list.yml": "the top level must be a mapping of keys",
+    "invalid-bad-port.yml": "targets[0].port: 70000: input should be less than or equal to 65535",
+}
+
+
+def test_every_invalid_file_is_paired() -> None:
+    assert {p.name for p in DATA.glob("invalid-*.yml")} - {"invalid-missing-ca.yml"} == set(INVALID)
+
+
+@pytest.mark.parametrize(("name", "message"), sorted(INVALID.items()))
+def test_invalid_config_message(name: str, message: str) -> None:
+    path = DATA / name
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {message}"
+
+
+def test_missing_ca_file_names_the_resolved_path() -> None:
+    path = DATA / "invalid-missing-ca.yml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (f"{path}: tls.ca_file: no such file '{DATA / 'does-not-exist.pem'}'")
+
+
+@pytest.mark.parametrize("name", ["invalid-unknown-key.yml", "invalid-bad-family.yml"])
+def test_cli_exits_2_with_one_line(name: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "run", "--config", str(DATA / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("probe: ") and name in lines[0]
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("5s", 5.0), ("1m30s", 90.0), ("2h", 7200.0), (3, 3.0), ("1.5s", 1.5)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "s", "5 s", "1m-3s", "0s", True, None, "5sec"])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration(text)
+
+
+def test_catalog_and_user_targets_expand(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yml"
+    cfg_file.write_text(
+        "vantage: home\n"
+        "interval: 1m\n"
+        "catalog: {services: [s3, cloudfront], regions: [eu-west-1]}\n"
+        "targets:\n"
+        "  - {name: mine, host: dualstack.x.eu-west-1.elb.amazonaws.com, service: alb,\n"
+        "     region: eu-west-1, interval: 10s, families: [ipv6], probes: [tcp, tcp, tls]}\n"
+    )
+    cfg = load_config(cfg_file)
+    names = [t.name for t in cfg.targets]
+    assert names == ["s3-eu-west-1", "cloudfront-api-global", "mine"]
+    s3 = cfg.targets[0]
+    assert s3.host == "s3.dualstack.eu-west-1.amazonaws.com"
+    assert s3.plane == "data" and "http3" not in s3.probes and s3.interval == 60.0
+    mine = cfg.targets[2]
+    assert mine.interval == 10.0 and mine.families == ("ipv6",) and mine.probes == ("tcp", "tls")
+    assert cfg.vantage == "home"
+
+
+def test_dry_run_and_targets_send_nothing() -> None:
+    """The default AWS catalog, listed and dry-run: the network guard in the child would log
+    (and fail) any socket or name lookup."""
+    for argv in (["run", "--dry-run"], ["targets", "--format", "json"], ["--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "s3" in proc.stdout or argv == ["--help"]

@@ -1,0 +1,229 @@
+"""`probe run` against the lab's real servers: every probe kind on both families, and every
+fault with its verdict and exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from monitor.cli import main
+from monitor.config import load_config
+from monitor.lab import Lab
+from monitor.lab.run import EXPECTED, expected
+from monitor.runner import Report, report_json, run_round
+from probes import icmp
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
+)
+
+
+def icmp_permitted() -> bool:
+    return icmp._has_root()
+
+
+@pytest.fixture(scope="module")
+def report(lab_config_file: Path) -> Report:
+    cfg = load_config(lab_config_file)
+    return asyncio.run(run_round(cfg, cfg.targets))
+
+
+def verdicts(report: Report) -> dict[tuple[str, str], str]:
+    return {(p.target, p.probe): str(p.verdict) for p in report.parity}
+
+
+def test_every_fault_has_its_verdict(report: Report) -> None:
+    got = verdicts(report)
+    want = {
+        (name, probe): expected(name, probe, icmp_permitted=icmp_permitted())
+        for name, probes in EXPECTED.items()
+        for probe in probes
+    }
+    assert {k: got.get(k) for k in want} == want
+
+
+def test_nameserver_targets_from_route53_zone(report: Report) -> None:
+    got = verdicts(report)
+    ns = sorted({t for t, _ in got if t.startswith("route53-ns-")})
+    assert ns == ["route53-ns-example.com-1", "route53-ns-example.com-2"]
+    for name in ns:
+        for probe in ("dns", "tcp"):
+            assert got[(name, probe)] == "ok"
+    soa = [r for r in report.results if r.target == ns[0] and r.probe == "dns"]
+    assert {r.family for r in soa} == {"ipv4", "ipv6"}
+    assert {r.address for r in soa} == {"127.0.0.1", "::1"}  # family = transport
+    assert all(r.details["authoritative"] and r.details["serial"] == 1 for r in soa)
+
+
+def test_healthy_results_on_both_families(report: Report) -> None:
+    by = {(r.probe, r.family): r for r in report.results if r.target == "healthy"}
+    for family, addr in (("ipv4", "127.0.0.1"), ("ipv6", "::1")):
+        dns = by[("dns", family)]
+        assert dns.success and dns.details["records"] == [addr] and dns.details["ttl"] == 60
+        tcp = by[("tcp", family)]
+        assert tcp.success and tcp.address == addr and tcp.phases["connect"] > 0
+        tls = by[("tls", family)]
+        assert tls.success and tls.details["version"] == "TLSv1.3"
+        assert tls.details["alpn"] == "h2" and tls.details["verified"] is True
+        assert (
+            "dualstack.lab-healthy.us-east-1.elb.amazonaws.com"
+            in (tls.details["certificate"]["sans"])
+        )
+        assert set(tls.phases) == {"resolve", "connect", "tls"}
+        h2 = by[("http2", family)]
+        assert h2.success and h2.details["status"] == 200 and h2.details["http_version"] == "2"
+        assert h2.details["alt_svc"].startswith('h3=":')
+        assert {"connect", "tls", "ttfb", "transfer"} <= set(h2.phases)
+        h3 = by[("http3", family)]
+        assert h3.success and h3.details["status"] == 200 and h3.details["alpn"] == "h3"
+        assert {"handshake", "ttfb"} <= set(h3.phases)
+        ping = by[("icmp", family)]
+        if icmp_permitted():
+            assert ping.success and ping.details["received"] == ping.details["sent"]
+        else:
+            assert ping.error is not None and ping.error.kind == "icmp_not_permitted"
+
+
+def test_fault_error_kinds(report: Report) -> None:
+    kinds = {
+        (r.target, r.probe, r.family): (r.error.kind if r.error else None) for r in report.results
+    }
+    assert kinds[("no_aaaa", "dns", "ipv6")] == "dns_no_address"
+    assert kinds[("no_aaaa", "http2", "ipv6")] == "dns_no_address"
+    assert kinds[("nat64", "dns", "ipv6")] == "dns_nat64_synthesized"
+    assert kinds[("nat64", "tcp", "ipv6")] == "dns_nat64_synthesized"
+    assert kinds[("v4_only", "tcp", "ipv6")] == "connect_refused"
+    assert kinds[("v4_only", "http3", "ipv6")] == "connect_refused"
+    assert kinds[("expired_v6", "tls", "ipv6")] == "tls_cert_expired"
+    assert kinds[("expired_v6", "http3", "ipv6")] == "tls_cert_expired"
+    assert kinds[("v6_reset", "tls", "ipv6")] == "connection_reset"
+    assert kinds[("v6_timeout", "tcp", "ipv6")] == "timeout"
+    assert kinds[("v6_timeout", "http3", "ipv6")] == "timeout"
+    assert kinds[("missing", "dns", "ipv4")] == "dns_nxdomain"
+    for probe in ("tcp", "tls", "http2", "http3"):
+        assert kinds[("healthy", probe, "ipv4")] is None
+
+
+def test_presented_differences(report: Report) -> None:
+    by = {(p.target, p.probe): p for p in report.parity}
+    diff = {d.field: d for d in by[("cert_differs_v6", "tls")].differences}
+    assert diff["certificate.issuer"].significant and diff["certificate.sans"].significant
+    rotated = by[("rotated_v6", "tls")]
+    assert [(d.field, d.significant) for d in rotated.differences] == [
+        ("certificate.fingerprint_sha256", False)
+    ]
+    expired = next(
+        r for r in report.results if (r.target, r.probe, r.family) == ("expired_v6", "tls", "ipv6")
+    )
+    # The failed verification still shows what was presented.
+    assert expired.details["certificate"]["not_after_timestamp"] < expired.started
+
+
+def test_alias_follows_cname(report: Report) -> None:
+    dns = [r for r in report.results if r.target == "alias" and r.probe == "dns"]
+    assert all(r.details["cname_chain"] == ["lab-alias.example.com"] for r in dns)
+
+
+def test_json_report_validates(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report), default=str))
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert doc["vantage"] == "lab" and doc["vantage_ipv6"] is True
+
+
+def test_schema_rejects_a_broken_report(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report), default=str))
+    doc["parity"][0]["verdict"] = "fine"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
+
+
+def test_schema_enums_match_the_code() -> None:
+    from monitor.parity import VERDICTS
+    from probes.base import ErrorKind
+
+    defs = SCHEMA["$defs"]
+    assert defs["error"]["properties"]["kind"]["enum"] == [str(k) for k in ErrorKind]
+    assert defs["parity"]["properties"]["verdict"]["enum"] == [str(v) for v in VERDICTS]
+
+
+EXIT = {
+    "healthy": 0,
+    "alias": 0,
+    "rotated_v6": 0,
+    "missing": 0,
+    "no_aaaa": 1,
+    "v4_only": 1,
+    "cert_differs_v6": 1,
+    "expired_v6": 1,
+    "v6_reset": 1,
+    "v6_timeout": 1,
+    "nat64": 1,
+}
+
+
+@pytest.mark.parametrize(("target", "status"), sorted(EXIT.items()))
+def test_exit_status_per_fault(
+    lab_config_file: Path, target: str, status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # icmp is left out: without permission it is both_failed, which never changes the status.
+    argv = ["run", "--config", str(lab_config_file), "--target", target, "--format", "json"]
+    argv += [a for p in ("dns", "tcp", "tls", "http2", "http3") for a in ("--probe", p)]
+    assert main(argv) == status
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMA)
+    assert {r["target"] for r in doc["results"]} == {target} | {
+        r["target"] for r in doc["results"] if r["target"].startswith("route53-ns-")
+    }
+
+
+def test_table_output(lab_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "run",
+        "--config",
+        str(lab_config_file),
+        "--target",
+        "healthy",
+        "--target",
+        "v4_only",
+        "--target",
+        "missing",
+        "--probe",
+        "dns",
+        "--probe",
+        "tcp",
+    ]
+    assert main(argv) == 1
+    out = capsys.readouterr().out
+    assert "ipv6_failed" in out and "connect_refused" in out
+    assert "warning" in out and "missing dns: both_failed" in out
+    assert "summary:" in out
+
+
+def test_family_filter_skips_the_other(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "run",
+        "--config",
+        str(lab_config_file),
+        "--target",
+        "v4_only",
+        "--probe",
+        "tcp",
+        "--family",
+        "ipv4",
+        "--format",
+        "json",
+    ]
+    assert main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)
+    v = {(p["target"], p["probe"]): p["verdict"] for p in doc["parity"]}
+    assert v[("v4_only", "tcp")] == "skipped"
+
+
+def test_lab_is_real(lab_session: Lab) -> None:
+    assert lab_session.dns_port > 0 and len(lab_session.endpoints) == 9
