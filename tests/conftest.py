@@ -30,6 +30,7 @@ def _guard_children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log.touch()
     log.chmod(0o666)  # children run as an unprivileged user in some tests
     os.environ[guard.LOG_ENV] = str(log)
+    os.environ[guard.HOST_NETNS_ENV] = guard.netns_id() or ""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(GUARD_DIR), old) if p)
     yield log
