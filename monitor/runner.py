@@ -141,7 +141,11 @@ async def run_round(
         for a in r["ipv6"].addresses
         if not r["ipv6"].nat64_synthesized
     ]
-    check = check_vantage(v6_addresses, env.source_addresses.get("ipv6"))
+    check = (
+        check_vantage(v6_addresses, env.source_addresses.get("ipv6"))
+        if "ipv6" in families
+        else VantageCheck(ipv6=None)
+    )
     plan = [(t, [k for k in t.probes if kinds is None or k in kinds]) for t in all_targets]
     total = sum(len(ks) * len(FAMILIES) for _, ks in plan)
     finished = 0

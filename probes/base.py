@@ -22,7 +22,7 @@ Clock = Callable[[], float]
 
 
 class ErrorKind(enum.StrEnum):
-    """The closed set of failure kinds. Documented in docs/error-kinds.md; keep both in step."""
+    """The closed set of failure kinds. Documented in docs/probes.md (tests keep it in step)."""
 
     DNS_NXDOMAIN = "dns_nxdomain"
     DNS_NO_ADDRESS = "dns_no_address"

@@ -28,6 +28,8 @@ USER_AGENT = "dualstack-monitor/0.1"
 
 def authority(req: ProbeRequest) -> str:
     host = req.target.host
+    if ":" in host:  # an IPv6 literal target
+        host = f"[{host}]"
     return host if req.target.port == 443 else f"{host}:{req.target.port}"
 
 
@@ -143,10 +145,11 @@ async def probe(req: ProbeRequest) -> Outcome:
     except (OSError, EOFError) as exc:
         err = classify(exc)
     finally:
+        t_end = clock()  # closing the connection is not part of the measured exchange
         await close_stream(hs.writer)
     if resp.ttfb is not None:
         phases["ttfb"] = resp.ttfb
-        phases["transfer"] = max(0.0, clock() - t0 - resp.ttfb)
+        phases["transfer"] = max(0.0, t_end - t0 - resp.ttfb)
     details: dict[str, Any] = {
         "http_version": version,
         "status": resp.status,

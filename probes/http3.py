@@ -133,11 +133,16 @@ async def probe(req: ProbeRequest) -> Outcome:
     config = QuicConfiguration(
         is_client=True, alpn_protocols=list(H3_ALPN), server_name=req.target.sni
     )
-    if req.env.ssl_cafile:
-        # aioquic drops its certifi defaults once a CA is given: keep both, like ssl does.
-        config.load_verify_locations(cafile=certifi.where(), cadata=_read(req.env.ssl_cafile))
-    if req.target.tls.client_cert:
-        config.load_cert_chain(req.target.tls.client_cert, req.target.tls.client_key)
+    try:
+        if req.env.ssl_cafile:
+            # aioquic drops its certifi defaults once a CA is given: keep both, like ssl does.
+            config.load_verify_locations(cafile=certifi.where(), cadata=_read(req.env.ssl_cafile))
+        if req.target.tls.client_cert:
+            config.load_cert_chain(req.target.tls.client_cert, req.target.tls.client_key)
+    except (OSError, ValueError) as exc:  # unreadable or malformed CA, client cert or key
+        return Outcome(
+            success=False, error=error(ErrorKind.CLIENT_CONFIG, f"QUIC TLS client setup: {exc}")
+        )
     af = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
     sock = socket.socket(af, socket.SOCK_DGRAM)
     # Datagrams arrive from 4-tuples on AF_INET6; aioquic matches paths by equality.

@@ -98,8 +98,13 @@ class Resolver:
 
     async def resolve(self, host: str, family: Family) -> Resolution:
         literal = ip_family(host)
+        if literal == family:
+            return Resolution(family=family, addresses=(host,))
         if literal is not None:
-            return Resolution(family=family, addresses=(host,) if literal == family else ())
+            return Resolution(
+                family=family,
+                error=error(ErrorKind.DNS_NO_ADDRESS, f"{host} is an {literal} address"),
+            )
         name = host if host.endswith(".") else host + "."
         t0 = self._clock()
         try:

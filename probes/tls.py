@@ -15,8 +15,8 @@ from typing import Any
 
 from cryptography import x509
 
-from probes.base import Outcome, ProbeError, ProbeRequest, make_client_context
-from probes.errors import classify
+from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_client_context
+from probes.errors import classify, error
 from probes.netutil import abort_stream, close_stream, open_stream
 
 
@@ -80,7 +80,12 @@ def _session_details(writer: asyncio.StreamWriter) -> dict[str, Any]:
 async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
     """TCP connect then TLS handshake; raises HandshakeFailed with the error as data."""
     clock = req.env.clock
-    ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
+    try:
+        ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
+    except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
+        raise HandshakeFailed(
+            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, {}
+        ) from exc
     t0 = clock()
     try:
         reader, writer = await open_stream(req)
