@@ -111,6 +111,42 @@ def build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", help="list the expanded targets; sends no packet")
     _add_selection(targets)
 
+    serve = sub.add_parser(
+        "serve",
+        help="a long-running vantage point exporting Prometheus metrics",
+        description="Probe on a schedule and serve /metrics, /healthz, /readyz, "
+        "/api/v1/results and a status page. SIGHUP reloads the config; SIGTERM drains and exits.",
+    )
+    serve.add_argument("--config", required=True, metavar="FILE")
+    serve.add_argument(
+        "--listen",
+        default=None,
+        metavar="ADDR:PORT",
+        help="[::1]:9851, [::]:9851, 127.0.0.1:9851 or 0.0.0.0:9851 "
+        "(default [::]:9851: every address, both families)",
+    )
+    serve.add_argument("--vantage", metavar="NAME", help="overrides `vantage` of the config")
+    serve.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        help="TLS and basic auth, in the format Prometheus exporters share",
+    )
+    serve.add_argument(
+        "--web.enable-lifecycle",
+        dest="lifecycle",
+        action="store_true",
+        help="enable POST /-/reload",
+    )
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--drain-timeout",
+        type=_duration,
+        default=10.0,
+        metavar="S",
+        help="on SIGTERM, how long probes in flight may finish (default 10s)",
+    )
+
     lab = sub.add_parser("lab", help="a local dual-stack lab of real servers on loopback")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="start the lab, write its config, run until interrupted")
@@ -218,6 +254,31 @@ async def _run_with_progress(
         return await run_round(cfg, targets, families=families, progress=progress)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from monitor import logs
+    from monitor.server import DEFAULT_LISTEN, parse_listen
+    from monitor.service import serve_forever
+    from monitor.webconfig import load_web_config
+
+    logs.setup("info" if args.log_level == "warning" else args.log_level, args.log_format)
+    listen = args.listen or DEFAULT_LISTEN
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    web_config = load_web_config(args.web_config) if args.web_config else None
+    return asyncio.run(
+        serve_forever(
+            args.config,
+            listen=listen,
+            vantage=args.vantage,
+            web_config=web_config,
+            lifecycle=args.lifecycle,
+            drain_timeout=args.drain_timeout,
+        )
+    )
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
     from monitor.lab.run import lab_up
 
@@ -228,12 +289,17 @@ def cmd_lab(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command != "serve":
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+        )
     try:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "targets":
             return cmd_targets(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         return cmd_lab(args)
     except ConfigError as exc:
         print(f"probe: {exc}", file=sys.stderr)

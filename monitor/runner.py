@@ -88,7 +88,7 @@ async def check_target(
     families: Sequence[Family],
     resolutions: dict[Family, Resolution],
     env: ProbeEnv,
-    sem: asyncio.Semaphore,
+    sem: asyncio.Semaphore | None,
     *,
     vantage_ipv6: bool | None,
     done: Callable[[], None] = lambda: None,
@@ -101,6 +101,8 @@ async def check_target(
                 return skipped(target, kind, family, f"{family} not selected")
             if family == "ipv6" and vantage_ipv6 is False and kind != "dns":
                 return skipped(target, kind, family, "this vantage has no IPv6 route")
+            if sem is None:  # the caller bounds concurrency (the scheduler does)
+                return await run_probe(kind, target, family, resolutions[family], env)
             async with sem:
                 return await run_probe(kind, target, family, resolutions[family], env)
         finally:

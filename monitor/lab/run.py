@@ -49,7 +49,7 @@ def expected(name: str, probe: str, *, icmp_permitted: bool) -> str:
     return verdict
 
 
-def lab_config(lab: Lab, *, vantage: str = "lab") -> dict[str, Any]:
+def lab_config(lab: Lab, *, vantage: str = "lab", interval: str = "15s") -> dict[str, Any]:
     """A monitor config probing every lab endpoint through the lab's own DNS server."""
     targets: list[dict[str, Any]] = [
         {
@@ -85,7 +85,7 @@ def lab_config(lab: Lab, *, vantage: str = "lab") -> dict[str, Any]:
     )
     return {
         "vantage": vantage,
-        "interval": "15s",
+        "interval": interval,
         "timeout": "2s",
         "resolver": {"nameservers": ["::1", "127.0.0.1"], "port": lab.dns_port},
         "tls": {"ca_file": str(lab.ca_file)},
@@ -95,12 +95,15 @@ def lab_config(lab: Lab, *, vantage: str = "lab") -> dict[str, Any]:
     }
 
 
-def write_config(lab: Lab, path: Path, *, vantage: str = "lab") -> Path:
+def write_config(lab: Lab, path: Path, *, vantage: str = "lab", interval: str = "15s") -> Path:
     header = (
         "# Written by `probe lab up` for the lab running now; it is useless once the lab stops.\n"
         f"# Try: probe run --config {path}\n"
     )
-    path.write_text(header + yaml.safe_dump(lab_config(lab, vantage=vantage), sort_keys=False))
+    path.write_text(
+        header
+        + yaml.safe_dump(lab_config(lab, vantage=vantage, interval=interval), sort_keys=False)
+    )
     return path
 
 

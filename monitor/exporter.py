@@ -1,0 +1,197 @@
+"""Prometheus metrics from the Store: a custom collector that yields metric families from a
+snapshot on each scrape. Labels come from configuration only (never from what a peer sends),
+so cardinality is bounded by targets x probes x families (x phases, kinds, verdicts).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from monitor import __version__
+from monitor.parity import VERDICTS
+from monitor.state import Store
+from probes.base import Target
+
+PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
+PAIR_LABELS = ["vantage", "target", "service", "region", "probe"]
+HTTP_VERSIONS = ("1.1", "2", "3")
+
+
+def _region(t: Target | None) -> str:
+    return (t.region if t else "") or "none"
+
+
+class StoreCollector(Collector):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._store
+        if s.before_scrape is not None:
+            s.before_scrape()
+        v = s.vantage
+
+        def labels(name: str, probe: str, family: str | None = None) -> list[str]:
+            t = s.targets.get(name)
+            base = [v, name, t.service if t else "", _region(t), probe]
+            return base if family is None else [*base, family]
+
+        success = GaugeMetricFamily(
+            "dualstack_probe_success",
+            "1 if the last probe of this family succeeded.",
+            labels=PROBE_LABELS,
+        )
+        duration = GaugeMetricFamily(
+            "dualstack_probe_duration_seconds",
+            "Latency of the last probe (its measured phases; ICMP: mean RTT).",
+            labels=PROBE_LABELS,
+        )
+        phase = GaugeMetricFamily(
+            "dualstack_probe_phase_duration_seconds",
+            "Duration of each phase of the last probe.",
+            labels=[*PROBE_LABELS, "phase"],
+        )
+        last_run = GaugeMetricFamily(
+            "dualstack_probe_last_run_timestamp_seconds",
+            "Unix time the last probe started.",
+            labels=PROBE_LABELS,
+        )
+        records = GaugeMetricFamily(
+            "dualstack_dns_records",
+            "Addresses in the last A (ipv4) or AAAA (ipv6) answer.",
+            labels=PROBE_LABELS,
+        )
+        not_after = GaugeMetricFamily(
+            "dualstack_tls_cert_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the leaf certificate presented over this family.",
+            labels=PROBE_LABELS,
+        )
+        status = GaugeMetricFamily(
+            "dualstack_http_status_code",
+            "HTTP status of the last response over this family.",
+            labels=PROBE_LABELS,
+        )
+        version = GaugeMetricFamily(
+            "dualstack_http_version_info",
+            "1 for the HTTP version negotiated over this family.",
+            labels=[*PROBE_LABELS, "version"],
+        )
+        for (name, probe, family), r in sorted(s.latest.items()):
+            if r.skipped:
+                continue
+            lv = labels(name, probe, family)
+            success.add_metric(lv, 1.0 if r.success else 0.0)
+            duration.add_metric(lv, r.duration_seconds)
+            last_run.add_metric(lv, r.started)
+            for ph, secs in sorted(r.phases.items()):
+                phase.add_metric([*lv, ph], secs)
+            d = r.details
+            if probe == "dns" and s.targets.get(name) and s.targets[name].zone is None:
+                records.add_metric(lv, float(len(d.get("records") or [])))
+            cert = d.get("certificate")
+            if probe == "tls" and isinstance(cert, dict) and "not_after_timestamp" in cert:
+                not_after.add_metric(lv, float(cert["not_after_timestamp"]))
+            if probe in ("http2", "http3") and isinstance(d.get("status"), int):
+                status.add_metric(lv, float(d["status"]))
+                ver = d.get("http_version")
+                if ver in HTTP_VERSIONS:  # an enumerated value we negotiated, not peer text
+                    version.add_metric([*lv, str(ver)], 1.0)
+        yield from (success, duration, phase, last_run, records, not_after, status, version)
+
+        latency = HistogramMetricFamily(
+            "dualstack_probe_latency_seconds", "Latency of successful probes.", labels=PROBE_LABELS
+        )
+        for (name, probe, family), h in sorted(s.latency.items()):
+            latency.add_metric(labels(name, probe, family), h.cumulative(), h.total)
+        yield latency
+
+        runs = CounterMetricFamily("dualstack_probe_runs", "Probes run.", labels=PROBE_LABELS)
+        for (name, probe, family), n in sorted(s.runs.items()):
+            runs.add_metric(labels(name, probe, family), float(n))
+        yield runs
+        errors = CounterMetricFamily(
+            "dualstack_probe_errors", "Failed probes by error kind.", labels=[*PROBE_LABELS, "kind"]
+        )
+        for (name, probe, family, kind), n in sorted(s.errors.items()):
+            errors.add_metric([*labels(name, probe, family), kind], float(n))
+        yield errors
+
+        parity = GaugeMetricFamily(
+            "dualstack_parity",
+            "IPv6 judged against IPv4: 1 for the current verdict, 0 for the others.",
+            labels=[*PAIR_LABELS, "verdict"],
+        )
+        for (name, probe), p in sorted(s.parity.items()):
+            lv = labels(name, probe)
+            for verdict in VERDICTS:
+                parity.add_metric([*lv, str(verdict)], 1.0 if p.verdict is verdict else 0.0)
+        yield parity
+
+        ipv6 = GaugeMetricFamily(
+            "dualstack_vantage_ipv6_available",
+            "1 if this vantage has a usable route to a target's IPv6 address (0: none; "
+            "absent: no IPv6 address to test).",
+            labels=["vantage"],
+        )
+        if s.vantage_check.ipv6 is not None:
+            ipv6.add_metric([v], 1.0 if s.vantage_check.ipv6 else 0.0)
+        yield ipv6
+
+        lag = HistogramMetricFamily(
+            "dualstack_scheduler_lag_seconds",
+            "How late probes start after their slot.",
+            labels=["vantage"],
+        )
+        lag.add_metric([v], s.lag.cumulative(), s.lag.total)
+        yield lag
+        skipped = CounterMetricFamily(
+            "dualstack_scheduler_skipped",
+            "Runs skipped because the previous run of the job was still going.",
+            labels=["vantage", "target", "probe"],
+        )
+        for (name, probe), n in sorted(s.skipped.items()):
+            skipped.add_metric([v, name, probe], float(n))
+        yield skipped
+        jobs = GaugeMetricFamily(
+            "dualstack_scheduler_jobs", "Scheduled (target, probe) jobs.", labels=["vantage"]
+        )
+        jobs.add_metric([v], float(sum(len(t.probes) for t in s.targets.values())))
+        yield jobs
+
+        reload_ok = GaugeMetricFamily(
+            "dualstack_config_last_reload_successful",
+            "1 if the last configuration (re)load succeeded.",
+            labels=["vantage"],
+        )
+        reload_ok.add_metric([v], 1.0 if s.reload_ok else 0.0)
+        yield reload_ok
+        reload_ts = GaugeMetricFamily(
+            "dualstack_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration load.",
+            labels=["vantage"],
+        )
+        reload_ts.add_metric([v], s.reload_time)
+        yield reload_ts
+        build = GaugeMetricFamily(
+            "dualstack_build_info",
+            "Build information; always 1.",
+            labels=["vantage", "version", "python"],
+        )
+        build.add_metric([v, __version__, platform.python_version()], 1.0)
+        yield build
+
+
+def make_registry(store: Store) -> CollectorRegistry:
+    """A fresh registry per vantage (and per test): no global state."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    return registry

@@ -1,0 +1,102 @@
+"""The HTTP side of `probe serve` (aiohttp, one port): /metrics, /healthz, /readyz,
+/api/v1/results, the status page at /, and POST /-/reload only with --web.enable-lifecycle.
+
+No endpoint probes a target named by a request (no SSRF): everything shown comes from the
+configured jobs. TLS and basic auth come from the exporter-toolkit web config.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import exposition
+from prometheus_client.registry import CollectorRegistry
+
+from monitor.state import Store
+from monitor.statuspage import render_status_page
+from monitor.webconfig import WebConfig, web_middlewares
+
+DEFAULT_LISTEN = "[::]:9851"
+UNAUTHENTICATED = ("/healthz",)  # liveness probes carry no credentials
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'[::1]:9851', '[::]:9851', '127.0.0.1:9851', '0.0.0.0:9851' -> (host, port)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        number = int(port)
+    except ValueError:
+        raise ValueError(
+            f"bad --listen {text!r}: use [::1]:9851, [::]:9851, 127.0.0.1:9851 or 0.0.0.0:9851"
+        ) from None
+    if not sep or not 0 <= number < 65536:
+        raise ValueError(f"bad --listen {text!r}: the port must be 0 to 65535")
+    return host, number
+
+
+def make_app(
+    store: Store,
+    registry: CollectorRegistry,
+    *,
+    web_config: WebConfig | None = None,
+    reload: Callable[[], Awaitable[bool]] | None = None,
+) -> web.Application:
+    cfg = web_config or WebConfig()
+    app = web.Application(middlewares=web_middlewares(cfg, exempt=UNAUTHENTICATED))
+
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if store.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="first round not done yet\n")
+
+    def _doc() -> dict[str, object]:
+        if store.before_scrape is not None:
+            store.before_scrape()
+        return store.report_doc()
+
+    async def results(_: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(_doc(), default=str), content_type="application/json")
+
+    async def status(_: web.Request) -> web.Response:
+        page = render_status_page(_doc(), ready=store.ready, now=time.time())
+        return web.Response(
+            text=page,
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                "img-src data:; form-action 'none'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/results", results)
+    app.router.add_get("/", status)
+    if reload is not None:
+
+        async def do_reload(_: web.Request) -> web.Response:
+            ok = await reload()
+            if ok:
+                return web.Response(text="reloaded\n")
+            return web.Response(status=500, text="reload failed: see the log\n")
+
+        app.router.add_post("/-/reload", do_reload)
+    return app

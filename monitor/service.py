@@ -1,0 +1,324 @@
+"""The long-running vantage point behind `probe serve`: the scheduler's jobs resolve, probe both
+families of one (target, probe) in the same tick, judge parity and update the Store; reloads
+reconcile jobs; a housekeeping task refreshes the vantage self-check and scheduler figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import time
+from collections.abc import Callable
+
+from monitor.config import Config, ConfigError, load_config
+from monitor.parity import Parity, Thresholds, judge
+from monitor.runner import check_target, make_env, make_resolver, nameserver_targets
+from monitor.scheduler import Clock, Scheduler
+from monitor.state import Store
+from monitor.vantage import check_vantage
+from monitor.webconfig import WebConfig
+from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
+from probes.errors import classify
+from probes.resolve import Resolver
+
+log = logging.getLogger("dualstack.vantage")
+
+
+class ResolutionCache:
+    """Probes of one target share its address for a short while; the dns probe always asks
+    afresh (and refreshes the cache), so DNS trouble is seen by the dns probe, on time."""
+
+    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age = max_age
+        self._clock = clock
+        self._entries: dict[tuple[str, Family], tuple[float, Resolution]] = {}
+
+    async def get(
+        self, resolver: Resolver, host: str, family: Family, *, fresh: bool
+    ) -> Resolution:
+        key = (host, family)
+        now = self._clock()
+        hit = self._entries.get(key)
+        if not fresh and hit is not None and now - hit[0] < self._max_age:
+            return hit[1]
+        res = await resolver.resolve(host, family)
+        self._entries[key] = (now, res)
+        return res
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+class Vantage:
+    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.env: ProbeEnv = make_env(cfg)
+        self.resolver: Resolver = make_resolver(cfg, self.env)
+        self.store = Store(vantage=cfg.vantage)
+        self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
+        self.scheduler = Scheduler(
+            self.run_job,
+            clock=clock,
+            concurrency=cfg.concurrency,
+            on_failure=self._job_failed,
+        )
+        self.store.before_scrape = self._sync_scheduler_stats
+
+    # -- configuration -----------------------------------------------------------------------
+
+    async def apply(self, cfg: Config) -> None:
+        """Adopt a configuration: jobs are added and removed, the others keep their slots."""
+        self.cfg = cfg
+        self.env = make_env(cfg)
+        self.resolver = make_resolver(cfg, self.env)
+        self.cache.clear()
+        self.store.vantage = cfg.vantage
+        ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
+        for note in notes:
+            log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
+        targets = {t.name: t for t in (*cfg.targets, *ns_targets)}
+        self.store.notes = tuple(notes)
+        self.store.set_targets(targets)
+        added, removed = self.scheduler.set_targets(targets.values())
+        self.store.reload_ok = True
+        self.store.reload_time = time.time()
+        log.info(
+            "configuration applied",
+            extra={
+                "fields": {
+                    "event": "config_applied",
+                    "targets": len(targets),
+                    "jobs_added": len(added),
+                    "jobs_removed": len(removed),
+                }
+            },
+        )
+
+    async def reload(self, path: str) -> bool:
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            self.store.reload_ok = False
+            log.error(
+                "reload failed, keeping the running configuration: %s",
+                exc,
+                extra={"fields": {"event": "reload_failed"}},
+            )
+            return False
+        await self.apply(cfg)
+        return True
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    async def run_job(self, target: Target, probe: ProbeKind) -> None:
+        fresh = probe == "dns"
+        res = await asyncio.gather(
+            *(self.cache.get(self.resolver, target.host, f, fresh=fresh) for f in FAMILIES)
+        )
+        resolutions: dict[Family, Resolution] = dict(zip(FAMILIES, res, strict=True))
+        results = await check_target(
+            target,
+            [probe],
+            self.cfg.families,
+            resolutions,
+            self.env,
+            None,
+            vantage_ipv6=self.store.vantage_check.ipv6,
+        )
+        self._record(target, probe, results)
+
+    def _record(self, target: Target, probe: ProbeKind, results: list[ProbeResult]) -> None:
+        by = {r.family: r for r in results}
+        v6 = by.get("ipv6")
+        if self.store.vantage_check.ipv6 is None and v6 is not None and v6.address:
+            self.check_vantage()  # the first IPv6 address seen: no need to wait for housekeeping
+        th = Thresholds(slower_ratio=self.cfg.slower_ratio, slower_margin=self.cfg.slower_margin)
+        parity = judge(
+            by.get("ipv4"),
+            by.get("ipv6"),
+            thresholds=th,
+            vantage_ipv6=self.store.vantage_check.ipv6,
+        )
+        previous = self.store.record(results, parity)
+        for r in results:
+            if r.error is not None and not r.skipped:
+                log.warning(
+                    "probe failed",
+                    extra={
+                        "fields": {
+                            "event": "probe_failed",
+                            "target": r.target,
+                            "probe": r.probe,
+                            "family": r.family,
+                            "kind": str(r.error.kind),
+                            "error": r.error.message,
+                        }
+                    },
+                )
+        self._log_flip(previous, parity)
+
+    def _log_flip(self, previous: Parity | None, parity: Parity) -> None:
+        if previous is not None and previous.verdict is parity.verdict:
+            return
+        log.info(
+            "verdict %s",
+            "set" if previous is None else "changed",
+            extra={
+                "fields": {
+                    "event": "verdict_changed",
+                    "target": parity.target,
+                    "probe": parity.probe,
+                    "from": str(previous.verdict) if previous else None,
+                    "to": str(parity.verdict),
+                    "reason": parity.reason,
+                }
+            },
+        )
+
+    def _job_failed(self, target: Target, probe: ProbeKind, exc: BaseException) -> None:
+        """A job that crashed or hung still leaves a result: both families failed with it."""
+        err = classify(exc)
+        now = time.time()
+        results = [
+            ProbeResult(
+                target=target.name,
+                probe=probe,
+                family=f,
+                address=None,
+                success=False,
+                duration_seconds=0.0,
+                started=now,
+                error=err,
+            )
+            for f in FAMILIES
+        ]
+        self._record(target, probe, results)
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _sync_scheduler_stats(self) -> None:
+        for value in self.scheduler.stats.take_lateness():
+            self.store.lag.observe(value)
+        self.store.skipped.clear()
+        self.store.skipped.update(self.scheduler.stats.skipped)
+
+    def check_vantage(self) -> None:
+        families = self.cfg.families
+        before = self.store.vantage_check.ipv6
+        if "ipv6" in families:
+            check = check_vantage(
+                self.store.ipv6_addresses(), self.env.source_addresses.get("ipv6")
+            )
+        else:
+            check = dataclasses.replace(self.store.vantage_check, ipv6=None)
+        self.store.vantage_check = check
+        if check.ipv6 != before:
+            log.info(
+                "vantage IPv6: %s",
+                check.ipv6,
+                extra={"fields": {"event": "vantage_ipv6_changed", "ipv6": check.ipv6}},
+            )
+
+    async def housekeeping(self, every: float = 10.0) -> None:
+        while True:
+            self.check_vantage()
+            self._sync_scheduler_stats()
+            await asyncio.sleep(every)
+
+
+async def serve_forever(
+    config_path: str,
+    *,
+    listen: str,
+    vantage: str | None = None,
+    web_config: WebConfig | None = None,
+    lifecycle: bool = False,
+    drain_timeout: float = 10.0,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP (and POST /-/reload with lifecycle) reloads."""
+    from aiohttp import web
+
+    from monitor.exporter import make_registry
+    from monitor.server import make_app, parse_listen
+
+    def load() -> Config:
+        cfg = load_config(config_path)
+        return dataclasses.replace(cfg, vantage=vantage) if vantage else cfg
+
+    host, port = parse_listen(listen)
+    cfg = load()
+    service = Vantage(cfg)
+    lock = asyncio.Lock()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    # Before anything else: a SIGTERM during start-up must still mean a clean exit.
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def reload() -> bool:
+        async with lock:  # SIGHUP and POST /-/reload never interleave
+            try:
+                new = load()
+            except ConfigError as exc:
+                service.store.reload_ok = False
+                log.error(
+                    "reload failed, keeping the running configuration: %s",
+                    exc,
+                    extra={"fields": {"event": "reload_failed"}},
+                )
+                return False
+            await service.apply(new)
+            return True
+
+    app = make_app(
+        service.store,
+        make_registry(service.store),
+        web_config=web_config,
+        reload=reload if lifecycle else None,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, host, port, ssl_context=web_config.ssl_context if web_config else None
+    )
+    await site.start()
+    server = getattr(site, "_server", None)
+    sockets = server.sockets if server is not None else []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    scheme = "https" if web_config and web_config.ssl_context else "http"
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "listening on %s://%s:%d",
+        scheme,
+        shown,
+        bound,
+        extra={"fields": {"event": "listening", "port": bound}},
+    )
+
+    await service.apply(cfg)
+    scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
+    housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")
+    try:
+        await stop.wait()
+    finally:
+        log.info(
+            "stopping: draining probes in flight (at most %g s)",
+            drain_timeout,
+            extra={"fields": {"event": "stopping"}},
+        )
+        cancelled = await service.scheduler.drain(drain_timeout)
+        housekeeping.cancel()
+        await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
+        await runner.cleanup()
+        log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
+    return 0

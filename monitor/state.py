@@ -1,0 +1,157 @@
+"""The vantage's state between scrapes: the latest result per (target, probe, family), the
+latest parity per (target, probe), counters and histograms. The exporter, the status page and
+the API all read it; only `probe serve` writes it, from one event loop (no locks needed).
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.parity import Parity
+from monitor.runner import result_json
+from monitor.vantage import VantageCheck
+from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, Target
+
+# 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0)
+
+ResultKey = tuple[str, ProbeKind, Family]
+PairKey = tuple[str, ProbeKind]
+
+
+@dataclass(slots=True)
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.counts:
+            self.counts = [0] * len(self.buckets)
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.total += value
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip(self.buckets, self.counts, strict=True):
+            running += n
+            out.append((format(bound, "g"), float(running)))
+        out.append(("+Inf", float(self.count)))
+        return out
+
+
+@dataclass(slots=True)
+class Store:
+    vantage: str
+    targets: dict[str, Target] = field(default_factory=dict)
+    latest: dict[ResultKey, ProbeResult] = field(default_factory=dict)
+    parity: dict[PairKey, Parity] = field(default_factory=dict)
+    runs: Counter[ResultKey] = field(default_factory=Counter)
+    errors: Counter[tuple[str, ProbeKind, Family, str]] = field(default_factory=Counter)
+    latency: dict[ResultKey, Histogram] = field(default_factory=dict)
+    lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
+    skipped: Counter[PairKey] = field(default_factory=Counter)
+    vantage_check: VantageCheck = field(default_factory=lambda: VantageCheck(ipv6=None))
+    reload_ok: bool = True
+    reload_time: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.time)
+    notes: tuple[str, ...] = ()
+    configured: bool = False
+    """A configuration has been applied (until then nothing is ready, however empty)."""
+    before_scrape: Callable[[], None] | None = None
+    """Set by the service: pull scheduler figures in just before a scrape or API read."""
+
+    def set_targets(self, targets: dict[str, Target]) -> None:
+        """New configuration: forget every series of targets that are gone (or lost a probe)."""
+        self.targets = dict(targets)
+        self.configured = True
+        keep = {(t.name, p) for t in targets.values() for p in t.probes}
+        for store in (self.latest, self.runs, self.latency):
+            for key in [k for k in store if (k[0], k[1]) not in keep]:
+                del store[key]
+        for ekey in [k for k in self.errors if (k[0], k[1]) not in keep]:
+            del self.errors[ekey]
+        for pkey in [k for k in self.parity if k not in keep]:
+            del self.parity[pkey]
+        for pkey in [k for k in self.skipped if k not in keep]:
+            del self.skipped[pkey]
+
+    def record(self, results: list[ProbeResult], parity: Parity) -> Parity | None:
+        """Store one tick of a (target, probe); returns the previous parity (for flip logs)."""
+        pkey = (parity.target, parity.probe)
+        if parity.target not in self.targets:
+            return None  # removed by a reload while it ran
+        for r in results:
+            key = (r.target, r.probe, r.family)
+            self.latest[key] = r
+            if r.skipped:
+                continue
+            self.runs[key] += 1
+            if r.error is not None:
+                self.errors[(r.target, r.probe, r.family, str(r.error.kind))] += 1
+            elif r.success:
+                self.latency.setdefault(key, Histogram(LATENCY_BUCKETS)).observe(r.duration_seconds)
+        previous = self.parity.get(pkey)
+        self.parity[pkey] = parity
+        return previous
+
+    @property
+    def ready(self) -> bool:
+        """Every (target, probe) has a verdict: the first round is done."""
+        return self.configured and all(
+            (t.name, p) in self.parity for t in self.targets.values() for p in t.probes
+        )
+
+    def ipv6_addresses(self) -> list[str]:
+        return [
+            r.address
+            for (_, _, fam), r in self.latest.items()
+            # A DNS64-synthesized AAAA says nothing about this host's own IPv6.
+            if fam == "ipv6"
+            and r.address
+            and not (r.error and r.error.kind is ErrorKind.DNS_NAT64_SYNTHESIZED)
+        ]
+
+    def report_doc(self) -> dict[str, Any]:
+        """The same document as `probe run --format json`."""
+        started = min((r.started for r in self.latest.values()), default=self.started)
+        return {
+            "vantage": self.vantage,
+            "started": datetime.fromtimestamp(started, UTC)
+            .isoformat(timespec="seconds")
+            .replace("+00:00", "Z"),
+            "vantage_ipv6": self.vantage_check.ipv6,
+            "vantage_routes": self.vantage_check.routes,
+            "notes": list(self.notes),
+            "results": [
+                result_json(r, self.targets.get(r.target)) for _, r in sorted(self.latest.items())
+            ],
+            "parity": [p.to_json() for _, p in sorted(self.parity.items())],
+        }

