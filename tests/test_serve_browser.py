@@ -1,0 +1,37 @@
+"""The status page of a running `probe serve` on the lab, in a real headless Chromium: the
+matrix shows the faulty targets marked, no console errors, nothing fetched from other hosts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from browser import load_page
+from serving import serve
+
+from monitor.lab import Lab
+from monitor.lab.run import write_config
+from monitor.statuspage import VERDICT_STYLE
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None:
+    cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="lab-browser", interval="3s")
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "serve-status-page.png"
+    with serve(cfg) as served:
+        served.wait_ready()
+        report = await load_page(served.url + "/", shot)
+    assert report.status == 200
+    assert report.console_errors == [] and report.page_errors == []
+    assert report.blocked_requests == [] and report.dialogs == []
+    assert all(r.startswith(served.url) for r in report.requests), report.requests
+    faulty = report.cell("v4_only", "tcp")
+    assert faulty["verdict"] == "ipv6_failed"
+    assert report.cell("no_aaaa", "tls")["verdict"] == "ipv6_missing"
+    assert report.cell("cert_differs_v6", "tls")["verdict"] == "mismatch"
+    assert report.cell("healthy", "http3")["verdict"] == "ok"
+    assert faulty["background"] != report.cell("healthy", "tcp")["background"]
+    assert VERDICT_STYLE["ipv6_failed"]
+    assert "lab-browser" in report.html
+    assert shot.stat().st_size > 10_000
