@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 
 from probes.base import ProbeRequest
@@ -24,7 +25,7 @@ async def open_stream(
     server_hostname: str | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to `req.address` (never the name), optionally with TLS and SNI."""
-    return await asyncio.open_connection(
+    reader, writer = await asyncio.open_connection(
         host=req.address,
         port=req.target.port,
         ssl=ssl_context,
@@ -33,6 +34,10 @@ async def open_stream(
         # The handshake is bounded by the probe timeout, not asyncio's 60 s default.
         ssl_handshake_timeout=req.timeout if ssl_context else None,
     )
+    sock = writer.get_extra_info("socket")
+    if sock is not None:  # measured latency must be the network's, never Nagle's
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return reader, writer
 
 
 CLOSE_GRACE = 1.0

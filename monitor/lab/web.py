@@ -206,6 +206,11 @@ class WebServer(LabServer):
             assert task is not None
             self._connections.add(task)
             self._handshaking.add(task)
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                # Without it, Nagle against the client's delayed ACK adds ~40 ms to every
+                # response: the lab's latencies must be the network's, not an artefact.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 # TLS is started here rather than by start_server(ssl=...): on 3.11 a server
                 # cannot reach connections still in the handshake, so a client that connects

@@ -1,0 +1,500 @@
+"""Scheduler benchmark for `probe serve`'s vantage, run by hand (never part of the test suite).
+
+Fixed workload: --jobs (target, probe) jobs, half tcp and half tls (targets = jobs / 2, each with
+probes [tcp, tls]; every job probes both families in one tick, as the product does) against the
+lab's `healthy` endpoint on loopback, --interval (60 s) apart, for --duration seconds per run,
+--runs times. Each run is a fresh vantage process (so its peak RSS is its own) that drives
+`monitor.service.Vantage` directly: `scheduler.run()` plus `housekeeping()`, no HTTP server, logs
+as `probe serve` writes them (text, info) to a file. The lab (`probe lab up`) runs in one
+separate process for all runs.
+
+Prints, as median and min/max across runs: scheduler start lateness p50/p99 (every sample of
+`Scheduler.stats.take_lateness()`), vantage CPU seconds per probe (one probe = one target x kind
+x family attempt), peak RSS; and per run the probes completed, failures by error kind, the lab's
+CPU, event-loop lag and peak jobs in flight.
+
+Traffic: loopback only. Both processes install an audit hook that refuses any connect, sendto,
+sendmsg or getaddrinfo to anything but 127.0.0.0/8 and ::1. Every run is bounded in time: the
+vantage process is killed if it overruns, the lab is stopped at the end.
+
+    python benchmarks/scheduler_bench.py                                  # 3 x 300 s, 10,000 jobs
+    python benchmarks/scheduler_bench.py --runs 1 --duration 20 --jobs 200  # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import ipaddress
+import json
+import math
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+PROBE_KINDS = ("tcp", "tls")
+LAB_READY = "lab ready: config written to "
+LAB_START_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 10.0
+# A vantage process gets this much on top of --duration + drain to start and report.
+CHILD_SLACK = 120.0
+SAMPLE_EVERY = 0.1  # event-loop lag and in-flight sampling period (s)
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+
+def raise_nofile() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit: thousands of sockets may be open at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+@functools.lru_cache(maxsize=64)
+def _loopback(host: object) -> bool:
+    if host is None or host in ("", b"", "localhost", b"localhost"):
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    try:
+        ip = ipaddress.ip_address(str(host).split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def install_loopback_guard() -> None:
+    """Refuse (before the system call) any traffic or name lookup that is not loopback."""
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event in ("socket.connect", "socket.sendto", "socket.sendmsg"):
+            addr = args[1] if len(args) > 1 else None
+            if isinstance(addr, tuple) and addr and not _loopback(addr[0]):
+                raise PermissionError(f"scheduler_bench: {event} to {addr!r} refused (loopback)")
+        elif event == "socket.getaddrinfo" and not _loopback(args[0]):
+            raise PermissionError(f"scheduler_bench: getaddrinfo({args[0]!r}) refused")
+
+    sys.addaudithook(hook)
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (q in 0..1)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(q * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def proc_status_kib(pid: int | str, key: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# -- the lab process ---------------------------------------------------------------------------
+
+
+def lab_main(workdir: str) -> int:
+    """`probe lab up --dir workdir`, with the loopback guard installed first."""
+    raise_nofile()
+    install_loopback_guard()
+    sys.path.insert(0, str(REPO))
+    from monitor.cli import main
+
+    return main(["lab", "up", "--dir", workdir])
+
+
+class LabProcess:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "lab.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config_path: Path | None = None
+
+    def start(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, __file__, "--_lab", str(self.workdir / "lab")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + LAB_START_TIMEOUT
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith(LAB_READY):
+                    self.config_path = Path(line[len(LAB_READY) :].strip())
+                    return self.config_path
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.stop()
+        raise SystemExit(
+            f"the lab did not get ready within {LAB_START_TIMEOUT:g} s; its output:\n"
+            + self.log_path.read_text(errors="replace")
+        )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def bench_config(lab_yml: Path, jobs: int, interval: int, timeout: int, concurrency: int) -> dict:
+    """`jobs` (target, probe) jobs: jobs/2 targets bench-0000... on the lab's healthy endpoint."""
+    import yaml
+
+    lab = yaml.safe_load(lab_yml.read_text())
+    healthy = next(t for t in lab["targets"] if t["name"] == "healthy")
+    n = jobs // len(PROBE_KINDS)
+    width = max(4, len(str(n - 1)))
+    return {
+        "vantage": "bench",
+        "interval": f"{interval}s",
+        "timeout": f"{timeout}s",
+        "concurrency": concurrency,
+        "resolver": lab["resolver"],
+        "tls": {"ca_file": lab["tls"]["ca_file"]},
+        "parity": lab["parity"],
+        "targets": [
+            {
+                "name": f"bench-{i:0{width}d}",
+                "service": "alb",
+                "region": "us-east-1",
+                "host": healthy["host"],
+                "port": healthy["port"],
+                "probes": list(PROBE_KINDS),
+            }
+            for i in range(n)
+        ],
+    }
+
+
+# -- one run: the vantage process -------------------------------------------------------------
+
+
+def vantage_main(config: str, duration: float, out: str) -> int:
+    nofile = raise_nofile()
+    install_loopback_guard()
+    sys.path.insert(0, str(REPO))
+    from monitor import logs
+
+    logs.setup("info", "text")  # as `probe serve` (stderr is a file the parent reads)
+    result = asyncio.run(_vantage_run(config, duration))
+    result["nofile"] = list(nofile)
+    Path(out).write_text(json.dumps(result))
+    return 0
+
+
+async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
+    from monitor.config import load_config
+    from monitor.service import Vantage
+
+    cfg = load_config(config)
+    for t in cfg.targets:  # the generated config only: never anything but the lab
+        if not t.name.startswith("bench-") or not t.host.endswith(".amazonaws.com"):
+            raise SystemExit(f"unexpected target {t.name} {t.host}")
+    vantage = Vantage(cfg)
+    scheduler = vantage.scheduler
+    lateness: list[float] = []
+    product_sync = vantage._sync_scheduler_stats
+
+    def sync() -> None:
+        """Keep every lateness sample, and still feed the product's lag histogram."""
+        taken = scheduler.stats.take_lateness()
+        lateness.extend(taken)
+        scheduler.stats.lateness.extend(taken)
+        product_sync()
+
+    vantage._sync_scheduler_stats = sync  # type: ignore[method-assign]
+    await vantage.apply(cfg)
+    rss_before_kib = proc_status_kib("self", "VmRSS")
+
+    loop_lag: list[float] = []
+    min_free = [cfg.concurrency]
+
+    async def sampler() -> None:
+        sem = getattr(scheduler, "_sem", None)
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(SAMPLE_EVERY)
+            loop_lag.append(max(0.0, time.perf_counter() - t0 - SAMPLE_EVERY))
+            free = getattr(sem, "_value", None)
+            if isinstance(free, int):
+                min_free[0] = min(min_free[0], free)
+
+    loop = asyncio.get_running_loop()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    run_task = loop.create_task(scheduler.run(), name="scheduler")
+    hk_task = loop.create_task(vantage.housekeeping(), name="housekeeping")
+    sample_task = loop.create_task(sampler(), name="sampler")
+    await asyncio.sleep(duration)
+    cancelled = await scheduler.drain(DRAIN_TIMEOUT)
+    hk_task.cancel()
+    sample_task.cancel()
+    await asyncio.gather(run_task, hk_task, sample_task, return_exceptions=True)
+    sync()
+    cpu1, wall1 = time.process_time(), time.monotonic()
+
+    probes: Counter[str] = Counter()
+    for (_target, kind, family), n in vantage.store.runs.items():
+        probes[f"{kind}/{family}"] += n
+    failures: Counter[str] = Counter()
+    for (_target, kind, family, err), n in vantage.store.errors.items():
+        failures[f"{err} ({kind}/{family})"] += n
+    examples = sorted(
+        {
+            f"{r.probe}/{r.family}: {r.error.kind}: {r.error.message}"
+            for r in vantage.store.latest.values()
+            if r.error is not None and not r.skipped
+        }
+    )[:5]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    lateness.sort()
+    loop_lag.sort()
+    return {
+        "jobs": len(scheduler.jobs),
+        "job_runs": sum(j.runs for j in scheduler.jobs.values()),
+        "skipped": sum(j.skipped for j in scheduler.jobs.values()),
+        "hung": scheduler.stats.hung,
+        "crashed": scheduler.stats.crashed,
+        "cancelled": cancelled,
+        "probes": dict(probes),
+        "failures": dict(failures),
+        "failure_examples": examples,
+        "cpu_seconds": cpu1 - cpu0,
+        "wall_seconds": wall1 - wall0,
+        "lateness_n": len(lateness),
+        "lateness_p50": percentile(lateness, 0.50),
+        "lateness_p99": percentile(lateness, 0.99),
+        "lateness_max": lateness[-1] if lateness else math.nan,
+        "loop_lag_p99": percentile(loop_lag, 0.99),
+        "loop_lag_max": loop_lag[-1] if loop_lag else math.nan,
+        "peak_in_flight": cfg.concurrency - min_free[0],
+        "concurrency": cfg.concurrency,
+        "maxrss_mib": usage.ru_maxrss / 1024,
+        "vmhwm_mib": (proc_status_kib("self", "VmHWM") or 0) / 1024,
+        "rss_before_mib": (rss_before_kib or 0) / 1024,
+    }
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+def run_once(
+    i: int, config: Path, workdir: Path, duration: float, lab: LabProcess
+) -> dict[str, Any]:
+    out = workdir / f"run-{i}.json"
+    log_path = workdir / f"run-{i}.log"
+    lab_cpu0 = proc_cpu_seconds(lab.pid)
+    wall0 = time.monotonic()
+    with log_path.open("wb") as log:
+        proc = subprocess.run(
+            [sys.executable, __file__, "--_vantage", str(config), str(duration), str(out)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            timeout=duration + DRAIN_TIMEOUT + CHILD_SLACK,
+            check=False,
+        )
+    wall = time.monotonic() - wall0
+    lab_cpu = proc_cpu_seconds(lab.pid) - lab_cpu0
+    if proc.returncode != 0 or not out.exists():
+        tail = log_path.read_text(errors="replace").splitlines()[-30:]
+        raise SystemExit(f"run {i} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    result: dict[str, Any] = json.loads(out.read_text())
+    result["lab_cpu_seconds"] = lab_cpu
+    result["process_wall_seconds"] = wall
+    levels: Counter[str] = Counter()
+    for line in log_path.read_text(errors="replace").splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) > 2 and parts[2] in ("WARNING", "ERROR", "CRITICAL"):
+            levels[parts[2]] += 1
+    result["log_levels"] = dict(levels)
+    return result
+
+
+def git_state() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "monitor", "probes"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" + uncommitted changes in monitor/ or probes/" if dirty else " (clean)")
+
+
+def fmt(value: float, digits: int = 4) -> str:
+    if math.isnan(value):
+        return "n/a"
+    return f"{value:.{digits}g}"
+
+
+def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    targets = args.jobs // len(PROBE_KINDS)
+    lines = [
+        "dualstack-monitor scheduler benchmark",
+        f"workload : {args.jobs} jobs = {targets} targets x [{', '.join(PROBE_KINDS)}], "
+        f"both families per job ({2 * args.jobs} probes per interval)",
+        f"           interval {args.interval} s, timeout {args.timeout} s, "
+        f"concurrency {args.concurrency}, {args.duration:g} s per run, {args.runs} run(s)",
+        "vantage  : monitor.service.Vantage in a fresh process per run: scheduler.run() + "
+        "housekeeping(),",
+        "           no HTTP server; text logs at info to a file; loopback-only audit hook",
+        f"lab      : `probe lab up` in its own process; healthy endpoint {meta['endpoint']} on "
+        "127.0.0.1 and ::1",
+        f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "
+        f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"RLIMIT_NOFILE {runs[0]['nofile'][0]}/{runs[0]['nofile'][1]}",
+        f"code     : {meta['git']}",
+        "",
+    ]
+
+    def row(name: str, values: list[float], digits: int = 4) -> str:
+        return (
+            f"{name:<30} {fmt(statistics.median(values), digits):>10} "
+            f"{fmt(min(values), digits):>10} {fmt(max(values), digits):>10}"
+        )
+
+    total = [sum(r["probes"].values()) for r in runs]
+    failed = [sum(r["failures"].values()) for r in runs]
+    lines += [
+        f"{'metric (across runs)':<30} {'median':>10} {'min':>10} {'max':>10}",
+        row("start lateness p50 (s)", [r["lateness_p50"] for r in runs]),
+        row("start lateness p99 (s)", [r["lateness_p99"] for r in runs]),
+        row(
+            "CPU per probe (s)",
+            [r["cpu_seconds"] / t if t else math.nan for r, t in zip(runs, total, strict=True)],
+        ),
+        row("peak RSS (MiB)", [r["maxrss_mib"] for r in runs]),
+        row("probes completed", [float(t) for t in total], 9),
+        row("failed probes", [float(f) for f in failed], 9),
+        "",
+        "per run: probes (tcp/tls), late max, vantage CPU s (% of one core), lab CPU %,",
+        "         loop lag p99/max, peak jobs in flight, skipped/hung/crashed/cancelled, RSS",
+    ]
+    for i, (r, t) in enumerate(zip(runs, total, strict=True), 1):
+        tcp = sum(n for k, n in r["probes"].items() if k.startswith("tcp/"))
+        tls = sum(n for k, n in r["probes"].items() if k.startswith("tls/"))
+        wall = r["wall_seconds"]
+        lines.append(
+            f"  run {i}: {t} probes ({tcp}/{tls}) in {r['job_runs']} job runs, "
+            f"{r['lateness_n']} lateness samples, late max {r['lateness_max']:.3f} s, "
+            f"CPU {r['cpu_seconds']:.1f} s ({100 * r['cpu_seconds'] / wall:.0f}%), "
+            f"lab CPU {100 * r['lab_cpu_seconds'] / r['process_wall_seconds']:.0f}%, "
+            f"loop lag {r['loop_lag_p99'] * 1000:.1f}/{r['loop_lag_max'] * 1000:.1f} ms, "
+            f"in flight {r['peak_in_flight']}/{r['concurrency']}, "
+            f"{r['skipped']}/{r['hung']}/{r['crashed']}/{r['cancelled']}, "
+            f"RSS {r['rss_before_mib']:.0f} MiB after config -> {r['vmhwm_mib']:.0f} MiB peak, "
+            f"log {r['log_levels'] or 'no warnings'}"
+        )
+        if r["failures"]:
+            kinds = ", ".join(f"{k}: {n}" for k, n in sorted(r["failures"].items()))
+            lines.append(f"         failures by kind: {kinds}")
+            lines += [f"         e.g. {e}" for e in r["failure_examples"]]
+        else:
+            lines.append("         failures by kind: none")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_lab"]:
+        return lab_main(argv[1])
+    if argv[:1] == ["--_vantage"]:
+        return vantage_main(argv[1], float(argv[2]), argv[3])
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds per run")
+    parser.add_argument("--jobs", type=int, default=10_000, help="(target, probe) jobs, even")
+    parser.add_argument("--interval", type=int, default=60, help="seconds")
+    parser.add_argument("--timeout", type=int, default=5, help="probe timeout, seconds")
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    args = parser.parse_args(argv)
+    if args.jobs < 2 or args.jobs % len(PROBE_KINDS) or args.runs < 1 or args.duration <= 0:
+        parser.error("--jobs must be an even number >= 2, --runs >= 1, --duration > 0")
+
+    raise_nofile()
+    install_loopback_guard()
+    import yaml
+
+    workdir = Path(tempfile.mkdtemp(prefix="scheduler-bench-"))
+    lab = LabProcess(workdir)
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    try:
+        lab_yml = lab.start()
+        cfg = bench_config(lab_yml, args.jobs, args.interval, args.timeout, args.concurrency)
+        config = workdir / "bench.yml"
+        config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        endpoint = f"{cfg['targets'][0]['host']} port {cfg['targets'][0]['port']}"
+        for i in range(1, args.runs + 1):
+            print(f"run {i}/{args.runs}: {args.duration:g} s ...", file=sys.stderr, flush=True)
+            runs.append(run_once(i, config, workdir, args.duration, lab))
+    finally:
+        lab.stop()
+    print(report(args, runs, {"endpoint": endpoint, "git": git_state()}))
+    print(
+        f"\ntook {time.monotonic() - started:.0f} s; work folder {workdir}"
+        + ("" if args.keep else " (removed)")
+    )
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
