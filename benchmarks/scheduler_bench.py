@@ -251,17 +251,29 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
     rss_before_kib = proc_status_kib("self", "VmRSS")
 
     loop_lag: list[float] = []
-    min_free = [cfg.concurrency]
 
     async def sampler() -> None:
-        sem = getattr(scheduler, "_sem", None)
         while True:
             t0 = time.perf_counter()
             await asyncio.sleep(SAMPLE_EVERY)
             loop_lag.append(max(0.0, time.perf_counter() - t0 - SAMPLE_EVERY))
-            free = getattr(sem, "_value", None)
-            if isinstance(free, int):
-                min_free[0] = min(min_free[0], free)
+
+    # Jobs in flight (inside the concurrency bound) and how long each job takes, per kind.
+    in_flight = [0, 0]  # now, peak
+    job_seconds: dict[str, list[float]] = {k: [] for k in PROBE_KINDS}
+    product_run_job = scheduler._run_job
+
+    async def counted_run_job(target: Any, probe: Any) -> None:
+        in_flight[0] += 1
+        in_flight[1] = max(in_flight[1], in_flight[0])
+        t0 = time.perf_counter()
+        try:
+            await product_run_job(target, probe)
+        finally:
+            in_flight[0] -= 1
+            job_seconds.setdefault(probe, []).append(time.perf_counter() - t0)
+
+    scheduler._run_job = counted_run_job
 
     loop = asyncio.get_running_loop()
     cpu0, wall0 = time.process_time(), time.monotonic()
@@ -310,7 +322,11 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
         "lateness_max": lateness[-1] if lateness else math.nan,
         "loop_lag_p99": percentile(loop_lag, 0.99),
         "loop_lag_max": loop_lag[-1] if loop_lag else math.nan,
-        "peak_in_flight": cfg.concurrency - min_free[0],
+        "peak_in_flight": in_flight[1],
+        "job_seconds": {
+            k: [percentile(sorted(v), 0.5), percentile(sorted(v), 0.99)]
+            for k, v in job_seconds.items()
+        },
         "concurrency": cfg.concurrency,
         "maxrss_mib": usage.ru_maxrss / 1024,
         "vmhwm_mib": (proc_status_kib("self", "VmHWM") or 0) / 1024,
