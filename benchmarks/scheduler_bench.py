@@ -400,16 +400,17 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
     lines = [
         "dualstack-monitor scheduler benchmark",
         f"workload : {args.jobs} jobs = {targets} targets x [{', '.join(PROBE_KINDS)}], "
-        f"both families per job ({2 * args.jobs} probes per interval)",
-        f"           interval {args.interval} s, timeout {args.timeout} s, "
-        f"concurrency {args.concurrency}, {args.duration:g} s per run, {args.runs} run(s)",
-        "vantage  : monitor.service.Vantage in a fresh process per run: scheduler.run() + "
-        "housekeeping(),",
-        "           no HTTP server; text logs at info to a file; loopback-only audit hook",
-        f"lab      : `probe lab up` in its own process; healthy endpoint {meta['endpoint']} on "
-        "127.0.0.1 and ::1",
+        "both families per job",
+        f"           ({2 * args.jobs} probes per interval), interval {args.interval} s, "
+        f"timeout {args.timeout} s, concurrency {args.concurrency}",
+        f"           {args.duration:g} s per run, {args.runs} run(s), a fresh vantage process each",
+        "vantage  : monitor.service.Vantage: scheduler.run() + housekeeping(), no HTTP server,",
+        "           text logs at info to a file, loopback-only audit hook",
+        "lab      : `probe lab up` in its own process (single-process hypercorn), `healthy`",
+        f"           endpoint {meta['endpoint']} on 127.0.0.1 and ::1",
         f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "
-        f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.machine()},",
+        f"           {platform.python_implementation()} {platform.python_version()}, "
         f"RLIMIT_NOFILE {runs[0]['nofile'][0]}/{runs[0]['nofile'][1]}",
         f"code     : {meta['git']}",
         "",
@@ -417,14 +418,14 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
 
     def row(name: str, values: list[float], digits: int = 4) -> str:
         return (
-            f"{name:<30} {fmt(statistics.median(values), digits):>10} "
+            f"{name:<26} {fmt(statistics.median(values), digits):>10} "
             f"{fmt(min(values), digits):>10} {fmt(max(values), digits):>10}"
         )
 
     total = [sum(r["probes"].values()) for r in runs]
     failed = [sum(r["failures"].values()) for r in runs]
     lines += [
-        f"{'metric (across runs)':<30} {'median':>10} {'min':>10} {'max':>10}",
+        f"{'across runs':<26} {'median':>10} {'min':>10} {'max':>10}",
         row("start lateness p50 (s)", [r["lateness_p50"] for r in runs]),
         row("start lateness p99 (s)", [r["lateness_p99"] for r in runs]),
         row(
@@ -435,30 +436,38 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
         row("probes completed", [float(t) for t in total], 9),
         row("failed probes", [float(f) for f in failed], 9),
         "",
-        "per run: probes (tcp/tls), late max, vantage CPU s (% of one core), lab CPU %,",
-        "         loop lag p99/max, peak jobs in flight, skipped/hung/crashed/cancelled, RSS",
+        "run   probes  tcp / tls      late max  CPU s  CPU%  lab CPU%  loop lag p99/max  in flight",
     ]
     for i, (r, t) in enumerate(zip(runs, total, strict=True), 1):
         tcp = sum(n for k, n in r["probes"].items() if k.startswith("tcp/"))
         tls = sum(n for k, n in r["probes"].items() if k.startswith("tls/"))
-        wall = r["wall_seconds"]
+        lag = f"{r['loop_lag_p99'] * 1000:.0f}/{r['loop_lag_max'] * 1000:.0f} ms"
         lines.append(
-            f"  run {i}: {t} probes ({tcp}/{tls}) in {r['job_runs']} job runs, "
-            f"{r['lateness_n']} lateness samples, late max {r['lateness_max']:.3f} s, "
-            f"CPU {r['cpu_seconds']:.1f} s ({100 * r['cpu_seconds'] / wall:.0f}%), "
-            f"lab CPU {100 * r['lab_cpu_seconds'] / r['process_wall_seconds']:.0f}%, "
-            f"loop lag {r['loop_lag_p99'] * 1000:.1f}/{r['loop_lag_max'] * 1000:.1f} ms, "
-            f"in flight {r['peak_in_flight']}/{r['concurrency']}, "
-            f"{r['skipped']}/{r['hung']}/{r['crashed']}/{r['cancelled']}, "
-            f"RSS {r['rss_before_mib']:.0f} MiB after config -> {r['vmhwm_mib']:.0f} MiB peak, "
-            f"log {r['log_levels'] or 'no warnings'}"
+            f"{i:<5} {t:>6}  {f'{tcp} / {tls}':<13} {r['lateness_max']:>7.3f}s "
+            f"{r['cpu_seconds']:>6.1f} {100 * r['cpu_seconds'] / r['wall_seconds']:>4.0f}% "
+            f"{100 * r['lab_cpu_seconds'] / r['process_wall_seconds']:>7.0f}%  "
+            f"{lag:<17} {r['peak_in_flight']:>4}/{r['concurrency']}"
         )
+    lines.append("")
+    for i, r in enumerate(runs, 1):
+        jobs = ", ".join(
+            f"{k} {v[0] * 1000:.1f}/{v[1] * 1000:.1f} ms" for k, v in r["job_seconds"].items()
+        )
+        lines += [
+            f"run {i}: {r['job_runs']} job runs ({r['lateness_n']} lateness samples), "
+            f"skipped {r['skipped']}, hung {r['hung']}, crashed {r['crashed']}, "
+            f"cancelled at drain {r['cancelled']}",
+            f"       job duration p50/p99: {jobs}",
+            f"       RSS {r['rss_before_mib']:.0f} MiB after loading the config, peak "
+            f"{r['vmhwm_mib']:.0f} MiB (VmHWM); warnings logged: "
+            + (", ".join(f"{k} {n}" for k, n in r["log_levels"].items()) or "none"),
+        ]
         if r["failures"]:
             kinds = ", ".join(f"{k}: {n}" for k, n in sorted(r["failures"].items()))
-            lines.append(f"         failures by kind: {kinds}")
-            lines += [f"         e.g. {e}" for e in r["failure_examples"]]
+            lines.append(f"       failures by kind: {kinds}")
+            lines += [f"       e.g. {e}" for e in r["failure_examples"]]
         else:
-            lines.append("         failures by kind: none")
+            lines.append("       failures by kind: none")
     return "\n".join(lines)
 
 
@@ -494,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = bench_config(lab_yml, args.jobs, args.interval, args.timeout, args.concurrency)
         config = workdir / "bench.yml"
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        endpoint = f"{cfg['targets'][0]['host']} port {cfg['targets'][0]['port']}"
+        endpoint = f"{cfg['targets'][0]['host']}\n           port {cfg['targets'][0]['port']}"
         for i in range(1, args.runs + 1):
             print(f"run {i}/{args.runs}: {args.duration:g} s ...", file=sys.stderr, flush=True)
             runs.append(run_once(i, config, workdir, args.duration, lab))

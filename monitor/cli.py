@@ -18,7 +18,7 @@ from pathlib import Path
 
 from monitor import __version__
 from monitor.catalog import shipped
-from monitor.config import Config, ConfigError, load_config, parse_duration
+from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, load_config, parse_duration
 from monitor.output import EXIT_USAGE, exit_status, plan_rows, write_json, write_plan, write_table
 from monitor.runner import Report
 from probes.base import FAMILIES, PROBE_KINDS, Family, Target
@@ -192,6 +192,22 @@ def select(cfg: Config, args: argparse.Namespace) -> list[Target]:
     return picked
 
 
+def select_zones(cfg: Config, args: argparse.Namespace) -> Config:
+    """The filters apply to the name servers of route53.zones too (service route53, region
+    global, names route53-ns-<zone>-<n>)."""
+    keep = (
+        (not args.service or "route53" in args.service)
+        and (not args.region or "global" in args.region)
+        and (not args.target or any(n.startswith(NAMESERVER_PREFIX) for n in args.target))
+    )
+    route53 = cfg.route53
+    if args.probe:
+        probes = [p for p in route53.probes if p in args.probe]
+        keep = keep and bool(probes)
+        route53 = route53.model_copy(update={"probes": probes})
+    return dataclasses.replace(cfg, zones=cfg.zones if keep else (), route53=route53)
+
+
 def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
     if getattr(args, "resolver", None):
         host, port = args.resolver
@@ -226,6 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_targets(args, dry_run=True)
     cfg = _apply_overrides(_load(args), args)
     targets = select(cfg, args)
+    cfg = select_zones(cfg, args)
     families = _families(args, cfg)
     show_progress = args.format == "table" and sys.stderr.isatty() and not args.no_progress
     report = asyncio.run(_run_with_progress(cfg, targets, families, show_progress))

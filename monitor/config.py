@@ -39,6 +39,7 @@ HOST_RE = re.compile(
 Plane = Literal["data", "control"]
 PLANES: tuple[Plane, ...] = ("data", "control")
 NAMESERVER_PROBES: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp")
+NAMESERVER_PREFIX = "route53-ns-"
 
 
 class ConfigError(Exception):
@@ -73,6 +74,18 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 def _check_ip(value: str) -> str:
     ipaddress.ip_address(value)
+    return value
+
+
+def _check_ipv4(value: str) -> str:
+    if ipaddress.ip_address(value).version != 4:
+        raise ValueError(f"{value!r} is not an IPv4 address")
+    return value
+
+
+def _check_ipv6(value: str) -> str:
+    if ipaddress.ip_address(value).version != 6:
+        raise ValueError(f"{value!r} is not an IPv6 address")
     return value
 
 
@@ -121,12 +134,22 @@ class TargetConfig(_Strict):
     host: str
     port: int = Field(443, ge=1, le=65535)
     probes: list[ProbeKind] = Field(default_factory=lambda: list(PROBE_KINDS))
-    families: list[Family] | None = None
+    families: list[Family] | None = Field(None, min_length=1)
     http: HttpConfig = Field(default_factory=HttpConfig)
     tls: TargetTlsConfig = Field(default_factory=TargetTlsConfig)
     interval: Duration | None = None
     timeout: Duration | None = None
     zone: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v.startswith(NAMESERVER_PREFIX):
+            raise ValueError(
+                f"{v!r}: names starting with {NAMESERVER_PREFIX!r} are reserved "
+                "for the name servers of route53.zones"
+            )
+        return v
 
     @field_validator("host")
     @classmethod
@@ -154,8 +177,8 @@ class ParityConfig(_Strict):
 
 
 class SourceConfig(_Strict):
-    ipv4: Annotated[str, BeforeValidator(_check_ip)] | None = None
-    ipv6: Annotated[str, BeforeValidator(_check_ip)] | None = None
+    ipv4: Annotated[str, BeforeValidator(_check_ipv4)] | None = None
+    ipv6: Annotated[str, BeforeValidator(_check_ipv6)] | None = None
 
 
 class ConfigModel(_Strict):
@@ -163,7 +186,7 @@ class ConfigModel(_Strict):
     interval: Duration = 30.0
     timeout: Duration = 5.0
     concurrency: int = Field(32, ge=1, le=4096)
-    families: list[Family] = Field(default_factory=lambda: list(FAMILIES))
+    families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     resolver: ResolverConfig | None = None
     tls: TlsConfig = Field(default_factory=TlsConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)

@@ -14,7 +14,7 @@ from typing import Any
 
 import dns.exception
 
-from monitor.config import Config
+from monitor.config import NAMESERVER_PREFIX, Config
 from monitor.parity import Parity, Thresholds, judge
 from monitor.vantage import VantageCheck, check_vantage
 from probes import run_probe, skipped
@@ -65,7 +65,7 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
         for n, host in enumerate(names, start=1):
             targets.append(
                 Target(
-                    name=f"route53-ns-{zone}-{n}",
+                    name=f"{NAMESERVER_PREFIX}{zone}-{n}",
                     service="route53",
                     region="global",
                     host=host,
