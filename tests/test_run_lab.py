@@ -225,3 +225,22 @@ def test_family_filter_skips_the_other(
 
 def test_lab_is_real(lab_session: Lab) -> None:
     assert lab_session.dns_port > 0 and len(lab_session.endpoints) == 9
+
+
+def test_source_address_per_family(lab_config_file: Path, tmp_path: Path) -> None:
+    """`source: {ipv4: ...}` binds probes to one local address (here a second loopback one)."""
+    import yaml
+
+    data = yaml.safe_load(lab_config_file.read_text())
+    data["source"] = {"ipv4": "127.0.0.2", "ipv6": "::1"}
+    data["route53"] = {"zones": []}
+    data["targets"] = [t for t in data["targets"] if t["name"] == "healthy"]
+    data["targets"][0]["probes"] = ["tcp", "http3"]
+    path = tmp_path / "source.yml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path)
+    rep = asyncio.run(run_round(cfg, cfg.targets))
+    tcp = {r.family: r for r in rep.results if r.probe == "tcp"}
+    assert tcp["ipv4"].details["source_address"] == "127.0.0.2"
+    assert tcp["ipv6"].details["source_address"] == "::1"
+    assert all(r.success for r in rep.results)
