@@ -69,6 +69,12 @@ async def probe(req: ProbeRequest) -> Outcome:
         "rtt_avg_seconds": host.avg_rtt / 1000,
         "rtt_max_seconds": host.max_rtt / 1000,
     }
+    if host.packets_sent == 0:  # icmplib swallows send errors: no route, no source address
+        return Outcome(
+            success=False,
+            error=error(ErrorKind.NETWORK_UNREACHABLE, "no echo request could be sent"),
+            details=details,
+        )
     if host.packets_received == 0:
         return Outcome(
             success=False,
