@@ -1,0 +1,140 @@
+"""Every dashboard query, run against a real Prometheus that scraped `probe serve` on the lab.
+
+The lab's real servers, `probe serve` probing them every 2 s, and Debian's Prometheus scraping
+it every 1 s, once for this module. After WINDOW seconds of scraping every panel query runs as an
+instant query, its template variables at "All" and then at concrete values, and must return
+data unless grafana/panel-expectations.json marks it empty by design (a firing-alerts panel);
+those must still be valid PromQL. Each template variable's label_values() goes through the label
+API, as Grafana asks it.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import yaml
+from dashboards import PanelQuery, Values, panel_queries, variable_queries
+from promstack import Prometheus, prometheus
+from serving import serve
+
+from monitor.lab import Lab
+from monitor.lab.run import write_config
+
+VANTAGE = "lab-dash"
+WINDOW = 25.0  # seconds of 1 s scrapes (2 s probe rounds) before the first query
+# Grafana's interval variables for an instant query: windows that hold several scrapes.
+BUILTINS = {"__rate_interval": "30s", "__interval": "10s", "__range": "1m"}
+# Concrete values as a user would pick them: the lab's faults are all alb in us-east-1.
+CONCRETE: Values = {"vantage": VANTAGE, "service": "alb", "region": "us-east-1"}
+
+ALL_QUERIES = list(panel_queries(builtins=BUILTINS))
+CONCRETE_QUERIES = list(panel_queries(CONCRETE, builtins=BUILTINS))
+
+
+@dataclass
+class Live:
+    prom: Prometheus
+    window: float  # seconds Prometheus had scraped when the queries began
+
+
+@pytest.fixture(scope="module")
+def live(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("dashboards-live")
+    cfg = write_config(lab_session, tmp / "lab.yml", vantage=VANTAGE, interval="2s")
+    with serve(cfg) as served:
+        served.wait_ready()
+        prom_cfg = tmp / "prometheus.yml"
+        prom_cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [
+                        {
+                            "job_name": "dualstack",
+                            "static_configs": [{"targets": [f"127.0.0.1:{served.port}"]}],
+                        }
+                    ],
+                }
+            )
+        )
+        with prometheus(prom_cfg, tmp) as prom:
+            prom.wait_for(f'dualstack_build_info{{vantage="{VANTAGE}"}}')
+            first = time.monotonic()
+            time.sleep(WINDOW)
+            yield Live(prom, time.monotonic() - first)
+
+
+def _id(q: PanelQuery) -> str:
+    return f"{q.dashboard}/{q.panel}"
+
+
+def _check(live: Live, q: PanelQuery) -> list[dict[str, Any]]:
+    result = live.prom.query(q.expr)  # asserts Prometheus accepted it
+    if not q.empty_by_design:
+        assert result, (
+            f"{q.dashboard} / {q.panel}: no data after {live.window:.0f} s of scraping\n{q.expr}"
+        )
+    return result
+
+
+@pytest.mark.parametrize("q", ALL_QUERIES, ids=_id)
+def test_panel_query_with_all(live: Live, q: PanelQuery) -> None:
+    _check(live, q)
+
+
+@pytest.mark.parametrize("q", CONCRETE_QUERIES, ids=_id)
+def test_panel_query_with_concrete_values(live: Live, q: PanelQuery) -> None:
+    _check(live, q)
+
+
+def label_values(prom: Prometheus, label: str, selector: str) -> list[str]:
+    q = urllib.parse.urlencode({"match[]": selector})
+    doc = prom.get(f"/api/v1/label/{label}/values?{q}")
+    assert doc["status"] == "success", doc
+    return list(doc["data"])
+
+
+def test_template_variables_through_the_label_api(live: Live) -> None:
+    expected = {
+        "vantage": {VANTAGE},
+        "service": {"alb", "custom"},
+        "region": {"us-east-1", "none"},
+        "target": {"healthy", "v4_only", "alias", "no_aaaa", "missing"},
+    }
+    for v in variable_queries():
+        got = set(label_values(live.prom, v.label, v.selector))
+        assert got >= expected[v.name], f"{v.dashboard} ${v.name}: {sorted(got)}"
+    # Chained: picking service=alb leaves the alias target (service custom) out of $target.
+    for v in variable_queries(CONCRETE):
+        got = set(label_values(live.prom, v.label, v.selector))
+        assert got, f"{v.dashboard} ${v.name} with {CONCRETE}: no values"
+        if v.name == "target":
+            assert "v4_only" in got and "alias" not in got, sorted(got)
+        if v.name == "region":
+            assert got == {"us-east-1"}, sorted(got)
+
+
+def _query(dashboard: str, panel: str) -> PanelQuery:
+    return next(q for q in ALL_QUERIES if (q.dashboard, q.panel) == (dashboard, panel))
+
+
+def test_the_matrix_shows_the_labs_faults(live: Live) -> None:
+    """Beyond "has data": the parity panels say what the lab is built to show."""
+    rows = _check(live, _query("Dualstack parity", "Verdict per target and probe"))
+    verdicts = {(r["metric"]["target"], r["metric"]["probe"]): r["metric"]["verdict"] for r in rows}
+    assert verdicts[("healthy", "tcp")] == "ok"
+    assert verdicts[("v4_only", "tcp")] == "ipv6_failed"
+    assert verdicts[("cert_differs_v6", "tls")] == "mismatch"
+    assert verdicts[("no_aaaa", "dns")] == "ipv6_missing"
+    assert all(r["metric"]["endpoint"].startswith(f"{VANTAGE} / ") for r in rows)
+    worst = _check(live, _query("Dualstack parity", "Worst verdict by service and region"))
+    by_cell = {(r["metric"]["service"], r["metric"]["region"]): r["value"][1] for r in worst}
+    assert by_cell[("alb", "us-east-1")] == "7"  # ipv6_failed is the worst there
+    for title in ("Targets with IPv6 failed", "Targets with IPv6 missing"):
+        [count] = _check(live, _query("Dualstack parity", title))
+        assert float(count["value"][1]) >= 1, title
