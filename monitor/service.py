@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 
@@ -228,6 +229,24 @@ class Vantage:
             await asyncio.sleep(every)
 
 
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket; `::` serves both families (asyncio alone would make it IPv6-only,
+    refusing IPv4 scrapers and Docker's published IPv4 ports)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 async def serve_forever(
     config_path: str,
     *,
@@ -288,13 +307,10 @@ async def serve_forever(
     )
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(
-        runner, host, port, ssl_context=web_config.ssl_context if web_config else None
-    )
+    sock = listen_socket(host, port)
+    site = web.SockSite(runner, sock, ssl_context=web_config.ssl_context if web_config else None)
     await site.start()
-    server = getattr(site, "_server", None)
-    sockets = server.sockets if server is not None else []
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = sock.getsockname()[1]
     scheme = "https" if web_config and web_config.ssl_context else "http"
     shown = f"[{host}]" if ":" in host else host
     log.info(
