@@ -340,3 +340,22 @@ def test_bad_listen_and_config_exit_2(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2 and "cannot read" in proc.stderr
+
+
+def test_web_config_basic_auth(config: Path, tmp_path: Path) -> None:
+    import base64
+
+    import bcrypt
+
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(yaml.safe_dump({"basic_auth_users": {"prometheus": hashed}}))
+    with serve(config, "--web.config.file", str(web)) as s:
+        assert s.get("/metrics")[0] == 401
+        assert s.get("/api/v1/results")[0] == 401
+        assert s.get("/")[0] == 401
+        assert s.get("/healthz") == (200, "ok\n")  # liveness carries no credentials
+        good = "Basic " + base64.b64encode(b"prometheus:s3cret").decode()
+        bad = "Basic " + base64.b64encode(b"prometheus:wrong").decode()
+        assert s.get("/metrics", headers={"Authorization": bad})[0] == 401
+        assert s.get("/metrics", headers={"Authorization": good})[0] == 200
