@@ -97,9 +97,10 @@ class Vantage:
             },
         )
 
-    async def reload(self, path: str) -> bool:
+    async def reload(self, load: Callable[[], Config]) -> bool:
+        """Load and apply a configuration; a bad one keeps the running one (and says so)."""
         try:
-            cfg = load_config(path)
+            cfg = load()
         except ConfigError as exc:
             self.store.reload_ok = False
             log.error(
@@ -286,18 +287,7 @@ async def serve_forever(
 
     async def reload() -> bool:
         async with lock:  # SIGHUP and POST /-/reload never interleave
-            try:
-                new = load()
-            except ConfigError as exc:
-                service.store.reload_ok = False
-                log.error(
-                    "reload failed, keeping the running configuration: %s",
-                    exc,
-                    extra={"fields": {"event": "reload_failed"}},
-                )
-                return False
-            await service.apply(new)
-            return True
+            return await service.reload(load)
 
     app = make_app(
         service.store,

@@ -71,7 +71,7 @@ class Prometheus:
         return http_json(self.url + path)
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -112,7 +112,7 @@ def prometheus(config: Path, workdir: Path, *extra: str) -> Iterator[Prometheus]
         *extra,
     ]
     with _process(args, log) as proc:
-        _wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
         yield Prometheus(proc=proc, port=port, log=log)
 
 
@@ -142,5 +142,5 @@ def alertmanager(config: Path, workdir: Path) -> Iterator[Alertmanager]:
         "--cluster.listen-address=",  # no gossip: a single instance on loopback
     ]
     with _process(args, log) as proc:
-        _wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
         yield Alertmanager(proc=proc, port=port, log=log)

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from promstack import Prometheus, binary, free_port, http_json, prometheus
+from promstack import Prometheus, binary, free_port, http_json, prometheus, wait_http
 from serving import serve
 from test_compose import SERVICES, flags, healthcheck_code, host_path, stages
 
@@ -99,19 +99,6 @@ def native_config(source: Path, dest: Path, addresses: dict[str, str]) -> list[s
     return dropped
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"{url} exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} not ready: {log.read_text()[-3000:]}")
-
-
 @contextmanager
 def prometheus_agent(config: Path, workdir: Path, *extra: str) -> Iterator[int]:
     """Prometheus in agent mode. promstack's helper passes --storage.tsdb.path, which agent mode
@@ -128,7 +115,7 @@ def prometheus_agent(config: Path, workdir: Path, *extra: str) -> Iterator[int]:
     with log.open("wb") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/-/ready", proc, log)
+        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
         yield port
     finally:
         proc.terminate()
