@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import gc
 import ipaddress
 import json
 import math
@@ -109,6 +110,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all cores (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / ticks, steal / ticks
+
+
 def proc_status_kib(pid: int | str, key: str) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -180,7 +189,9 @@ class LabProcess:
             self.proc.wait(5)
 
 
-def bench_config(lab_yml: Path, jobs: int, interval: int, timeout: int, concurrency: int) -> dict:
+def bench_config(
+    lab_yml: Path, jobs: int, interval: int, timeout: int, concurrency: int
+) -> dict[str, Any]:
     """`jobs` (target, probe) jobs: jobs/2 targets bench-0000... on the lab's healthy endpoint."""
     import yaml
 
@@ -275,7 +286,17 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
 
     scheduler._run_job = counted_run_job
 
+    gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            gc_pauses.setdefault(info["generation"], []).append(time.perf_counter() - gc_start[0])
+
     loop = asyncio.get_running_loop()
+    gc.callbacks.append(on_gc)
     cpu0, wall0 = time.process_time(), time.monotonic()
     run_task = loop.create_task(scheduler.run(), name="scheduler")
     hk_task = loop.create_task(vantage.housekeeping(), name="housekeeping")
@@ -287,6 +308,7 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
     await asyncio.gather(run_task, hk_task, sample_task, return_exceptions=True)
     sync()
     cpu1, wall1 = time.process_time(), time.monotonic()
+    gc.callbacks.remove(on_gc)
 
     probes: Counter[str] = Counter()
     for (_target, kind, family), n in vantage.store.runs.items():
@@ -322,6 +344,7 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
         "lateness_max": lateness[-1] if lateness else math.nan,
         "loop_lag_p99": percentile(loop_lag, 0.99),
         "loop_lag_max": loop_lag[-1] if loop_lag else math.nan,
+        "gc": {str(gen): [len(v), sum(v), max(v, default=0.0)] for gen, v in gc_pauses.items()},
         "peak_in_flight": in_flight[1],
         "job_seconds": {
             k: [percentile(sorted(v), 0.5), percentile(sorted(v), 0.99)]
@@ -343,6 +366,9 @@ def run_once(
     out = workdir / f"run-{i}.json"
     log_path = workdir / f"run-{i}.log"
     lab_cpu0 = proc_cpu_seconds(lab.pid)
+    busy0, steal0 = machine_cpu_seconds()
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall0 = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.run(
@@ -355,11 +381,21 @@ def run_once(
         )
     wall = time.monotonic() - wall0
     lab_cpu = proc_cpu_seconds(lab.pid) - lab_cpu0
+    busy1, steal1 = machine_cpu_seconds()
+    own1 = resource.getrusage(resource.RUSAGE_SELF)
+    kids1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = sum(
+        (b.ru_utime + b.ru_stime) - (a.ru_utime + a.ru_stime)
+        for a, b in ((own0, own1), (kids0, kids1))
+    )
     if proc.returncode != 0 or not out.exists():
         tail = log_path.read_text(errors="replace").splitlines()[-30:]
         raise SystemExit(f"run {i} failed (exit {proc.returncode}):\n" + "\n".join(tail))
     result: dict[str, Any] = json.loads(out.read_text())
     result["lab_cpu_seconds"] = lab_cpu
+    # Everything else on the machine meanwhile (another test suite, ...): it competes for cores.
+    result["other_cpu_seconds"] = max(0.0, (busy1 - busy0) - lab_cpu - ours)
+    result["steal_seconds"] = steal1 - steal0
     result["process_wall_seconds"] = wall
     levels: Counter[str] = Counter()
     for line in log_path.read_text(errors="replace").splitlines():
@@ -453,11 +489,16 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
         jobs = ", ".join(
             f"{k} {v[0] * 1000:.1f}/{v[1] * 1000:.1f} ms" for k, v in r["job_seconds"].items()
         )
+        gen2 = r["gc"]["2"]
+        wall = r["process_wall_seconds"]
         lines += [
             f"run {i}: {r['job_runs']} job runs ({r['lateness_n']} lateness samples), "
             f"skipped {r['skipped']}, hung {r['hung']}, crashed {r['crashed']}, "
             f"cancelled at drain {r['cancelled']}",
             f"       job duration p50/p99: {jobs}",
+            f"       other processes' CPU {100 * r['other_cpu_seconds'] / wall:.0f}% of one core, "
+            f"steal {100 * r['steal_seconds'] / wall:.0f}%; full GCs {gen2[0]}, longest "
+            f"{gen2[2] * 1000:.0f} ms, all GC pauses {sum(g[1] for g in r['gc'].values()):.1f} s",
             f"       RSS {r['rss_before_mib']:.0f} MiB after loading the config, peak "
             f"{r['vmhwm_mib']:.0f} MiB (VmHWM); warnings logged: "
             + (", ".join(f"{k} {n}" for k, n in r["log_levels"].items()) or "none"),
@@ -494,6 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     install_loopback_guard()
     import yaml
 
+    git_before = git_state()
     workdir = Path(tempfile.mkdtemp(prefix="scheduler-bench-"))
     lab = LabProcess(workdir)
     started = time.monotonic()
@@ -509,7 +551,13 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_once(i, config, workdir, args.duration, lab))
     finally:
         lab.stop()
-    print(report(args, runs, {"endpoint": endpoint, "git": git_state()}))
+    git_after = git_state()
+    git = (
+        git_after
+        if git_after == git_before
+        else f"{git_before} at the start, {git_after} at the end"
+    )
+    print(report(args, runs, {"endpoint": endpoint, "git": git}))
     print(
         f"\ntook {time.monotonic() - started:.0f} s; work folder {workdir}"
         + ("" if args.keep else " (removed)")
