@@ -101,12 +101,20 @@ def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @contextmanager
 def prometheus(config: Path, workdir: Path, *extra: str) -> Iterator[Prometheus]:
+    """A Prometheus server; with `--enable-feature=agent` in `extra`, an agent (which keeps a
+    WAL in --storage.agent.path and refuses --storage.tsdb.path)."""
     port = free_port()
     log = workdir / f"prometheus-{port}.log"
+    agent = "--enable-feature=agent" in extra
+    storage = (
+        f"--storage.agent.path={workdir / f'agent-wal-{port}'}"
+        if agent
+        else f"--storage.tsdb.path={workdir / f'tsdb-{port}'}"
+    )
     args = [
         binary("prometheus"),
         f"--config.file={config}",
-        f"--storage.tsdb.path={workdir / f'tsdb-{port}'}",
+        storage,
         f"--web.listen-address=127.0.0.1:{port}",
         "--web.enable-lifecycle",
         *extra,

@@ -19,14 +19,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from promstack import Prometheus, binary, free_port, http_json, prometheus, wait_http
+from promstack import Prometheus, free_port, http_json, prometheus
 from serving import serve
 from test_compose import SERVICES, flags, healthcheck_code, host_path, stages
 
@@ -99,33 +97,6 @@ def native_config(source: Path, dest: Path, addresses: dict[str, str]) -> list[s
     return dropped
 
 
-@contextmanager
-def prometheus_agent(config: Path, workdir: Path, *extra: str) -> Iterator[int]:
-    """Prometheus in agent mode. promstack's helper passes --storage.tsdb.path, which agent mode
-    refuses (--storage.agent.path instead), hence this one."""
-    port = free_port()
-    log = workdir / f"agent-{port}.log"
-    args = [
-        binary("prometheus"),
-        *extra,
-        f"--config.file={config}",
-        f"--storage.agent.path={workdir / f'agent-wal-{port}'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/-/ready", proc, log)
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}  # keeps the network guard's PYTHONPATH
 
@@ -185,7 +156,7 @@ def test_compose_stack_natively(lab_session: Lab, tmp_path: Path) -> None:
             mapping = {t: b_addr for t in agent_targets}
             mapping["prometheus:9090"] = f"127.0.0.1:{central.port}"
             assert native_config(mounted_config("prometheus-agent"), agent_cfg, mapping) == []
-            with prometheus_agent(agent_cfg, tmp_path, *agent_flags):
+            with prometheus(agent_cfg, tmp_path, *agent_flags):
                 seen = wait_for_vantages(central, set(names.values()))
                 assert set(seen) == {"vantage-a", "vantage-b"}
 
