@@ -216,20 +216,22 @@ def test_api_and_status_page_agree_with_metrics(served: Served) -> None:
     doc = json.loads(body)
     jsonschema.validate(doc, SCHEMA)
     assert doc["vantage"] == "lab-serve" and doc["vantage_ipv6"] is True
-    for p in doc["parity"]:
-        assert (
-            value(m, "dualstack_parity", target=p["target"], probe=p["probe"], verdict=p["verdict"])
-            in (1.0, None)
-            or True
-        )
-    # Compare on a settled snapshot: each API verdict is a series set to 1 in the same scrape
-    # or one made a moment earlier (jobs keep running between the two requests).
-    agree = sum(
-        value(m, "dualstack_parity", target=p["target"], probe=p["probe"], verdict=p["verdict"])
-        == 1.0
+    # The lab's verdicts are stable, so the API and /metrics agree on every one of them.
+    disagree = [
+        (p["target"], p["probe"], p["verdict"])
         for p in doc["parity"]
-    )
-    assert agree >= len(doc["parity"]) - 2
+        if value(m, "dualstack_parity", target=p["target"], probe=p["probe"], verdict=p["verdict"])
+        != 1.0
+    ]
+    assert disagree == []
+    assert len(doc["parity"]) == 67
+    for r in doc["results"]:
+        if r["skipped"]:
+            continue
+        got = value(
+            m, "dualstack_probe_success", target=r["target"], probe=r["probe"], family=r["family"]
+        )
+        assert got == (1.0 if r["success"] else 0.0), r
     status, page = served.get("/")
     assert status == 200
     cells = dict(
