@@ -310,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
+        # aioquic logs each failed handshake itself; the result already says it, as data.
+        logging.getLogger("quic").setLevel(max(logging.ERROR, logging.getLogger().level))
     try:
         if args.command == "run":
             return cmd_run(args)

@@ -22,6 +22,9 @@ from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Reso
 from probes.resolve import Resolver
 
 Progress = Callable[[int, int], None]
+LIGHT: frozenset[ProbeKind] = frozenset({"dns", "icmp", "tcp"})
+HEAVY: frozenset[ProbeKind] = frozenset({"tls", "http2", "http3"})
+STAGES: tuple[frozenset[ProbeKind], ...] = (LIGHT, HEAVY)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,15 +161,28 @@ async def run_round(
         if progress is not None:
             progress(finished, total)
 
-    per_target = await asyncio.gather(
-        *(
-            check_target(
-                t, ks, families, by_target[t.name], env, sem, vantage_ipv6=check.ipv6, done=done
+    results: list[ProbeResult] = []
+    for stage in STAGES:
+        # Handshakes cost CPU on this one event loop; run alongside light probes, they would
+        # delay the timestamps of everything else. Light kinds go first and wide, the heavy
+        # ones after and narrower, so latencies are the network's, not the loop's.
+        stage_sem = sem if stage is LIGHT else asyncio.Semaphore(max(1, cfg.concurrency // 8))
+        per_target = await asyncio.gather(
+            *(
+                check_target(
+                    t,
+                    [k for k in ks if k in stage],
+                    families,
+                    by_target[t.name],
+                    env,
+                    stage_sem,
+                    vantage_ipv6=check.ipv6,
+                    done=done,
+                )
+                for t, ks in plan
             )
-            for t, ks in plan
         )
-    )
-    results = [r for rs in per_target for r in rs]
+        results.extend(r for rs in per_target for r in rs)
     return Report(
         vantage=cfg.vantage,
         started=started,

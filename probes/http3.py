@@ -19,7 +19,7 @@ from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 from aioquic.tls import AlertDescription
 
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
@@ -38,7 +38,9 @@ class _H3Client(QuicConnectionProtocol):
         self.headers: dict[str, str] = {}
         self.body_bytes = 0
         self.t_headers: float | None = None
-        # Created with the request: a failed handshake leaves no future unawaited.
+        # Our own futures, not aioquic's wait_connected(): its shielded waiter, once the probe
+        # times out, is failed later with no one to retrieve the error (logged at exit).
+        self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.done: asyncio.Future[None] | None = None
 
     def error_received(self, exc: Exception) -> None:
@@ -50,8 +52,20 @@ class _H3Client(QuicConnectionProtocol):
             self._fail(exc)
 
     def _fail(self, exc: Exception) -> None:
-        if self.done is not None and not self.done.done():
-            self.done.set_exception(exc)
+        for fut in (self.handshake, self.done):
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+
+    def settle(self) -> None:
+        """The probe is over: mark failures as seen and cancel what is still pending, so no
+        late event (a close timer firing after the probe) leaves an unretrieved error."""
+        for fut in (self.handshake, self.done):
+            if fut is None:
+                continue
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()
 
     def request(self, path: str, authority_: str) -> asyncio.Future[None]:
         self.done = asyncio.get_running_loop().create_future()
@@ -72,6 +86,8 @@ class _H3Client(QuicConnectionProtocol):
         return self.done
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted) and not self.handshake.done():
+            self.handshake.set_result(None)
         if isinstance(event, ConnectionTerminated):
             self.terminated = event
             self._fail(ConnectionError(event.reason_phrase or "closed"))
@@ -169,7 +185,7 @@ async def probe(req: ProbeRequest) -> Outcome:
     try:
         client.connect(peer)
         try:
-            await client.wait_connected()
+            await client.handshake
         except ConnectionError:
             return Outcome(success=False, error=_handshake_error(client), phases=phases)
         phases["handshake"] = clock() - t0
@@ -184,11 +200,14 @@ async def probe(req: ProbeRequest) -> Outcome:
             phases["ttfb"] = client.t_headers - t1
             phases["transfer"] = max(0.0, clock() - client.t_headers)
     finally:
-        client.close()
-        # A peer that never acks our close must not hold the probe: the socket closes anyway.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(client.wait_closed(), 1.0)
-        transport.close()
+        try:
+            client.close()
+            # A peer that never acks our close must not hold the probe: the socket closes anyway.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.wait_closed(), 1.0)
+        finally:
+            transport.close()
+            client.settle()
     details.update(
         status=client.status,
         alt_svc=client.headers.get("alt-svc"),
