@@ -21,6 +21,7 @@ from monitor.scheduler import Clock, Scheduler
 from monitor.state import Store
 from monitor.vantage import check_vantage
 from monitor.webconfig import WebConfig
+from probes import not_run
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.errors import classify
 from probes.resolve import Resolver
@@ -190,20 +191,7 @@ class Vantage:
     def _job_failed(self, target: Target, probe: ProbeKind, exc: BaseException) -> None:
         """A job that crashed or hung still leaves a result: both families failed with it."""
         err = classify(exc)
-        now = time.time()
-        results = [
-            ProbeResult(
-                target=target.name,
-                probe=probe,
-                family=f,
-                address=None,
-                success=False,
-                duration_seconds=0.0,
-                started=now,
-                error=err,
-            )
-            for f in FAMILIES
-        ]
+        results = [not_run(target, probe, f, error=err) for f in FAMILIES]
         self._record(target, probe, results)
 
     # -- housekeeping ------------------------------------------------------------------------

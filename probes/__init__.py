@@ -16,6 +16,7 @@ from probes.base import (
     Family,
     Outcome,
     ProbeEnv,
+    ProbeError,
     ProbeFn,
     ProbeKind,
     ProbeRequest,
@@ -37,7 +38,15 @@ PROBES: dict[ProbeKind, ProbeFn] = {
 log = logging.getLogger(__name__)
 
 
-def skipped(target: Target, kind: ProbeKind, family: Family, reason: str) -> ProbeResult:
+def not_run(
+    target: Target,
+    kind: ProbeKind,
+    family: Family,
+    *,
+    skipped: str | None = None,
+    error: ProbeError | None = None,
+) -> ProbeResult:
+    """A result for a probe that did not run: skipped (with why), or failed before it could."""
     return ProbeResult(
         target=target.name,
         probe=kind,
@@ -46,8 +55,13 @@ def skipped(target: Target, kind: ProbeKind, family: Family, reason: str) -> Pro
         success=False,
         duration_seconds=0.0,
         started=time.time(),
-        skipped=reason,
+        skipped=skipped,
+        error=error,
     )
+
+
+def skipped(target: Target, kind: ProbeKind, family: Family, reason: str) -> ProbeResult:
+    return not_run(target, kind, family, skipped=reason)
 
 
 async def run_probe(

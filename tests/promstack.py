@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -40,7 +42,9 @@ def http_json(url: str, data: bytes | None = None, timeout: float = 10) -> Any:
 
 
 @dataclass
-class Prometheus:
+class Service:
+    """A started binary: its process, its loopback port and its log file."""
+
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
@@ -49,6 +53,8 @@ class Prometheus:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+
+class Prometheus(Service):
     def query(self, expr: str) -> list[dict[str, Any]]:
         q = urllib.parse.urlencode({"query": expr})
         doc = http_json(f"{self.url}/api/v1/query?{q}")
@@ -99,6 +105,22 @@ def _process(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
+def write_scrape_config(
+    path: Path, ports: list[int], *, job: str = "dualstack", **extra: Any
+) -> Path:
+    """A Prometheus config scraping vantages on loopback every second (extra top-level keys
+    such as rule_files or alerting are added as given)."""
+    doc = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": job, "static_configs": [{"targets": [f"127.0.0.1:{p}" for p in ports]}]}
+        ],
+        **extra,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 @contextmanager
 def prometheus(config: Path, workdir: Path, *extra: str) -> Iterator[Prometheus]:
     """A Prometheus server; with `--enable-feature=agent` in `extra`, an agent (which keeps a
@@ -124,18 +146,20 @@ def prometheus(config: Path, workdir: Path, *extra: str) -> Iterator[Prometheus]
         yield Prometheus(proc=proc, port=port, log=log)
 
 
-@dataclass
-class Alertmanager:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
+class Alertmanager(Service):
     def alerts(self) -> list[dict[str, Any]]:
         return list(http_json(f"{self.url}/api/v2/alerts"))
+
+    def post(self, alerts: list[dict[str, Any]]) -> None:
+        """Send alerts as Prometheus does (API v2)."""
+        req = urllib.request.Request(
+            f"{self.url}/api/v2/alerts",
+            data=json.dumps(alerts).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            assert resp.status == 200
 
 
 @contextmanager

@@ -6,16 +6,14 @@ and clearing the fault resolves the alert."""
 
 from __future__ import annotations
 
-import json
 import time
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
 from faultproxy import fault_proxy
-from promstack import alertmanager, prometheus
+from promstack import alertmanager, prometheus, write_scrape_config
 from serving import serve
 from webhook import webhook_sink
 
@@ -50,17 +48,6 @@ def wait(what: str, check: Any, timeout: float) -> Any:
             return got
         time.sleep(0.5)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def post_alerts(url: str, alerts: list[dict[str, Any]]) -> None:
-    req = urllib.request.Request(
-        f"{url}/api/v2/alerts",
-        data=json.dumps(alerts).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        assert resp.status == 200
 
 
 def test_ipv6_down_fires_notifies_inhibits_and_resolves(lab_session: Lab, tmp_path: Path) -> None:
@@ -105,25 +92,16 @@ def test_ipv6_down_fires_notifies_inhibits_and_resolves(lab_session: Lab, tmp_pa
         am_config.write_text(yaml.safe_dump(am))
         rules = shortened_rules(tmp_path / "rules")
         with serve(config) as served, alertmanager(am_config, tmp_path) as am_proc:
-            prom_config = tmp_path / "prometheus.yml"
-            prom_config.write_text(
-                yaml.safe_dump(
-                    {
-                        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                        "rule_files": [str(r) for r in rules],
-                        "alerting": {
-                            "alertmanagers": [
-                                {"static_configs": [{"targets": [f"127.0.0.1:{am_proc.port}"]}]}
-                            ]
-                        },
-                        "scrape_configs": [
-                            {
-                                "job_name": "whatever",
-                                "static_configs": [{"targets": [f"127.0.0.1:{served.port}"]}],
-                            }
-                        ],
-                    }
-                )
+            prom_config = write_scrape_config(
+                tmp_path / "prometheus.yml",
+                [served.port],
+                job="whatever",
+                rule_files=[str(r) for r in rules],
+                alerting={
+                    "alertmanagers": [
+                        {"static_configs": [{"targets": [f"127.0.0.1:{am_proc.port}"]}]}
+                    ]
+                },
             )
             with prometheus(prom_config, tmp_path) as prom:
                 firing = wait(
@@ -159,8 +137,7 @@ def test_ipv6_down_fires_notifies_inhibits_and_resolves(lab_session: Lab, tmp_pa
                 # A vantage without IPv6: its per-target alerts are inhibited in Alertmanager.
                 now = datetime.now(UTC)
                 ends = (now + timedelta(minutes=5)).isoformat()
-                post_alerts(
-                    am_proc.url,
+                am_proc.post(
                     [
                         {
                             "labels": {

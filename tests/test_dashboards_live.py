@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import yaml
 from dashboards import PanelQuery, Values, panel_queries, variable_queries
-from promstack import Prometheus, prometheus
+from promstack import Prometheus, prometheus, write_scrape_config
 from serving import serve
 
 from monitor.lab import Lab
@@ -48,20 +47,7 @@ def live(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     cfg = write_config(lab_session, tmp / "lab.yml", vantage=VANTAGE, interval="2s")
     with serve(cfg) as served:
         served.wait_ready()
-        prom_cfg = tmp / "prometheus.yml"
-        prom_cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "dualstack",
-                            "static_configs": [{"targets": [f"127.0.0.1:{served.port}"]}],
-                        }
-                    ],
-                }
-            )
-        )
+        prom_cfg = write_scrape_config(tmp / "prometheus.yml", [served.port])
         with prometheus(prom_cfg, tmp) as prom:
             prom.wait_for(f'dualstack_build_info{{vantage="{VANTAGE}"}}')
             first = time.monotonic()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from promstack import prometheus
+from promstack import prometheus, write_scrape_config
 from serving import serve
 
 from monitor.lab import Lab
@@ -16,19 +15,8 @@ def test_prometheus_scrapes_the_vantage(lab_session: Lab, tmp_path: Path) -> Non
     cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="lab-prom", interval="2s")
     with serve(cfg) as served:
         served.wait_ready()
-        prom_cfg = tmp_path / "prometheus.yml"
-        prom_cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                    "scrape_configs": [
-                        {
-                            "job_name": "any-name-the-rules-never-use",
-                            "static_configs": [{"targets": [f"127.0.0.1:{served.port}"]}],
-                        }
-                    ],
-                }
-            )
+        prom_cfg = write_scrape_config(
+            tmp_path / "prometheus.yml", [served.port], job="any-name-the-rules-never-use"
         )
         with prometheus(prom_cfg, tmp_path) as prom:
             up = prom.wait_for("up == 1")
