@@ -1,10 +1,10 @@
 # syntax=docker/dockerfile:1
 # The vantage point: `probe serve` exporting Prometheus metrics on :9851 (docs/stack.md).
 #
-#   docker build -t dualstack-monitor:0.1.0 .
-#   docker run --rm -p 9851:9851 dualstack-monitor:0.1.0        # the shipped AWS catalog
+#   docker build -t dualstack-monitor:0.2.0 .
+#   docker run --rm -p 9851:9851 dualstack-monitor:0.2.0        # the shipped AWS catalog
 #   docker run --rm -v "$PWD/my.yml:/etc/dualstack/vantage.yml:ro" -p 9851:9851 \
-#       dualstack-monitor:0.1.0 serve --config /etc/dualstack/vantage.yml --listen '[::]:9851' \
+#       dualstack-monitor:0.2.0 serve --config /etc/dualstack/vantage.yml --listen '[::]:9851' \
 #       --vantage my-site
 #
 # ICMP: as a non-root user (this image's), the icmp probe opens unprivileged ICMP "ping"

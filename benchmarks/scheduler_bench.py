@@ -4,9 +4,9 @@ Fixed workload: --jobs (target, probe) jobs, half tcp and half tls (targets = jo
 probes [tcp, tls]; every job probes both families in one tick, as the product does) against the
 lab's `healthy` endpoint on loopback, --interval (60 s) apart, for --duration seconds per run,
 --runs times. Each run is a fresh vantage process (so its peak RSS is its own) that drives
-`monitor.service.Vantage` directly: `scheduler.run()` plus `housekeeping()`, no HTTP server, logs
-as `probe serve` writes them (text, info) to a file. The lab (`probe lab up`) runs in one
-separate process for all runs.
+`monitor.serve.vantage.Vantage` directly: `scheduler.run()` plus `housekeeping()`, no HTTP
+server, logs as `probe serve` writes them (text, info) to a file. The lab (`probe lab up`) runs
+in one separate process for all runs.
 
 Prints, as median and min/max across runs: scheduler start lateness p50/p99 (every sample of
 `Scheduler.stats.take_lateness()`), vantage CPU seconds per probe (one probe = one target x kind
@@ -239,7 +239,7 @@ def vantage_main(config: str, duration: float, out: str) -> int:
 
 async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
     from monitor.config import load_config
-    from monitor.service import Vantage
+    from monitor.serve.vantage import Vantage
 
     cfg = load_config(config)
     for t in cfg.targets:  # the generated config only: never anything but the lab
@@ -328,8 +328,8 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
     loop_lag.sort()
     return {
         "jobs": len(scheduler.jobs),
-        "job_runs": sum(j.runs for j in scheduler.jobs.values()),
-        "skipped": sum(j.skipped for j in scheduler.jobs.values()),
+        "job_runs": sum(vantage.store.runs.values()) // 2,
+        "skipped": sum(scheduler.stats.skipped.values()),
         "hung": scheduler.stats.hung,
         "crashed": scheduler.stats.crashed,
         "cancelled": cancelled,
@@ -440,8 +440,8 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
         f"           ({2 * args.jobs} probes per interval), interval {args.interval} s, "
         f"timeout {args.timeout} s, concurrency {args.concurrency}",
         f"           {args.duration:g} s per run, {args.runs} run(s), a fresh vantage process each",
-        "vantage  : monitor.service.Vantage: scheduler.run() + housekeeping(), no HTTP server,",
-        "           text logs at info to a file, loopback-only audit hook",
+        "vantage  : monitor.serve.vantage.Vantage: scheduler.run() + housekeeping(),",
+        "           no HTTP server, text logs at info to a file, loopback-only audit hook",
         "lab      : `probe lab up` in its own process (single-process hypercorn), `healthy`",
         f"           endpoint {meta['endpoint']} on 127.0.0.1 and ::1",
         f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import functools
 import importlib.resources
+from collections.abc import Sequence
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from probes.base import PROBE_KINDS, HttpSpec, ProbeKind, Target
 
-if TYPE_CHECKING:
-    from monitor.config import CatalogConfig
-
 GLOBAL = "global"
+
+
+class CatalogError(ValueError):
+    """A catalog selection that cannot be expanded; `key` is its place in the config file."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
 
 
 def configs_dir() -> Traversable:
@@ -42,34 +49,34 @@ def load_catalog() -> dict[str, Any]:
     return data
 
 
-def service_names() -> tuple[str, ...]:
-    return tuple(sorted(load_catalog()["services"]))
-
-
 def _target_name(service: str, kind: str, region: str) -> str:
     base = kind if kind.startswith(service) else f"{service}-{kind}"
     return f"{base}-{region}"
 
 
 def expand_catalog(
-    cfg: CatalogConfig, path: str, *, interval: float, timeout: float
+    services_wanted: Sequence[str],
+    regions: Sequence[str],
+    planes: Sequence[str],
+    *,
+    interval: float,
+    timeout: float,
 ) -> list[Target]:
-    from monitor.config import ConfigError
-
+    """The catalog's endpoints of the chosen services, planes and regions, as targets.
+    Raises CatalogError for an unknown service or a region none of them serves."""
     services = load_catalog()["services"]
     known = sorted(services)
-    for i, name in enumerate(cfg.services):
+    for i, name in enumerate(services_wanted):
         if name not in services:
-            raise ConfigError(
-                f"{path}: catalog.services[{i}]: unknown service {name!r} "
-                f"(known: {', '.join(known)})"
+            raise CatalogError(
+                f"catalog.services[{i}]", f"unknown service {name!r} (known: {', '.join(known)})"
             )
-    wanted_regions = set(cfg.regions)
+    wanted_regions = set(regions)
     seen_regions: set[str] = set()
     targets: list[Target] = []
-    for service in dict.fromkeys(cfg.services):
+    for service in dict.fromkeys(services_wanted):
         for ep in services[service]["endpoints"]:
-            if ep["plane"] not in cfg.planes:
+            if ep["plane"] not in planes:
                 continue
             probes: tuple[ProbeKind, ...] = tuple(
                 p for p in ep.get("probes", PROBE_KINDS) if p in PROBE_KINDS
@@ -93,9 +100,9 @@ def expand_catalog(
                         source="catalog",
                     )
                 )
-    for i, region in enumerate(cfg.regions):
-        if region not in seen_regions and cfg.services:
-            raise ConfigError(
-                f"{path}: catalog.regions[{i}]: {region!r} has no endpoint in the selected services"
+    for i, region in enumerate(regions):
+        if region not in seen_regions and services_wanted:
+            raise CatalogError(
+                f"catalog.regions[{i}]", f"{region!r} has no endpoint in the selected services"
             )
     return targets

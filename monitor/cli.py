@@ -19,8 +19,15 @@ from pathlib import Path
 from monitor import __version__
 from monitor.catalog import shipped
 from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, load_config, parse_duration
-from monitor.output import EXIT_USAGE, exit_status, plan_rows, write_json, write_plan, write_table
-from monitor.runner import Report
+from monitor.engine.report import Report
+from monitor.run.output import (
+    EXIT_USAGE,
+    exit_status,
+    plan_rows,
+    write_json,
+    write_plan,
+    write_table,
+)
 from probes.base import FAMILIES, PROBE_KINDS, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
@@ -256,7 +263,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run_with_progress(
     cfg: Config, targets: Sequence[Target], families: Sequence[Family], show: bool
 ) -> Report:
-    from monitor.runner import run_round  # imports the probe stack only when probing
+    from monitor.engine.round import run_round  # imports the probe stack only when probing
 
     if not show:
         return await run_round(cfg, targets, families=families)
@@ -272,10 +279,10 @@ async def _run_with_progress(
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from monitor import logs
-    from monitor.server import DEFAULT_LISTEN, parse_listen
-    from monitor.service import serve_forever
-    from monitor.webconfig import load_web_config
+    from monitor.serve import logs
+    from monitor.serve.main import serve_forever
+    from monitor.web.server import DEFAULT_LISTEN, parse_listen
+    from monitor.web.webconfig import load_web_config
 
     logs.setup("info" if args.log_level == "warning" else args.log_level, args.log_format)
     listen = args.listen or DEFAULT_LISTEN

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from monitor.catalog import CatalogError, expand_catalog
 from probes.base import FAMILIES, PROBE_KINDS, Family, HttpSpec, ProbeKind, Target, TlsSpec
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -323,8 +324,6 @@ def load_config(path: str | Path) -> Config:
 
 
 def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
-    from monitor.catalog import expand_catalog  # the catalog module imports config types
-
     def rel(f: str | None, key: str) -> str | None:
         """Paths in a config file are relative to that file; they must exist."""
         if f is None:
@@ -335,9 +334,16 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         return str(resolved)
 
     targets: list[Target] = []
-    catalog_targets = expand_catalog(
-        model.catalog, path, interval=model.interval, timeout=model.timeout
-    )
+    try:
+        catalog_targets = expand_catalog(
+            model.catalog.services,
+            model.catalog.regions,
+            model.catalog.planes,
+            interval=model.interval,
+            timeout=model.timeout,
+        )
+    except CatalogError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     names = {t.name for t in model.targets}
     # A user target of the same name overrides the catalog's.
     targets.extend(ct for ct in catalog_targets if ct.name not in names)

@@ -1,7 +1,7 @@
 """Types every probe shares: the request it gets, the result it returns, the error kinds.
 
 A probe never raises for a network failure: it returns a ProbeResult whose `error.kind` is one
-of the closed set in ErrorKind. The shared handler in probes/__init__.py owns timeouts and crashes.
+of the closed set in ErrorKind. The shared handler in probes/handler.py owns timeouts and crashes.
 """
 
 from __future__ import annotations
@@ -12,13 +12,27 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from probes.details import Details
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3"]
 PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
 Clock = Callable[[], float]
+
+
+def _version() -> str:
+    try:
+        return version("dualstack-monitor")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+VERSION = _version()
+"""The package's version, from its metadata (pyproject.toml is the one place it is written)."""
 
 
 class ErrorKind(enum.StrEnum):
@@ -131,8 +145,6 @@ class ProbeEnv:
     source_addresses: Mapping[Family, str] = field(default_factory=dict)
     icmp_count: int = 3
     icmp_interval: float = 0.2
-    resolver_nameservers: tuple[str, ...] = ()
-    resolver_port: int = 53
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +165,8 @@ class Outcome:
     success: bool
     phases: Mapping[str, float] = field(default_factory=dict)
     error: ProbeError | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Details | None = None
+    """What the endpoint presented, typed per probe kind; None when nothing was learnt."""
     duration: float | None = None
     """The latency to compare, when it is not the wall time of the probe (ICMP: mean RTT)."""
 
@@ -171,7 +184,8 @@ class ProbeResult:
     """Unix time the probe began."""
     phases: Mapping[str, float] = field(default_factory=dict)
     error: ProbeError | None = None
-    details: Mapping[str, Any] = field(default_factory=dict)
+    details: Details | None = None
+    """What the endpoint presented, typed per probe kind; None when nothing was learnt."""
     skipped: str | None = None
     """Reason the probe was not run (family filtered out, vantage has no IPv6, ...)."""
 

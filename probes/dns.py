@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import dns.asyncquery
 import dns.exception
 import dns.flags
@@ -17,18 +15,19 @@ import dns.rcode
 import dns.rdatatype
 
 from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
+from probes.details import DnsAnswer, SoaAnswer
 from probes.errors import classify, error
 
 
 def _from_resolution(res: Resolution) -> Outcome:
-    details: dict[str, Any] = {
-        "rcode": res.rcode,
-        "records": list(res.addresses),
-        "ttl": res.ttl,
-        "cname_chain": list(res.cname_chain),
-        "nameserver": res.nameserver,
-        "nat64_synthesized": res.nat64_synthesized,
-    }
+    details = DnsAnswer(
+        rcode=res.rcode,
+        records=res.addresses,
+        ttl=res.ttl,
+        cname_chain=res.cname_chain,
+        nameserver=res.nameserver,
+        nat64_synthesized=res.nat64_synthesized,
+    )
     return Outcome(
         success=res.error is None and bool(res.addresses),
         error=res.error,
@@ -58,13 +57,13 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
     seconds = clock() - t0
     rcode = dns.rcode.to_text(response.rcode())
     soa = next((rr for rr in response.answer if rr.rdtype == dns.rdatatype.SOA), None)
-    details: dict[str, Any] = {
-        "rcode": rcode,
-        "zone": zone,
-        "authoritative": bool(response.flags & dns.flags.AA),
-        "serial": soa[0].serial if soa else None,
-        "transport": "udp",
-    }
+    details = SoaAnswer(
+        rcode=rcode,
+        zone=zone,
+        authoritative=bool(response.flags & dns.flags.AA),
+        serial=soa[0].serial if soa else None,
+        transport="udp",
+    )
     phases = {"query": seconds}
     if rcode != "NOERROR":
         kind = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}.get(
@@ -77,7 +76,7 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
             details=details,
             duration=seconds,
         )
-    if soa is None or not details["authoritative"]:
+    if soa is None or not details.authoritative:
         return Outcome(
             success=False,
             error=error(ErrorKind.DNS_BAD_RESPONSE, f"SOA {zone}: no authoritative answer"),

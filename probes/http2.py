@@ -8,7 +8,6 @@ to a bound and discarded.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import h2.config
 import h2.connection
@@ -17,20 +16,13 @@ import h2.exceptions
 import h11
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.details import HttpExchange
 from probes.errors import classify, error
+from probes.httpbase import MAX_BODY, USER_AGENT, authority, status_error
 from probes.netutil import close_stream
 from probes.tls import HandshakeFailed, handshake
 
 ALPN = ("h2", "http/1.1")
-MAX_BODY = 1 << 20
-USER_AGENT = "dualstack-monitor/0.1"
-
-
-def authority(req: ProbeRequest) -> str:
-    host = req.target.host
-    if ":" in host:  # an IPv6 literal target
-        host = f"[{host}]"
-    return host if req.target.port == 443 else f"{host}:{req.target.port}"
 
 
 class _Response:
@@ -130,7 +122,7 @@ async def probe(req: ProbeRequest) -> Outcome:
             success=False, error=failed.error, phases=failed.phases, details=failed.details
         )
     phases: dict[str, float] = {"connect": hs.connect_seconds, "tls": hs.tls_seconds}
-    alpn = hs.details.get("alpn")
+    alpn = hs.details.alpn
     version = "2" if alpn == "h2" else "1.1"
     resp = _Response()
     t0 = clock()
@@ -150,18 +142,15 @@ async def probe(req: ProbeRequest) -> Outcome:
     if resp.ttfb is not None:
         phases["ttfb"] = resp.ttfb
         phases["transfer"] = max(0.0, t_end - t0 - resp.ttfb)
-    details: dict[str, Any] = {
-        "http_version": version,
-        "status": resp.status,
-        "tls_version": hs.details.get("version"),
-        "alpn": alpn,
-        "alt_svc": resp.headers.get("alt-svc"),
-        "server": resp.headers.get("server"),
-        "body_bytes": resp.body_bytes,
-    }
-    if err is None and resp.status is None:
-        err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/{version}: no response")
-    expect = req.target.http.expect_status
-    if err is None and expect and resp.status not in expect:
-        err = error(ErrorKind.HTTP_STATUS, f"status {resp.status} not in {list(expect)}")
+    details = HttpExchange(
+        http_version=version,
+        status=resp.status,
+        tls_version=hs.details.tls_version,
+        alpn=alpn,
+        alt_svc=resp.headers.get("alt-svc"),
+        server=resp.headers.get("server"),
+        body_bytes=resp.body_bytes,
+    )
+    if err is None:
+        err = status_error(req, resp.status, f"HTTP/{version}")
     return Outcome(success=err is None, error=err, phases=phases, details=details)

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import socket
 from pathlib import Path
-from typing import Any
 
 import certifi
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -22,13 +21,14 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 from aioquic.tls import AlertDescription
 
-from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.details import QuicExchange
 from probes.errors import classify, error
-from probes.http2 import MAX_BODY, USER_AGENT, authority
+from probes.httpbase import MAX_BODY, USER_AGENT, authority, status_error
 
 
 class _H3Client(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, clock: Any) -> None:
+    def __init__(self, quic: QuicConnection, clock: Clock) -> None:
         super().__init__(quic)
         self._http: H3Connection | None = None
         self._clock = clock
@@ -179,7 +179,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         return Outcome(success=False, error=classify(exc))
     client = protocol
     phases: dict[str, float] = {}
-    details: dict[str, Any] = {"http_version": "3", "status": None, "alpn": None}
+    alpn: str | None = None
     err: ProbeError | None = None
     t0 = clock()
     try:
@@ -189,7 +189,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         except ConnectionError:
             return Outcome(success=False, error=_handshake_error(client), phases=phases)
         phases["handshake"] = clock() - t0
-        details["alpn"] = client._quic.tls.alpn_negotiated
+        alpn = client._quic.tls.alpn_negotiated
         t1 = clock()
         response = client.request(req.target.http.path, authority(req))
         try:
@@ -208,15 +208,14 @@ async def probe(req: ProbeRequest) -> Outcome:
         finally:
             transport.close()
             client.settle()
-    details.update(
+    details = QuicExchange(
+        http_version="3",
         status=client.status,
+        alpn=alpn,
         alt_svc=client.headers.get("alt-svc"),
         server=client.headers.get("server"),
         body_bytes=client.body_bytes,
     )
-    if err is None and client.status is None:
-        err = error(ErrorKind.PROTOCOL_ERROR, "HTTP/3: no response")
-    expect = req.target.http.expect_status
-    if err is None and expect and client.status not in expect:
-        err = error(ErrorKind.HTTP_STATUS, f"status {client.status} not in {list(expect)}")
+    if err is None:
+        err = status_error(req, client.status, "HTTP/3")
     return Outcome(success=err is None, error=err, phases=phases, details=details)

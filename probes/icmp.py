@@ -7,11 +7,11 @@ default on macOS), then a raw socket; with neither permitted it reports `icmp_no
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import icmplib
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.details import IcmpEcho
 from probes.errors import classify, error
 
 
@@ -61,14 +61,14 @@ async def probe(req: ProbeRequest) -> Outcome:
                 f"net.ipv4.ping_group_range ({last_denied})",
             ),
         )
-    details: dict[str, Any] = {
-        "sent": host.packets_sent,
-        "received": host.packets_received,
-        "loss_ratio": host.packet_loss,
-        "rtt_min_seconds": host.min_rtt / 1000,
-        "rtt_avg_seconds": host.avg_rtt / 1000,
-        "rtt_max_seconds": host.max_rtt / 1000,
-    }
+    details = IcmpEcho(
+        sent=host.packets_sent,
+        received=host.packets_received,
+        loss_ratio=host.packet_loss,
+        rtt_min_seconds=host.min_rtt / 1000,
+        rtt_avg_seconds=host.avg_rtt / 1000,
+        rtt_max_seconds=host.max_rtt / 1000,
+    )
     if host.packets_sent == 0:  # icmplib swallows send errors: no route, no source address
         return Outcome(
             success=False,

@@ -17,7 +17,7 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from probes.base import Clock, ErrorKind, Family, ProbeError, Resolution
+from probes.base import Clock, ErrorKind, Family, Resolution
 from probes.errors import error
 
 WELL_KNOWN_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -174,7 +174,3 @@ class Resolver:
             if rcode in rcodes:
                 return self._failed(family, t0, rcode, kind, f"{host}: {rcode} from every server")
         return self._failed(family, t0, "", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
-
-
-def first_error(resolutions: Sequence[Resolution]) -> ProbeError | None:
-    return next((r.error for r in resolutions if r.error is not None), None)

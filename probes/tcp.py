@@ -6,6 +6,7 @@ Measures only the three-way handshake; nothing is sent on the connection.
 from __future__ import annotations
 
 from probes.base import Outcome, ProbeRequest
+from probes.details import TcpConnect
 from probes.errors import classify
 from probes.netutil import close_stream, open_stream
 
@@ -23,5 +24,5 @@ async def probe(req: ProbeRequest) -> Outcome:
     return Outcome(
         success=True,
         phases={"connect": connect},
-        details={"source_address": sockname[0] if sockname else None},
+        details=TcpConnect(source_address=sockname[0] if sockname else None),
     )

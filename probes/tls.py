@@ -11,11 +11,11 @@ import asyncio
 import hashlib
 import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_client_context
+from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
 from probes.netutil import abort_stream, close_stream, open_stream
 
@@ -26,20 +26,22 @@ class Handshake:
     writer: asyncio.StreamWriter
     connect_seconds: float
     tls_seconds: float
-    details: dict[str, Any]
+    details: TlsHandshake
 
 
 class HandshakeFailed(Exception):
     """The TCP connect or TLS handshake failed; carries the timings and details seen so far."""
 
-    def __init__(self, error: ProbeError, phases: dict[str, float], details: dict[str, Any]):
+    def __init__(
+        self, error: ProbeError, phases: dict[str, float], details: TlsHandshake | None
+    ) -> None:
         super().__init__(error.message)
         self.error = error
         self.phases = phases
         self.details = details
 
 
-def describe_certificate(der: bytes) -> dict[str, Any]:
+def describe_certificate(der: bytes) -> Certificate:
     cert = x509.load_der_x509_certificate(der)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -50,31 +52,30 @@ def describe_certificate(der: bytes) -> dict[str, Any]:
     except x509.ExtensionNotFound:
         sans = []
     not_after = cert.not_valid_after_utc
-    return {
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "sans": sans,
-        "not_after": not_after.isoformat().replace("+00:00", "Z"),
-        "not_after_timestamp": not_after.timestamp(),
-        "fingerprint_sha256": hashlib.sha256(der).hexdigest(),
-        "serial": format(cert.serial_number, "x"),
-    }
+    return Certificate(
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        sans=tuple(sans),
+        not_after=not_after.isoformat().replace("+00:00", "Z"),
+        not_after_timestamp=not_after.timestamp(),
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        serial=format(cert.serial_number, "x"),
+    )
 
 
-def _session_details(writer: asyncio.StreamWriter) -> dict[str, Any]:
+def _session_details(writer: asyncio.StreamWriter, *, verified: bool) -> TlsHandshake:
     sslobj: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
     if sslobj is None:
-        return {}
+        return TlsHandshake(verified=False)
     cipher = sslobj.cipher()
-    details: dict[str, Any] = {
-        "version": sslobj.version(),
-        "cipher": cipher[0] if cipher else None,
-        "alpn": sslobj.selected_alpn_protocol(),
-    }
     der = sslobj.getpeercert(binary_form=True)
-    if der:
-        details["certificate"] = describe_certificate(der)
-    return details
+    return TlsHandshake(
+        verified=verified,
+        tls_version=sslobj.version(),
+        cipher=cipher[0] if cipher else None,
+        alpn=sslobj.selected_alpn_protocol(),
+        certificate=describe_certificate(der) if der else None,
+    )
 
 
 async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
@@ -84,13 +85,13 @@ async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
         ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
     except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
         raise HandshakeFailed(
-            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, {}
+            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, None
         ) from exc
     t0 = clock()
     try:
         reader, writer = await open_stream(req)
     except OSError as exc:
-        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, {}) from exc
+        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
     t1 = clock()
     try:
         await writer.start_tls(
@@ -99,25 +100,25 @@ async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
         phases = {"connect": t1 - t0, "tls": clock() - t1}
         abort_stream(writer)
-        details: dict[str, Any] = {"verified": False}
+        seen = TlsHandshake(verified=False)
         if isinstance(exc, ssl.SSLCertVerificationError):
-            details.update(await _unverified_details(req, alpn))
-        raise HandshakeFailed(classify(exc), phases, details) from exc
+            seen = await _unverified_details(req, alpn)
+        raise HandshakeFailed(classify(exc), phases, seen) from exc
     t2 = clock()
-    details = {"verified": True, **_session_details(writer)}
+    details = _session_details(writer, verified=True)
     return Handshake(
         reader=reader, writer=writer, connect_seconds=t1 - t0, tls_seconds=t2 - t1, details=details
     )
 
 
-async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> dict[str, Any]:
+async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHandshake:
     """What the peer presents, without judging it: only for showing a failed verification."""
     ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls, verify=False)
     try:
         _reader, writer = await open_stream(req, ssl_context=ctx, server_hostname=req.target.sni)
     except (OSError, ssl.SSLError):
-        return {}
-    details = _session_details(writer)
+        return TlsHandshake(verified=False)
+    details = _session_details(writer, verified=False)
     await close_stream(writer)
     return details
 

@@ -71,7 +71,7 @@ class VerdictStyle:
     color: str
 
 
-# monitor.parity.Verdict: every verdict, so a matrix cell never shows a bare number.
+# monitor.engine.parity.Verdict: every verdict, so a matrix cell never shows a bare number.
 VERDICTS: dict[str, VerdictStyle] = {
     "ok": VerdictStyle(0, "ok", "green"),
     "skipped": VerdictStyle(1, "skipped", "#8e8e8e"),

@@ -33,7 +33,7 @@ import yaml
 
 from monitor.cli import build_parser
 from monitor.config import load_config
-from monitor.server import parse_listen
+from monitor.web.server import parse_listen
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -220,8 +220,8 @@ def test_networks_are_dual_stack_with_ula_prefixes() -> None:
         subnets = [ipaddress.ip_network(c["subnet"]) for c in net["ipam"]["config"]]
         assert {s.version for s in subnets} == {4, 6}, name
         assert all(s.is_private for s in subnets), name
-        v6 = next(s for s in subnets if s.version == 6)
-        assert v6.subnet_of(ipaddress.ip_network("fd00::/8")), f"{name}: {v6} is not ULA"
+        v6 = next(s for s in subnets if isinstance(s, ipaddress.IPv6Network))
+        assert v6.subnet_of(ipaddress.IPv6Network("fd00::/8")), f"{name}: {v6} is not ULA"
     for name, service in SERVICES.items():
         mode = service.get("network_mode", "")
         assert mode in ("", "host") or mode.startswith("service:"), name

@@ -32,9 +32,9 @@ from dashboards import (
     variable_queries,
 )
 
-from monitor.exporter import StoreCollector
-from monitor.parity import VERDICTS
-from monitor.state import Store
+from monitor.engine.parity import VERDICTS
+from monitor.serve.exporter import StoreCollector
+from monitor.serve.state import Store
 
 SCRIPT = REPO / "scripts" / "gen_dashboards.py"
 SDK = "grafana-foundation-sdk"

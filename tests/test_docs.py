@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from monitor import parity
 from monitor.config import (
     CatalogConfig,
     ConfigError,
@@ -26,7 +25,9 @@ from monitor.config import (
     load_yaml,
     validate,
 )
+from monitor.engine import parity
 from probes.base import ErrorKind
+from probes.details import DETAILS_OF_KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -87,16 +88,30 @@ def test_every_verdict_is_documented() -> None:
 def test_compared_fields_table_matches_parity() -> None:
     rows = table_rows(section(PROBES_MD.read_text(encoding="utf-8"), "### Compared fields"))
     documented = {
-        m.group(1): (set(CODE.findall(counts)), set(CODE.findall(normal)))
-        for probe, counts, normal in rows
+        m.group(1): (
+            set(CODE.findall(counts)),
+            set(CODE.findall(normal)),
+            set(CODE.findall(not_compared)),
+        )
+        for probe, counts, normal, not_compared in rows
         if (m := CODE.fullmatch(probe))
     }
+
+    def names(kind: str, role: parity.Role) -> set[str]:
+        return {
+            row.field
+            for cls in DETAILS_OF_KIND[kind]
+            for row in parity.COMPARED[cls]
+            if row.role is role
+        }
+
     expected = {
         kind: (
-            {name for name, _, significant in fields if significant},
-            {name for name, _, significant in fields if not significant},
+            names(kind, parity.Role.SIGNIFICANT),
+            names(kind, parity.Role.NORMAL),
+            names(kind, parity.Role.NOT_COMPARED),
         )
-        for kind, fields in parity._FIELDS.items()
+        for kind in DETAILS_OF_KIND
     }
     assert documented == expected
 

@@ -77,7 +77,11 @@ def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         else:
             pytest.fail("probe lab up did not get ready in 60 s:\n" + "".join(lines))
         if not lines or not lines[-1].startswith("lab ready"):
-            pytest.fail("probe lab up exited:\n" + "".join(lines) + proc.stderr.read())
+            pytest.fail(
+                "probe lab up exited:\n"
+                + "".join(lines)
+                + (proc.stderr.read() if proc.stderr else "")
+            )
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -89,6 +93,7 @@ def lab_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     assert "lab stopped" in out
 
 
+@pytest.mark.root
 def test_lab_up_then_probe_run_without_root(lab_up: Path) -> None:
     proc = subprocess.run(
         _probe("run", "--config", str(lab_up), "--format", "json"),
@@ -113,6 +118,7 @@ def test_lab_up_then_probe_run_without_root(lab_up: Path) -> None:
         assert "icmp_not_permitted" in kinds
 
 
+@pytest.mark.root
 def test_lab_up_table_for_people(lab_up: Path) -> None:
     proc = subprocess.run(
         _probe("run", "--config", str(lab_up), "--target", "expired_v6", "--probe", "tls"),
@@ -126,6 +132,7 @@ def test_lab_up_table_for_people(lab_up: Path) -> None:
     assert "tls_cert_expired" in proc.stdout and "ipv6_failed" in proc.stdout
 
 
+@pytest.mark.root
 def test_icmp_without_permission_is_an_error_kind(lab_config_file: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test sets ping_group_range and must start as root (CI does)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_child_processes_are_guarded(_guard_children: object) -> None:
     ).stdout
     assert "network guard: forbidden connection" in out
     # The child's violation went to the shared log: take it back out so this test passes.
-    log = guard.os.environ[guard.LOG_ENV]
+    log = os.environ[guard.LOG_ENV]
     with open(log, encoding="utf-8") as fh:
         text = fh.read()
     assert "3fff::1" in text

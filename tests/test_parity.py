@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from typing import Any
 
 import pytest
 
-from monitor.parity import Thresholds, Verdict, judge
-from probes.base import ErrorKind, Family, ProbeError, ProbeKind, ProbeResult
+from monitor.engine.parity import COMPARED, Parity, Thresholds, Verdict
+from monitor.engine.parity import judge as judge_pair
+from probes.base import ErrorKind, Family, ProbeError, ProbeKind, ProbeResult, Target
+from probes.details import (
+    DETAIL_TYPES,
+    Certificate,
+    Details,
+    DnsAnswer,
+    HttpExchange,
+    TlsHandshake,
+)
 
 TH = Thresholds(slower_ratio=1.5, slower_margin=0.05)
-CERT = {"issuer": "CN=CA", "sans": ["a.example"], "fingerprint_sha256": "aa", "not_after": "x"}
+CERT = Certificate(
+    subject="CN=a.example",
+    issuer="CN=CA",
+    sans=("a.example",),
+    not_after="x",
+    not_after_timestamp=0.0,
+    fingerprint_sha256="aa",
+    serial="1",
+)
+TARGET = Target(name="t", service="s3", region="us-east-1", host="a.example")
+
+
+def judge(v4: ProbeResult | None, v6: ProbeResult | None, **kw: Any) -> Parity:
+    some = v4 or v6
+    assert some is not None
+    return judge_pair(TARGET, some.probe, v4, v6, **kw)
 
 
 def res(
@@ -21,7 +47,7 @@ def res(
     seconds: float = 0.1,
     kind: ErrorKind | None = None,
     address: str | None = "addr",
-    **details: Any,
+    details: Details | None = None,
 ) -> ProbeResult:
     err = None
     if not ok:
@@ -40,8 +66,26 @@ def res(
 
 
 def tls(family: Family, cert: dict[str, Any] | None = None, **over: Any) -> ProbeResult:
-    details = {"version": "TLSv1.3", "alpn": "h2", "verified": True, **over}
-    return res(family, certificate={**CERT, **(cert or {})}, **details)
+    details = TlsHandshake(
+        verified=True,
+        tls_version="TLSv1.3",
+        alpn="h2",
+        certificate=dataclasses.replace(CERT, **(cert or {})),
+    )
+    return res(family, details=dataclasses.replace(details, **over))
+
+
+def http2(family: Family, status: int) -> ProbeResult:
+    details = HttpExchange(
+        http_version="2",
+        status=status,
+        tls_version="TLSv1.3",
+        alpn="h2",
+        alt_svc=None,
+        server=None,
+        body_bytes=0,
+    )
+    return res(family, probe="http2", details=details)
 
 
 def test_ok() -> None:
@@ -60,8 +104,9 @@ def test_rotated_leaf_is_a_difference_not_a_mismatch() -> None:
     ("over", "field"),
     [
         ({"cert": {"issuer": "CN=Other"}}, "certificate.issuer"),
-        ({"cert": {"sans": ["a.example", "b.example"]}}, "certificate.sans"),
-        ({"version": "TLSv1.2"}, "tls_version"),
+        ({"cert": {"sans": ("a.example", "b.example")}}, "certificate.sans"),
+        ({"tls_version": "TLSv1.2"}, "tls_version"),
+        ({"verified": False}, "certificate.verified"),
         ({"alpn": "http/1.1"}, "alpn"),
     ],
 )
@@ -72,15 +117,9 @@ def test_mismatch(over: dict[str, Any], field: str) -> None:
 
 
 def test_http_status_class_mismatch_but_same_class_is_fine() -> None:
-    a = res("ipv4", probe="http2", status=200, http_version="2")
-    assert (
-        judge(a, res("ipv6", probe="http2", status=503, http_version="2"), thresholds=TH).verdict
-        is Verdict.MISMATCH
-    )
-    assert (
-        judge(a, res("ipv6", probe="http2", status=204, http_version="2"), thresholds=TH).verdict
-        is Verdict.OK
-    )
+    a = http2("ipv4", 200)
+    assert judge(a, http2("ipv6", 503), thresholds=TH).verdict is Verdict.MISMATCH
+    assert judge(a, http2("ipv6", 204), thresholds=TH).verdict is Verdict.OK
 
 
 @pytest.mark.parametrize(
@@ -151,3 +190,62 @@ def test_skipped_family() -> None:
     )
     p = judge(res("ipv4", probe="tcp"), v6, thresholds=TH)
     assert p.verdict is Verdict.SKIPPED and p.reason == "ipv6 not selected"
+
+
+def test_dns_lookup_latency_is_not_compared() -> None:
+    """A and AAAA lookups of a host target are two questions, not two transports."""
+    a = DnsAnswer(rcode="NOERROR", records=("192.0.2.1",))
+    b = DnsAnswer(rcode="NOERROR", records=("2001:db8::1",))
+    p = judge(
+        res("ipv4", probe="dns", seconds=0.01, details=a),
+        res("ipv6", probe="dns", seconds=0.5, details=b),
+        thresholds=TH,
+    )
+    assert p.verdict is Verdict.OK and p.differences == ()
+
+
+def test_name_server_failure_without_ipv6_route_is_skipped() -> None:
+    """A name-server target's dns probe is a transport: no IPv6 route is the vantage's fault,
+    even when the failure left no details to tell the two kinds of dns probe apart."""
+    ns = dataclasses.replace(TARGET, zone="example.com")
+    v6 = res("ipv6", probe="dns", ok=False, kind=ErrorKind.NETWORK_UNREACHABLE)
+    p = judge_pair(ns, "dns", res("ipv4", probe="dns"), v6, thresholds=TH, vantage_ipv6=False)
+    assert p.verdict is Verdict.SKIPPED
+
+
+def _leaf_fields(cls: type[Any], prefix: str = "") -> set[str]:
+    out: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        nested: list[Any] = [
+            a for a in typing.get_args(hints[f.name]) if dataclasses.is_dataclass(a)
+        ]
+        if dataclasses.is_dataclass(hints[f.name]):
+            nested = [hints[f.name]]
+        if nested:
+            out |= _leaf_fields(nested[0], f"{prefix}{f.name}.")
+        else:
+            out.add(prefix + f.name)
+    return out
+
+
+@pytest.mark.parametrize("cls", DETAIL_TYPES, ids=lambda c: c.__name__)
+def test_every_details_field_has_a_row_in_the_table(cls: type[Any]) -> None:
+    """A field added to a probe's details without a row (compared, normal or not compared)
+    fails here: nothing is silently left out of the comparison."""
+    covered = {f for row in COMPARED[cls] for f in row.fields()}
+    assert _leaf_fields(cls) - covered == set(), "fields without a row in parity.COMPARED"
+    assert covered - _leaf_fields(cls) == set(), "rows naming fields that do not exist"
+
+
+def test_the_table_check_can_fail() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Grown(TlsHandshake):
+        session_ticket: str = ""
+
+    covered = {f for row in COMPARED[TlsHandshake] for f in row.fields()}
+    assert _leaf_fields(Grown) - covered == {"session_ticket"}
+
+
+def test_details_union_is_the_declared_types() -> None:
+    assert set(typing.get_args(Details)) == set(DETAIL_TYPES) == set(COMPARED)

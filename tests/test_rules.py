@@ -90,7 +90,7 @@ def load(path: Path) -> Any:
 
 def rules() -> list[dict[str, Any]]:
     """Every rule of every rule file, with the file it came from."""
-    out = []
+    out: list[dict[str, Any]] = []
     for path in RULE_FILES:
         for group in load(path)["groups"]:
             out.extend({**rule, "file": path.name} for rule in group["rules"])

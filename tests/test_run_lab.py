@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import typing
 from pathlib import Path
 
 import jsonschema
@@ -12,10 +13,30 @@ import pytest
 
 from monitor.cli import main
 from monitor.config import load_config
+from monitor.engine.report import Report, report_json
+from monitor.engine.round import run_round
 from monitor.lab import Lab
 from monitor.lab.run import EXPECTED, expected
-from monitor.runner import Report, report_json, run_round
 from probes import icmp
+from probes.base import ProbeResult
+from probes.details import (
+    DnsAnswer,
+    HttpExchange,
+    IcmpEcho,
+    QuicExchange,
+    SoaAnswer,
+    TcpConnect,
+    TlsHandshake,
+)
+
+D = typing.TypeVar("D")
+
+
+def details(r: ProbeResult, cls: type[D]) -> D:
+    """The result's typed details, which must be of the kind its probe reports."""
+    assert isinstance(r.details, cls), f"{r.target}/{r.probe}/{r.family}: {r.details!r}"
+    return r.details
+
 
 SCHEMA = json.loads(
     (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
@@ -56,34 +77,42 @@ def test_nameserver_targets_from_route53_zone(report: Report) -> None:
     soa = [r for r in report.results if r.target == ns[0] and r.probe == "dns"]
     assert {r.family for r in soa} == {"ipv4", "ipv6"}
     assert {r.address for r in soa} == {"127.0.0.1", "::1"}  # family = transport
-    assert all(r.details["authoritative"] and r.details["serial"] == 1 for r in soa)
+    assert all(
+        details(r, SoaAnswer).authoritative and details(r, SoaAnswer).serial == 1 for r in soa
+    )
 
 
 def test_healthy_results_on_both_families(report: Report) -> None:
-    by = {(r.probe, r.family): r for r in report.results if r.target == "healthy"}
+    by: dict[tuple[str, str], ProbeResult] = {
+        (r.probe, r.family): r for r in report.results if r.target == "healthy"
+    }
     for family, addr in (("ipv4", "127.0.0.1"), ("ipv6", "::1")):
         dns = by[("dns", family)]
-        assert dns.success and dns.details["records"] == [addr] and dns.details["ttl"] == 60
+        answer = details(dns, DnsAnswer)
+        assert dns.success and answer.records == (addr,) and answer.ttl == 60
         tcp = by[("tcp", family)]
         assert tcp.success and tcp.address == addr and tcp.phases["connect"] > 0
         tls = by[("tls", family)]
-        assert tls.success and tls.details["version"] == "TLSv1.3"
-        assert tls.details["alpn"] == "h2" and tls.details["verified"] is True
-        assert (
-            "dualstack.lab-healthy.us-east-1.elb.amazonaws.com"
-            in (tls.details["certificate"]["sans"])
-        )
+        hs = details(tls, TlsHandshake)
+        assert tls.success and hs.tls_version == "TLSv1.3"
+        assert hs.alpn == "h2" and hs.verified is True
+        assert hs.certificate is not None
+        assert "dualstack.lab-healthy.us-east-1.elb.amazonaws.com" in hs.certificate.sans
         assert set(tls.phases) == {"resolve", "connect", "tls"}
         h2 = by[("http2", family)]
-        assert h2.success and h2.details["status"] == 200 and h2.details["http_version"] == "2"
-        assert h2.details["alt_svc"].startswith('h3=":')
+        ex = details(h2, HttpExchange)
+        assert h2.success and ex.status == 200 and ex.http_version == "2"
+        assert ex.tls_version == "TLSv1.3"
+        assert ex.alt_svc is not None and ex.alt_svc.startswith('h3=":')
         assert {"connect", "tls", "ttfb", "transfer"} <= set(h2.phases)
         h3 = by[("http3", family)]
-        assert h3.success and h3.details["status"] == 200 and h3.details["alpn"] == "h3"
+        quic = details(h3, QuicExchange)
+        assert h3.success and quic.status == 200 and quic.alpn == "h3"
         assert {"handshake", "ttfb"} <= set(h3.phases)
         ping = by[("icmp", family)]
         if icmp_permitted():
-            assert ping.success and ping.details["received"] == ping.details["sent"]
+            echo = details(ping, IcmpEcho)
+            assert ping.success and echo.received == echo.sent
         else:
             assert ping.error is not None and ping.error.kind == "icmp_not_permitted"
 
@@ -120,12 +149,13 @@ def test_presented_differences(report: Report) -> None:
         r for r in report.results if (r.target, r.probe, r.family) == ("expired_v6", "tls", "ipv6")
     )
     # The failed verification still shows what was presented.
-    assert expired.details["certificate"]["not_after_timestamp"] < expired.started
+    cert = details(expired, TlsHandshake).certificate
+    assert cert is not None and cert.not_after_timestamp < expired.started
 
 
 def test_alias_follows_cname(report: Report) -> None:
     dns = [r for r in report.results if r.target == "alias" and r.probe == "dns"]
-    assert all(r.details["cname_chain"] == ["lab-alias.example.com"] for r in dns)
+    assert all(details(r, DnsAnswer).cname_chain == ("lab-alias.example.com",) for r in dns)
 
 
 def test_json_report_validates(report: Report) -> None:
@@ -142,12 +172,43 @@ def test_schema_rejects_a_broken_report(report: Report) -> None:
 
 
 def test_schema_enums_match_the_code() -> None:
-    from monitor.parity import VERDICTS
+    from monitor.engine.parity import VERDICTS
     from probes.base import ErrorKind
 
     defs = SCHEMA["$defs"]
     assert defs["error"]["properties"]["kind"]["enum"] == [str(k) for k in ErrorKind]
     assert defs["parity"]["properties"]["verdict"]["enum"] == [str(v) for v in VERDICTS]
+
+
+DETAIL_DEFS = {
+    "dns_answer": DnsAnswer,
+    "soa_answer": SoaAnswer,
+    "icmp_echo": IcmpEcho,
+    "tcp_connect": TcpConnect,
+    "tls_handshake": TlsHandshake,
+    "http_exchange": HttpExchange,
+    "quic_exchange": QuicExchange,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DETAIL_DEFS))
+def test_schema_types_each_probes_details(name: str) -> None:
+    """A renamed or added details field must be renamed in the schema too, or this fails."""
+    import dataclasses
+
+    definition = SCHEMA["$defs"][name]
+    fields = [f.name for f in dataclasses.fields(DETAIL_DEFS[name])]
+    assert sorted(definition["properties"]) == sorted(fields)
+    assert sorted(definition["required"]) == sorted(fields)
+    assert definition["additionalProperties"] is False
+
+
+def test_schema_rejects_a_renamed_details_key(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report), default=str))
+    tls = next(r for r in doc["results"] if r["probe"] == "tls" and r["success"])
+    tls["details"]["version"] = tls["details"].pop("tls_version")
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, SCHEMA)
 
 
 EXIT = {
@@ -241,6 +302,6 @@ def test_source_address_per_family(lab_config_file: Path, tmp_path: Path) -> Non
     cfg = load_config(path)
     rep = asyncio.run(run_round(cfg, cfg.targets))
     tcp = {r.family: r for r in rep.results if r.probe == "tcp"}
-    assert tcp["ipv4"].details["source_address"] == "127.0.0.2"
-    assert tcp["ipv6"].details["source_address"] == "::1"
+    assert details(tcp["ipv4"], TcpConnect).source_address == "127.0.0.2"
+    assert details(tcp["ipv6"], TcpConnect).source_address == "::1"
     assert all(r.success for r in rep.results)

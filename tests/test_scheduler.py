@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pytest
 
-from monitor.scheduler import Scheduler, job_offset
+from monitor.serve.scheduler import Scheduler, job_offset
 from probes.base import ProbeKind, Target
 
 

@@ -5,16 +5,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from browser import load_page
 from serving import serve
 
 from monitor.lab import Lab
 from monitor.lab.run import write_config
-from monitor.statuspage import VERDICT_STYLE
+from monitor.web.statuspage import VERDICT_STYLE
+
+
+def css_colour(hex_colour: str) -> str:
+    """'#f7c1c1' as a browser's computed style writes it: 'rgb(247, 193, 193)'."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
+@pytest.mark.browser
 async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None:
     cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="lab-browser", interval="3s")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -32,6 +41,7 @@ async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None
     assert report.cell("cert_differs_v6", "tls")["verdict"] == "mismatch"
     assert report.cell("healthy", "http3")["verdict"] == "ok"
     assert faulty["background"] != report.cell("healthy", "tcp")["background"]
-    assert VERDICT_STYLE["ipv6_failed"]
+    # each verdict is painted in its own colour from the page's legend
+    assert faulty["background"] == css_colour(VERDICT_STYLE["ipv6_failed"][0])
     assert "lab-browser" in report.html
     assert shot.stat().st_size > 10_000

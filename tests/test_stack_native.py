@@ -30,7 +30,7 @@ from test_compose import SERVICES, flags, healthcheck_code, host_path, stages
 
 from monitor.lab import Lab
 from monitor.lab.run import write_config
-from monitor.server import parse_listen
+from monitor.web.server import parse_listen
 
 # Flags the harness sets itself: where the config and data live, where to listen.
 HARNESS_FLAGS = (

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from browser import BrowserMissingError, load_page
 
-from monitor.statuspage import PROBES, VERDICT_STYLE, render_status_page
+from monitor.web.statuspage import PROBES, VERDICT_STYLE, render_status_page
 
 ROOT = Path(__file__).parents[1]
 FIXTURE = Path(__file__).parent / "testdata" / "status" / "report.json"
@@ -233,6 +233,7 @@ async def served(doc: dict[str, Any]) -> AsyncIterator[str]:
         yield url
 
 
+@pytest.mark.browser
 async def test_status_page_in_headless_chromium(served: str) -> None:
     shot = ARTIFACTS / "status-page.png"
     shot.unlink(missing_ok=True)
@@ -278,6 +279,7 @@ async def test_status_page_in_headless_chromium(served: str) -> None:
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
+@pytest.mark.browser
 async def test_warnings_in_headless_chromium(doc: dict[str, Any]) -> None:
     """A vantage without IPv6, before its first round is done: both banners show."""
     doc["vantage_ipv6"] = False

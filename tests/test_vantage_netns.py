@@ -52,7 +52,9 @@ def test_ipv4_only_vantage_exits_3(tmp_path: Path) -> None:
         )
         try:
             assert server.stdout is not None
-            assert server.stdout.readline().strip() == "ready", server.stderr.read()
+            assert server.stdout.readline().strip() == "ready", (
+                server.stderr.read() if server.stderr else ""
+            )
             cfg = tmp_path / "cfg.yml"
             cfg.write_text(
                 yaml.safe_dump(
@@ -99,13 +101,13 @@ def test_ipv4_only_vantage_exits_3(tmp_path: Path) -> None:
 
 
 def test_table_says_the_vantage_has_no_ipv6() -> None:
-    from monitor.output import write_table
-    from monitor.runner import Report
-    from monitor.vantage import VantageCheck
+    from monitor.engine.report import Report
+    from monitor.engine.vantage import VantageCheck
+    from monitor.run.output import write_table
 
     report = Report(
         vantage="v",
-        started="2026-11-26T00:00:00Z",
+        started=1795651200.0,  # 2026-11-26T00:00:00Z
         vantage_check=VantageCheck(ipv6=False, routes={"2001:db8::2": None}),
         targets=(),
         results=(),

@@ -19,9 +19,9 @@ import trustme
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 
-from monitor import webconfig
 from monitor.config import ConfigError
-from monitor.webconfig import (
+from monitor.web import webconfig
+from monitor.web.webconfig import (
     WebConfig,
     WebConfigError,
     basic_auth_middleware,

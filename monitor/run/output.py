@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from monitor.parity import REGRESSIONS, Verdict
-from monitor.runner import Report, report_json
+from monitor.engine.parity import REGRESSIONS, Verdict
+from monitor.engine.report import Report, iso_utc, report_json
 from probes.base import ProbeResult
 
 EXIT_OK = 0
@@ -63,7 +63,8 @@ def write_table(report: Report, out: IO[str], *, color: bool | None = None) -> N
     results: dict[tuple[str, str, str], ProbeResult] = {
         (r.target, r.probe, r.family): r for r in report.results
     }
-    table = Table(title=f"vantage {escape(report.vantage)}  {report.started}", title_justify="left")
+    started = iso_utc(report.started)
+    table = Table(title=f"vantage {escape(report.vantage)}  {started}", title_justify="left")
     for col in ("target", "probe", "IPv4", "IPv6", "verdict", "why"):
         table.add_column(col, overflow="fold")
     for p in report.parity:

@@ -17,9 +17,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from monitor import __version__
-from monitor.parity import VERDICTS
-from monitor.state import Store
+from monitor.engine.parity import VERDICTS
+from monitor.serve.state import Store
 from probes.base import Target
+from probes.details import DnsAnswer, HttpExchange, QuicExchange, TlsHandshake
 
 PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
 PAIR_LABELS = ["vantage", "target", "service", "region", "probe"]
@@ -95,16 +96,14 @@ class StoreCollector(Collector):
             for ph, secs in sorted(r.phases.items()):
                 phase.add_metric([*lv, ph], secs)
             d = r.details
-            if probe == "dns" and s.targets.get(name) and s.targets[name].zone is None:
-                records.add_metric(lv, float(len(d.get("records") or [])))
-            cert = d.get("certificate")
-            if probe == "tls" and isinstance(cert, dict) and "not_after_timestamp" in cert:
-                not_after.add_metric(lv, float(cert["not_after_timestamp"]))
-            if probe in ("http2", "http3") and isinstance(d.get("status"), int):
-                status.add_metric(lv, float(d["status"]))
-                ver = d.get("http_version")
-                if ver in HTTP_VERSIONS:  # an enumerated value we negotiated, not peer text
-                    version.add_metric([*lv, str(ver)], 1.0)
+            if isinstance(d, DnsAnswer):
+                records.add_metric(lv, float(len(d.records)))
+            elif isinstance(d, TlsHandshake) and probe == "tls" and d.certificate is not None:
+                not_after.add_metric(lv, d.certificate.not_after_timestamp)
+            elif isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
+                status.add_metric(lv, float(d.status))
+                if d.http_version in HTTP_VERSIONS:  # a value we negotiated, not peer text
+                    version.add_metric([*lv, d.http_version], 1.0)
         yield from (success, duration, phase, last_run, records, not_after, status, version)
 
         latency = HistogramMetricFamily(
@@ -161,6 +160,15 @@ class StoreCollector(Collector):
         for (name, probe), n in sorted(s.skipped.items()):
             skipped.add_metric([v, name, probe], float(n))
         yield skipped
+        failures = CounterMetricFamily(
+            "dualstack_scheduler_job_failures",
+            "Job runs that crashed (a bug) or hung past the hard timeout; each still leaves a "
+            "failed result.",
+            labels=["vantage", "reason"],
+        )
+        for reason in ("crashed", "hung"):
+            failures.add_metric([v, reason], float(s.job_failures[reason]))
+        yield failures
         jobs = GaugeMetricFamily(
             "dualstack_scheduler_jobs", "Scheduled (target, probe) jobs.", labels=["vantage"]
         )

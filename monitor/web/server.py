@@ -16,9 +16,10 @@ from aiohttp import web
 from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
-from monitor.state import Store
-from monitor.statuspage import render_status_page
-from monitor.webconfig import WebConfig, web_middlewares
+from monitor.engine.report import report_json
+from monitor.serve.state import Store
+from monitor.web.statuspage import CSP, render_status_page
+from monitor.web.webconfig import WebConfig, web_middlewares
 
 DEFAULT_LISTEN = "[::]:9851"
 UNAUTHENTICATED = ("/healthz",)  # liveness probes carry no credentials
@@ -68,7 +69,7 @@ def make_app(
     def _doc() -> dict[str, object]:
         if store.before_scrape is not None:
             store.before_scrape()
-        return store.report_doc()
+        return report_json(store.report())
 
     async def results(_: web.Request) -> web.Response:
         return web.Response(text=json.dumps(_doc(), default=str), content_type="application/json")
@@ -79,8 +80,8 @@ def make_app(
             text=page,
             content_type="text/html",
             headers={
-                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                "img-src data:; form-action 'none'; frame-ancestors 'none'",
+                # frame-ancestors is ignored in a <meta> policy: only the header can say it.
+                "Content-Security-Policy": f"{CSP}; frame-ancestors 'none'",
                 "X-Content-Type-Options": "nosniff",
             },
         )

@@ -10,12 +10,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
-from monitor.parity import Parity
-from monitor.runner import result_json
-from monitor.vantage import VantageCheck
+from monitor.engine.parity import Parity
+from monitor.engine.report import Report
+from monitor.engine.vantage import VantageCheck
 from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, Target
 
 # 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
@@ -78,6 +76,8 @@ class Store:
     latency: dict[ResultKey, Histogram] = field(default_factory=dict)
     lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     skipped: Counter[PairKey] = field(default_factory=Counter)
+    job_failures: Counter[str] = field(default_factory=Counter)
+    """Jobs that crashed or hung (by reason), from the scheduler."""
     vantage_check: VantageCheck = field(default_factory=lambda: VantageCheck(ipv6=None))
     reload_ok: bool = True
     reload_time: float = field(default_factory=time.time)
@@ -139,19 +139,15 @@ class Store:
             and not (r.error and r.error.kind is ErrorKind.DNS_NAT64_SYNTHESIZED)
         ]
 
-    def report_doc(self) -> dict[str, Any]:
-        """The same document as `probe run --format json`."""
+    def report(self) -> Report:
+        """The latest result of every job, as one report (the JSON of `probe run`)."""
         started = min((r.started for r in self.latest.values()), default=self.started)
-        return {
-            "vantage": self.vantage,
-            "started": datetime.fromtimestamp(started, UTC)
-            .isoformat(timespec="seconds")
-            .replace("+00:00", "Z"),
-            "vantage_ipv6": self.vantage_check.ipv6,
-            "vantage_routes": self.vantage_check.routes,
-            "notes": list(self.notes),
-            "results": [
-                result_json(r, self.targets.get(r.target)) for _, r in sorted(self.latest.items())
-            ],
-            "parity": [p.to_json() for _, p in sorted(self.parity.items())],
-        }
+        return Report(
+            vantage=self.vantage,
+            started=started,
+            vantage_check=self.vantage_check,
+            targets=tuple(self.targets.values()),
+            results=tuple(r for _, r in sorted(self.latest.items())),
+            parity=tuple(p for _, p in sorted(self.parity.items())),
+            notes=self.notes,
+        )

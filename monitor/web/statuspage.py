@@ -9,20 +9,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-PROBES: tuple[str, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
-FAMILIES: tuple[str, ...] = ("ipv4", "ipv6")
+from monitor.engine.parity import Verdict
+from probes.base import FAMILIES, PROBE_KINDS
 
+PROBES = PROBE_KINDS
 # verdict: (background, accent, short meaning). The background is what a cell is painted with.
 VERDICT_STYLE: Mapping[str, tuple[str, str, str]] = {
-    "ok": ("#d4f1d8", "#2e7d32", "IPv6 as good as IPv4"),
-    "ipv6_failed": ("#f7c1c1", "#c62828", "IPv6 failed, IPv4 worked"),
-    "ipv6_missing": ("#fbd0b4", "#d84315", "no IPv6 address published"),
-    "mismatch": ("#e4d2f6", "#6a1b9a", "IPv6 endpoint presents something else"),
-    "ipv6_slower": ("#fde8a8", "#b07d00", "IPv6 markedly slower"),
-    "ipv4_failed": ("#e8e0c8", "#8d7a3e", "IPv4 failed, IPv6 worked"),
-    "both_failed": ("#e8e0c8", "#8d7a3e", "both families failed"),
-    "skipped": ("#e6e6e6", "#757575", "not compared"),
+    Verdict.OK: ("#d4f1d8", "#2e7d32", "IPv6 as good as IPv4"),
+    Verdict.IPV6_FAILED: ("#f7c1c1", "#c62828", "IPv6 failed, IPv4 worked"),
+    Verdict.IPV6_MISSING: ("#fbd0b4", "#d84315", "no IPv6 address published"),
+    Verdict.MISMATCH: ("#e4d2f6", "#6a1b9a", "IPv6 endpoint presents something else"),
+    Verdict.IPV6_SLOWER: ("#fde8a8", "#b07d00", "IPv6 markedly slower"),
+    Verdict.IPV4_FAILED: ("#e8e0c8", "#8d7a3e", "IPv4 failed, IPv6 worked"),
+    Verdict.BOTH_FAILED: ("#e8e0c8", "#8d7a3e", "both families failed"),
+    Verdict.SKIPPED: ("#e6e6e6", "#757575", "not compared"),
 }
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'"
+"""The page's Content-Security-Policy: no script, no other host (also sent as a header)."""
 _UNKNOWN_STYLE = ("#f4f4f4", "#9e9e9e", "not probed")
 _REFRESH_SECONDS = 15
 
@@ -322,12 +325,11 @@ def render_status_page(
         )
     notes = "".join(f"<li>{_e(n)}</li>" for n in doc.get("notes") or () if isinstance(n, str))
     notes_html = f'<h2>Notes</h2><ul class="notes">{notes}</ul>' if notes else ""
-    csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'none'"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
         f'<meta http-equiv="refresh" content="{_REFRESH_SECONDS}">\n'
         '<link rel="icon" href="data:,">\n'
         f"<title>IPv6 parity: {_e(vantage)}</title>\n"
@@ -347,4 +349,4 @@ def render_status_page(
     )
 
 
-__all__ = ["FAMILIES", "PROBES", "VERDICT_STYLE", "render_status_page"]
+__all__ = ["CSP", "FAMILIES", "PROBES", "VERDICT_STYLE", "render_status_page"]

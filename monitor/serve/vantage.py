@@ -1,6 +1,7 @@
 """The long-running vantage point behind `probe serve`: the scheduler's jobs resolve, probe both
 families of one (target, probe) in the same tick, judge parity and update the Store; reloads
 reconcile jobs; a housekeeping task refreshes the vantage self-check and scheduler figures.
+The process around it (HTTP server, signals) is monitor/serve/main.py.
 """
 
 from __future__ import annotations
@@ -9,21 +10,24 @@ import asyncio
 import dataclasses
 import gc
 import logging
-import signal
-import socket
 import time
 from collections.abc import Callable
 
-from monitor.config import Config, ConfigError, load_config
-from monitor.parity import Parity, Thresholds, judge
-from monitor.runner import check_target, make_env, make_resolver, nameserver_targets
-from monitor.scheduler import Clock, Scheduler
-from monitor.state import Store
-from monitor.vantage import check_vantage
-from monitor.webconfig import WebConfig
-from probes import not_run
+from monitor.config import Config, ConfigError
+from monitor.engine.check import (
+    check_target,
+    make_env,
+    make_resolver,
+    nameserver_targets,
+    thresholds,
+)
+from monitor.engine.parity import Parity, judge
+from monitor.engine.vantage import check_vantage
+from monitor.serve.scheduler import Clock, Scheduler
+from monitor.serve.state import Store
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.errors import classify
+from probes.handler import not_run
 from probes.resolve import Resolver
 
 log = logging.getLogger("dualstack.vantage")
@@ -145,11 +149,12 @@ class Vantage:
         v6 = by.get("ipv6")
         if self.store.vantage_check.ipv6 is None and v6 is not None and v6.address:
             self.check_vantage()  # the first IPv6 address seen: no need to wait for housekeeping
-        th = Thresholds(slower_ratio=self.cfg.slower_ratio, slower_margin=self.cfg.slower_margin)
         parity = judge(
+            target,
+            probe,
             by.get("ipv4"),
             by.get("ipv6"),
-            thresholds=th,
+            thresholds=thresholds(self.cfg),
             vantage_ipv6=self.store.vantage_check.ipv6,
         )
         previous = self.store.record(results, parity)
@@ -201,6 +206,11 @@ class Vantage:
             self.store.lag.observe(value)
         self.store.skipped.clear()
         self.store.skipped.update(self.scheduler.stats.skipped)
+        stats = self.scheduler.stats
+        self.store.job_failures.update(
+            crashed=stats.crashed - self.store.job_failures["crashed"],
+            hung=stats.hung - self.store.job_failures["hung"],
+        )
 
     def check_vantage(self) -> None:
         families = self.cfg.families
@@ -224,103 +234,3 @@ class Vantage:
             self.check_vantage()
             self._sync_scheduler_stats()
             await asyncio.sleep(every)
-
-
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A listening socket; `::` serves both families (asyncio alone would make it IPv6-only,
-    refusing IPv4 scrapers and Docker's published IPv4 ports)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-async def serve_forever(
-    config_path: str,
-    *,
-    listen: str,
-    vantage: str | None = None,
-    web_config: WebConfig | None = None,
-    lifecycle: bool = False,
-    drain_timeout: float = 10.0,
-) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP (and POST /-/reload with lifecycle) reloads."""
-    from aiohttp import web
-
-    from monitor.exporter import make_registry
-    from monitor.server import make_app, parse_listen
-
-    def load() -> Config:
-        cfg = load_config(config_path)
-        return dataclasses.replace(cfg, vantage=vantage) if vantage else cfg
-
-    host, port = parse_listen(listen)
-    cfg = load()
-    service = Vantage(cfg)
-    lock = asyncio.Lock()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    pending: set[asyncio.Task[bool]] = set()
-
-    def on_hup() -> None:
-        task = loop.create_task(reload())
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    # Before anything else: a SIGTERM during start-up must still mean a clean exit.
-    loop.add_signal_handler(signal.SIGHUP, on_hup)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def reload() -> bool:
-        async with lock:  # SIGHUP and POST /-/reload never interleave
-            return await service.reload(load)
-
-    app = make_app(
-        service.store,
-        make_registry(service.store),
-        web_config=web_config,
-        reload=reload if lifecycle else None,
-    )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    sock = listen_socket(host, port)
-    site = web.SockSite(runner, sock, ssl_context=web_config.ssl_context if web_config else None)
-    await site.start()
-    bound = sock.getsockname()[1]
-    scheme = "https" if web_config and web_config.ssl_context else "http"
-    shown = f"[{host}]" if ":" in host else host
-    log.info(
-        "listening on %s://%s:%d",
-        scheme,
-        shown,
-        bound,
-        extra={"fields": {"event": "listening", "port": bound}},
-    )
-
-    await service.apply(cfg)
-    scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
-    housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")
-    try:
-        await stop.wait()
-    finally:
-        log.info(
-            "stopping: draining probes in flight (at most %g s)",
-            drain_timeout,
-            extra={"fields": {"event": "stopping"}},
-        )
-        cancelled = await service.scheduler.drain(drain_timeout)
-        housekeeping.cancel()
-        await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
-        await runner.cleanup()
-        log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
-    return 0

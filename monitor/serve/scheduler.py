@@ -63,8 +63,6 @@ class Job:
     seq: int = 0
     """Identifies this job's live heap entry; older entries are stale."""
     task: asyncio.Task[None] | None = None
-    runs: int = 0
-    skipped: int = 0
 
     @property
     def probe(self) -> ProbeKind:
@@ -79,7 +77,9 @@ class SchedulerStats:
     """Start lateness samples not yet taken by the exporter (seconds)."""
     skipped: dict[JobKey, int] = field(default_factory=dict)
     crashed: int = 0
+    """Runs that raised (exported as dualstack_scheduler_job_failures_total{reason="crashed"})."""
     hung: int = 0
+    """Runs cut at the hard timeout (reason="hung")."""
 
     def take_lateness(self) -> list[float]:
         out, self.lateness = self.lateness, []
@@ -211,7 +211,6 @@ class Scheduler:
             if job is None or job.seq != seq:
                 continue
             if job.task is not None and not job.task.done():
-                job.skipped += 1
                 self.stats.skipped[key] = self.stats.skipped.get(key, 0) + 1
                 log.warning("job %s/%s still running at its next slot: skipped", *key)
             else:
@@ -234,8 +233,6 @@ class Scheduler:
                 self.stats.crashed += 1
                 log.exception("job %s/%s crashed", *job.key)
                 self._failed(target, job.probe, exc)
-            finally:
-                job.runs += 1
 
     async def _bounded(self, work: Awaitable[None], limit: float) -> None:
         """Await `work` for at most `limit` seconds of the injected clock (not the loop's)."""

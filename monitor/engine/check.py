@@ -1,0 +1,112 @@
+"""What `probe run` and `probe serve` share for one target: the probe environment and resolver
+from the configuration, Route 53 zones expanded into name-server targets, both families of a
+target's probes run together, and each (target, probe) judged."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+import dns.exception
+
+from monitor.config import NAMESERVER_PREFIX, Config
+from monitor.engine.parity import Parity, Thresholds, judge
+from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
+from probes.handler import run_probe, skipped
+from probes.resolve import Resolver
+
+
+def make_env(cfg: Config) -> ProbeEnv:
+    return ProbeEnv(ssl_cafile=cfg.ca_file, source_addresses=dict(cfg.sources))
+
+
+def make_resolver(cfg: Config, env: ProbeEnv) -> Resolver:
+    return Resolver(cfg.nameservers, cfg.resolver_port, timeout=cfg.timeout, clock=env.clock)
+
+
+def thresholds(cfg: Config) -> Thresholds:
+    return Thresholds(slower_ratio=cfg.slower_ratio, slower_margin=cfg.slower_margin)
+
+
+async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Target], list[str]]:
+    """Each zone's NS set as targets named `route53-ns-<zone>-<n>`: labels stay bounded by
+    configuration (zones x max_nameservers), never named after what DNS answered."""
+    targets: list[Target] = []
+    notes: list[str] = []
+    for zone in cfg.zones:
+        try:
+            names = (await resolver.nameservers_of(zone))[: cfg.route53.max_nameservers]
+        except dns.exception.DNSException as exc:
+            notes.append(f"route53 zone {zone}: cannot get its NS set: {exc}")
+            continue
+        for n, host in enumerate(names, start=1):
+            targets.append(
+                Target(
+                    name=f"{NAMESERVER_PREFIX}{zone}-{n}",
+                    service="route53",
+                    region="global",
+                    host=host,
+                    port=cfg.route53.port,
+                    probes=tuple(cfg.route53.probes),
+                    plane="data",
+                    interval=cfg.interval,
+                    timeout=cfg.timeout,
+                    zone=zone,
+                    families=cfg.families,
+                    source="route53-zone",
+                )
+            )
+    return targets, notes
+
+
+async def check_target(
+    target: Target,
+    kinds: Sequence[ProbeKind],
+    families: Sequence[Family],
+    resolutions: dict[Family, Resolution],
+    env: ProbeEnv,
+    sem: asyncio.Semaphore | None,
+    *,
+    vantage_ipv6: bool | None,
+    done: Callable[[], None] = lambda: None,
+) -> list[ProbeResult]:
+    """Both families of each probe kind, started together so they are comparable."""
+
+    async def one(kind: ProbeKind, family: Family) -> ProbeResult:
+        try:
+            if family not in families or family not in target.families:
+                return skipped(target, kind, family, f"{family} not selected")
+            if family == "ipv6" and vantage_ipv6 is False and kind != "dns":
+                return skipped(target, kind, family, "this vantage has no IPv6 route")
+            if sem is None:  # the caller bounds concurrency (the scheduler does)
+                return await run_probe(kind, target, family, resolutions[family], env)
+            async with sem:
+                return await run_probe(kind, target, family, resolutions[family], env)
+        finally:
+            done()
+
+    jobs = [one(kind, family) for kind in kinds for family in FAMILIES]
+    return list(await asyncio.gather(*jobs))
+
+
+def judge_results(
+    results: Sequence[ProbeResult],
+    targets: dict[str, Target],
+    th: Thresholds,
+    vantage_ipv6: bool | None,
+) -> list[Parity]:
+    """One verdict per (target, probe) of `results`, in the order they first appear."""
+    pairs: dict[tuple[str, ProbeKind], dict[Family, ProbeResult]] = {}
+    for r in results:
+        pairs.setdefault((r.target, r.probe), {})[r.family] = r
+    return [
+        judge(
+            targets[name],
+            kind,
+            p.get("ipv4"),
+            p.get("ipv6"),
+            thresholds=th,
+            vantage_ipv6=vantage_ipv6,
+        )
+        for (name, kind), p in pairs.items()
+    ]

@@ -1,0 +1,316 @@
+"""Judge each (target, probe): is the IPv6 result as good as the IPv4 one from this vantage?
+
+Pure functions over ProbeResults: no I/O, no clock. The verdicts are a closed set; each entry
+lists its differences, marking which ones make a `mismatch` and which are normal (a rotated leaf).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from probes.base import ErrorKind, ProbeKind, ProbeResult, Target
+from probes.details import (
+    Certificate,
+    Details,
+    DnsAnswer,
+    HttpExchange,
+    IcmpEcho,
+    QuicExchange,
+    SoaAnswer,
+    TcpConnect,
+    TlsHandshake,
+)
+
+
+class Verdict(enum.StrEnum):
+    OK = "ok"
+    IPV6_FAILED = "ipv6_failed"
+    IPV4_FAILED = "ipv4_failed"
+    BOTH_FAILED = "both_failed"
+    IPV6_MISSING = "ipv6_missing"
+    MISMATCH = "mismatch"
+    IPV6_SLOWER = "ipv6_slower"
+    SKIPPED = "skipped"
+
+
+VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
+# What makes `probe run` exit 1: IPv6 is worse than IPv4 somewhere.
+REGRESSIONS = frozenset({Verdict.IPV6_FAILED, Verdict.IPV6_MISSING, Verdict.MISMATCH})
+_MISSING_KINDS = frozenset({ErrorKind.DNS_NO_ADDRESS, ErrorKind.DNS_NAT64_SYNTHESIZED})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Difference:
+    field: str
+    ipv4: Any
+    ipv6: Any
+    significant: bool
+    """True when it makes the verdict `mismatch`; False for normal variation (leaf rotation)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
+            "significant": self.significant,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Parity:
+    target: str
+    probe: ProbeKind
+    verdict: Verdict
+    differences: tuple[Difference, ...] = ()
+    reason: str = ""
+    latency_ratio: float | None = None
+    """IPv6 latency over IPv4 latency, when both succeeded."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "probe": self.probe,
+            "verdict": str(self.verdict),
+            "reason": self.reason,
+            "latency_ratio": self.latency_ratio,
+            "differences": [d.to_json() for d in self.differences],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Thresholds:
+    slower_ratio: float = 1.5
+    slower_margin: float = 0.05
+
+
+class Role(enum.StrEnum):
+    """What a difference in one field between the families means."""
+
+    SIGNIFICANT = "significant"
+    """The IPv6 endpoint presents something else: the verdict is `mismatch`."""
+    NORMAL = "normal"
+    """Listed, never a mismatch: variation across a healthy fleet (a rotated leaf, a server)."""
+    NOT_COMPARED = "not_compared"
+    """Differs between families by nature (A against AAAA), or says nothing about parity."""
+
+
+D = TypeVar("D", bound=Details)
+
+
+# Not slotted: `Compared[T](...)` sets __orig_class__, which a frozen slotted class refuses.
+@dataclass(frozen=True)
+class Compared(Generic[D]):
+    """One row of the table: a field of a probe's details and what a difference in it means."""
+
+    field: str
+    """The difference's name in reports (e.g. certificate.issuer)."""
+    get: Callable[[D], object]
+    """Reads the compared value from the details (it may normalise, e.g. 200 -> 2xx)."""
+    role: Role
+    covers: tuple[str, ...] = ()
+    """The details fields this row accounts for (dotted for nested ones); default: `field`."""
+
+    def fields(self) -> tuple[str, ...]:
+        return self.covers or (self.field,)
+
+
+def _status_class(status: int | None) -> str | None:
+    return f"{status // 100}xx" if status is not None else None
+
+
+def _cert(d: TlsHandshake) -> Certificate | None:
+    return d.certificate
+
+
+SIG, NORMAL, NOT = Role.SIGNIFICANT, Role.NORMAL, Role.NOT_COMPARED
+# Every field of every details class has a row (tests/test_parity.py checks it): a new field
+# is compared, or declared not compared, never forgotten.
+COMPARED: Mapping[type[Details], tuple[Compared[Any], ...]] = {
+    DnsAnswer: (
+        Compared[DnsAnswer]("cname_chain", lambda d: d.cname_chain, NORMAL),
+        Compared[DnsAnswer]("records", lambda d: d.records, NOT),  # A against AAAA
+        Compared[DnsAnswer]("ttl", lambda d: d.ttl, NOT),
+        Compared[DnsAnswer]("rcode", lambda d: d.rcode, NOT),  # both answered to get here
+        Compared[DnsAnswer]("nameserver", lambda d: d.nameserver, NOT),
+        Compared[DnsAnswer]("nat64_synthesized", lambda d: d.nat64_synthesized, NOT),
+    ),
+    SoaAnswer: (
+        Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
+        Compared[SoaAnswer]("serial", lambda d: d.serial, NORMAL),  # zone transfer in progress
+        Compared[SoaAnswer]("rcode", lambda d: d.rcode, NOT),
+        Compared[SoaAnswer]("zone", lambda d: d.zone, NOT),
+        Compared[SoaAnswer]("transport", lambda d: d.transport, NOT),
+    ),
+    IcmpEcho: (  # latency is judged apart; loss fails the probe or not
+        Compared[IcmpEcho](
+            "echo",
+            lambda d: None,
+            NOT,
+            (
+                "sent",
+                "received",
+                "loss_ratio",
+                "rtt_min_seconds",
+                "rtt_avg_seconds",
+                "rtt_max_seconds",
+            ),
+        ),
+    ),
+    TcpConnect: (Compared[TcpConnect]("source_address", lambda d: d.source_address, NOT),),
+    TlsHandshake: (
+        Compared[TlsHandshake]("tls_version", lambda d: d.tls_version, SIG),
+        Compared[TlsHandshake]("alpn", lambda d: d.alpn, SIG),
+        Compared[TlsHandshake](
+            "certificate.issuer", lambda d: c.issuer if (c := _cert(d)) else None, SIG
+        ),
+        Compared[TlsHandshake](
+            "certificate.sans", lambda d: c.sans if (c := _cert(d)) else None, SIG
+        ),
+        Compared[TlsHandshake]("certificate.verified", lambda d: d.verified, SIG, ("verified",)),
+        Compared[TlsHandshake](
+            "certificate.fingerprint_sha256",
+            lambda d: c.fingerprint_sha256 if (c := _cert(d)) else None,
+            NORMAL,
+            ("certificate.fingerprint_sha256", "certificate.serial"),
+        ),
+        Compared[TlsHandshake](
+            "certificate.not_after",
+            lambda d: c.not_after if (c := _cert(d)) else None,
+            NORMAL,
+            ("certificate.not_after", "certificate.not_after_timestamp"),
+        ),
+        # The subject of an AWS leaf is its first name; the SANs are what a client checks.
+        Compared[TlsHandshake](
+            "certificate.subject", lambda d: c.subject if (c := _cert(d)) else None, NOT
+        ),
+        Compared[TlsHandshake]("cipher", lambda d: d.cipher, NORMAL),
+    ),
+    HttpExchange: (
+        Compared[HttpExchange]("http_version", lambda d: d.http_version, SIG),
+        Compared[HttpExchange]("status_class", lambda d: _status_class(d.status), SIG, ("status",)),
+        Compared[HttpExchange]("tls_version", lambda d: d.tls_version, SIG),
+        Compared[HttpExchange]("status", lambda d: d.status, NORMAL),
+        Compared[HttpExchange]("alt_svc", lambda d: d.alt_svc, NORMAL),
+        Compared[HttpExchange]("server", lambda d: d.server, NORMAL),
+        Compared[HttpExchange]("alpn", lambda d: d.alpn, NOT),  # http_version says it
+        Compared[HttpExchange]("body_bytes", lambda d: d.body_bytes, NOT),
+    ),
+    QuicExchange: (
+        Compared[QuicExchange]("status_class", lambda d: _status_class(d.status), SIG, ("status",)),
+        Compared[QuicExchange]("alpn", lambda d: d.alpn, SIG),
+        Compared[QuicExchange]("status", lambda d: d.status, NORMAL),
+        Compared[QuicExchange]("server", lambda d: d.server, NORMAL),
+        Compared[QuicExchange]("http_version", lambda d: d.http_version, NOT),  # always 3
+        Compared[QuicExchange]("alt_svc", lambda d: d.alt_svc, NOT),
+        Compared[QuicExchange]("body_bytes", lambda d: d.body_bytes, NOT),
+    ),
+}
+
+
+def differences(v4: ProbeResult, v6: ProbeResult) -> tuple[Difference, ...]:
+    """What the two families presented differently, by the table; details of different kinds
+    (one family's handshake failed inside http2) are not compared."""
+    a, b = v4.details, v6.details
+    if a is None or b is None or type(a) is not type(b):
+        return ()
+    out = []
+    for row in COMPARED[type(a)]:
+        if row.role is Role.NOT_COMPARED:
+            continue
+        x, y = row.get(a), row.get(b)
+        if x != y:
+            out.append(
+                Difference(
+                    field=row.field,
+                    ipv4=_plain(x),
+                    ipv6=_plain(y),
+                    significant=row.role is Role.SIGNIFICANT,
+                )
+            )
+    return tuple(out)
+
+
+def _plain(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _is_missing(r: ProbeResult) -> bool:
+    return r.error is not None and r.error.kind in _MISSING_KINDS
+
+
+def _has_address(r: ProbeResult) -> bool:
+    return r.address is not None or (isinstance(r.details, DnsAnswer) and bool(r.details.records))
+
+
+def judge(
+    target: Target,
+    kind: ProbeKind,
+    v4: ProbeResult | None,
+    v6: ProbeResult | None,
+    *,
+    thresholds: Thresholds,
+    vantage_ipv6: bool | None = None,
+) -> Parity:
+    """The verdict for one (target, probe) from its two family results."""
+    # The dns probe of a host target is the name lookup (A against AAAA), not a transport.
+    lookup = kind == "dns" and target.zone is None
+
+    def verdict(v: Verdict, reason: str = "", **kw: Any) -> Parity:
+        return Parity(target=target.name, probe=kind, verdict=v, reason=reason, **kw)
+
+    if v4 is None or v6 is None or v4.skipped or v6.skipped:
+        why = (v6.skipped if v6 else "ipv6 not probed") or (v4.skipped if v4 else "ipv4 not probed")
+        return verdict(Verdict.SKIPPED, why or "not probed")
+    if _is_missing(v6):
+        if not v4.success and not _has_address(v4):
+            return verdict(Verdict.BOTH_FAILED, "no address for either family")
+        assert v6.error is not None
+        return verdict(Verdict.IPV6_MISSING, v6.error.message)
+    if vantage_ipv6 is False and not v6.success and not lookup:
+        return verdict(Verdict.SKIPPED, "this vantage has no IPv6 route: not blamed on the target")
+    if v4.success and not v6.success:
+        return verdict(Verdict.IPV6_FAILED, v6.error.message if v6.error else "ipv6 failed")
+    if v6.success and not v4.success:
+        return verdict(Verdict.IPV4_FAILED, v4.error.message if v4.error else "ipv4 failed")
+    if not v4.success and not v6.success:
+        return verdict(Verdict.BOTH_FAILED, "both families failed")
+    diffs = differences(v4, v6)
+    ratio = v6.duration_seconds / v4.duration_seconds if v4.duration_seconds > 0 else None
+    significant = [d.field for d in diffs if d.significant]
+    if significant:
+        return verdict(
+            Verdict.MISMATCH,
+            "differs: " + ", ".join(significant),
+            differences=diffs,
+            latency_ratio=ratio,
+        )
+    if (
+        not lookup
+        and ratio is not None
+        and ratio > thresholds.slower_ratio
+        and v6.duration_seconds - v4.duration_seconds > thresholds.slower_margin
+    ):
+        return verdict(
+            Verdict.IPV6_SLOWER,
+            f"ipv6 {v6.duration_seconds * 1000:.1f} ms vs ipv4 {v4.duration_seconds * 1000:.1f} ms",
+            differences=diffs,
+            latency_ratio=ratio,
+        )
+    return verdict(Verdict.OK, differences=diffs, latency_ratio=ratio)
+
+
+__all__ = [
+    "COMPARED",
+    "REGRESSIONS",
+    "VERDICTS",
+    "Compared",
+    "Difference",
+    "Parity",
+    "Role",
+    "Thresholds",
+    "Verdict",
+    "judge",
+]

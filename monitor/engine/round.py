@@ -1,0 +1,110 @@
+"""One round over every target, as `probe run` makes it: resolve each name per family,
+self-check the vantage, run the probes with a concurrency bound, judge parity, report.
+
+Route 53 zones are expanded into name-server targets (their NS set), bounded per zone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+
+from monitor.config import Config
+from monitor.engine.check import (
+    check_target,
+    judge_results,
+    make_env,
+    make_resolver,
+    nameserver_targets,
+    thresholds,
+)
+from monitor.engine.report import Report
+from monitor.engine.vantage import VantageCheck, check_vantage
+from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
+from probes.resolve import Resolver
+
+Progress = Callable[[int, int], None]
+LIGHT: frozenset[ProbeKind] = frozenset({"dns", "icmp", "tcp"})
+HEAVY: frozenset[ProbeKind] = frozenset({"tls", "http2", "http3"})
+STAGES: tuple[frozenset[ProbeKind], ...] = (LIGHT, HEAVY)
+
+
+async def run_round(
+    cfg: Config,
+    targets: Sequence[Target],
+    *,
+    kinds: Sequence[ProbeKind] | None = None,
+    families: Sequence[Family] = FAMILIES,
+    env: ProbeEnv | None = None,
+    resolver: Resolver | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    env = env or make_env(cfg)
+    resolver = resolver or make_resolver(cfg, env)
+    started = time.time()
+    ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
+    all_targets = [*targets, *ns_targets]
+    sem = asyncio.Semaphore(cfg.concurrency)
+
+    async def resolve(t: Target, family: Family) -> Resolution:
+        async with sem:
+            return await resolver.resolve(t.host, family)
+
+    resolved = await asyncio.gather(*(resolve(t, f) for t in all_targets for f in FAMILIES))
+    by_target: dict[str, dict[Family, Resolution]] = {}
+    for res, (t, f) in zip(resolved, ((t, f) for t in all_targets for f in FAMILIES), strict=True):
+        by_target.setdefault(t.name, {})[f] = res
+    v6_addresses = [
+        a
+        for r in by_target.values()
+        for a in r["ipv6"].addresses
+        if not r["ipv6"].nat64_synthesized
+    ]
+    check = (
+        check_vantage(v6_addresses, env.source_addresses.get("ipv6"))
+        if "ipv6" in families
+        else VantageCheck(ipv6=None)
+    )
+    plan = [(t, [k for k in t.probes if kinds is None or k in kinds]) for t in all_targets]
+    total = sum(len(ks) * len(FAMILIES) for _, ks in plan)
+    finished = 0
+
+    def done() -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, total)
+
+    results: list[ProbeResult] = []
+    for stage in STAGES:
+        # Handshakes cost CPU on this one event loop; run alongside light probes, they would
+        # delay the timestamps of everything else. Light kinds go first and wide, the heavy
+        # ones after and narrower, so latencies are the network's, not the loop's.
+        stage_sem = sem if stage is LIGHT else asyncio.Semaphore(max(1, cfg.concurrency // 8))
+        per_target = await asyncio.gather(
+            *(
+                check_target(
+                    t,
+                    [k for k in ks if k in stage],
+                    families,
+                    by_target[t.name],
+                    env,
+                    stage_sem,
+                    vantage_ipv6=check.ipv6,
+                    done=done,
+                )
+                for t, ks in plan
+            )
+        )
+        results.extend(r for rs in per_target for r in rs)
+    target_map = {t.name: t for t in all_targets}
+    return Report(
+        vantage=cfg.vantage,
+        started=started,
+        vantage_check=check,
+        targets=tuple(all_targets),
+        results=tuple(results),
+        parity=tuple(judge_results(results, target_map, thresholds(cfg), check.ipv6)),
+        notes=tuple(notes),
+    )

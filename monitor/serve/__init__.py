@@ -1,0 +1,1 @@
+"""`probe serve`: the scheduler, the state between scrapes, the exporter, the vantage process."""

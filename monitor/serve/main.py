@@ -1,0 +1,116 @@
+"""The `probe serve` process: the vantage, its HTTP server on one listening socket, and the
+signals (SIGHUP reloads, SIGTERM and SIGINT drain and exit)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+import socket
+
+from aiohttp import web
+
+from monitor.config import Config, load_config
+from monitor.serve.exporter import make_registry
+from monitor.serve.vantage import Vantage
+from monitor.web.server import make_app, parse_listen
+from monitor.web.webconfig import WebConfig
+
+log = logging.getLogger("dualstack.vantage")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening socket; `::` serves both families (asyncio alone would make it IPv6-only,
+    refusing IPv4 scrapers and Docker's published IPv4 ports)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_forever(
+    config_path: str,
+    *,
+    listen: str,
+    vantage: str | None = None,
+    web_config: WebConfig | None = None,
+    lifecycle: bool = False,
+    drain_timeout: float = 10.0,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP (and POST /-/reload with lifecycle) reloads."""
+
+    def load() -> Config:
+        cfg = load_config(config_path)
+        return dataclasses.replace(cfg, vantage=vantage) if vantage else cfg
+
+    host, port = parse_listen(listen)
+    cfg = load()
+    service = Vantage(cfg)
+    lock = asyncio.Lock()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task[bool]] = set()
+
+    def on_hup() -> None:
+        task = loop.create_task(reload())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    # Before anything else: a SIGTERM during start-up must still mean a clean exit.
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def reload() -> bool:
+        async with lock:  # SIGHUP and POST /-/reload never interleave
+            return await service.reload(load)
+
+    app = make_app(
+        service.store,
+        make_registry(service.store),
+        web_config=web_config,
+        reload=reload if lifecycle else None,
+    )
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = listen_socket(host, port)
+    site = web.SockSite(runner, sock, ssl_context=web_config.ssl_context if web_config else None)
+    await site.start()
+    bound = sock.getsockname()[1]
+    scheme = "https" if web_config and web_config.ssl_context else "http"
+    shown = f"[{host}]" if ":" in host else host
+    log.info(
+        "listening on %s://%s:%d",
+        scheme,
+        shown,
+        bound,
+        extra={"fields": {"event": "listening", "port": bound}},
+    )
+
+    await service.apply(cfg)
+    scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
+    housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")
+    try:
+        await stop.wait()
+    finally:
+        log.info(
+            "stopping: draining probes in flight (at most %g s)",
+            drain_timeout,
+            extra={"fields": {"event": "stopping"}},
+        )
+        cancelled = await service.scheduler.drain(drain_timeout)
+        housekeeping.cancel()
+        await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
+        await runner.cleanup()
+        log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
+    return 0

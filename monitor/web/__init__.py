@@ -1,0 +1,1 @@
+"""The HTTP side of `probe serve`: server, status page, web config (TLS and basic auth)."""

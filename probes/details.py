@@ -1,0 +1,189 @@
+"""What each probe kind reports beyond success and timings: one frozen dataclass per kind.
+
+These are the typed contract every reader (parity, exporter, JSON report, status page) relies on;
+`mypy --strict` checks each access. The JSON keys of `details` are the field names below.
+Values quoted from a peer (server header, certificate names) are data: escape them to show them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsAnswer:
+    """The dns probe of a host target: the A (ipv4) or AAAA (ipv6) answer via the resolver."""
+
+    rcode: str
+    """DNS response code (NOERROR, NXDOMAIN, ...); "" when no server answered."""
+    records: tuple[str, ...] = ()
+    """The addresses of the answer, sorted."""
+    ttl: int | None = None
+    """TTL of the address records; None without an answer."""
+    cname_chain: tuple[str, ...] = ()
+    """The aliases followed to reach the records, in order."""
+    nameserver: str = ""
+    """The resolver that answered."""
+    nat64_synthesized: bool = False
+    """Every AAAA lies in a NAT64 prefix: DNS64 made it up, it is not native IPv6."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SoaAnswer:
+    """The dns probe of a name-server target: the zone's SOA asked of the server itself."""
+
+    rcode: str
+    """DNS response code of the server's answer."""
+    zone: str
+    """The zone asked for."""
+    authoritative: bool
+    """The AA flag: the server answers with authority for the zone."""
+    serial: int | None
+    """The SOA serial; None when the answer held no SOA."""
+    transport: str = "udp"
+    """The DNS transport used."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IcmpEcho:
+    """The icmp probe: echo requests sent and replies received."""
+
+    sent: int
+    """Echo requests sent."""
+    received: int
+    """Echo replies received."""
+    loss_ratio: float
+    """Share of requests without a reply, 0 to 1."""
+    rtt_min_seconds: float
+    """Fastest round trip."""
+    rtt_avg_seconds: float
+    """Mean round trip (the latency compared across families)."""
+    rtt_max_seconds: float
+    """Slowest round trip."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpConnect:
+    """The tcp probe: a completed three-way handshake."""
+
+    source_address: str | None
+    """The local address the kernel (or `source`) chose for the connection."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Certificate:
+    """The leaf certificate a TLS server presented."""
+
+    subject: str
+    """Subject DN (RFC 4514)."""
+    issuer: str
+    """Issuer DN (RFC 4514)."""
+    sans: tuple[str, ...]
+    """DNS names and IP addresses of the subjectAltName, sorted."""
+    not_after: str
+    """Expiry, ISO 8601 UTC."""
+    not_after_timestamp: float
+    """Expiry, Unix seconds."""
+    fingerprint_sha256: str
+    """SHA-256 of the DER certificate, hex: differs across a fleet's rotated leaves."""
+    serial: str
+    """Serial number, hex."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsHandshake:
+    """The tls probe (and http2 when its handshake failed): what the TLS server presented.
+
+    When verification failed, a second, unverified handshake fills in what was presented."""
+
+    verified: bool
+    """The chain verified to a trust anchor and matched the name."""
+    tls_version: str | None = None
+    """Negotiated protocol version, e.g. TLSv1.3 (the same key in every probe)."""
+    cipher: str | None = None
+    """Negotiated cipher suite."""
+    alpn: str | None = None
+    """Application protocol the server selected, if any."""
+    certificate: Certificate | None = None
+    """The leaf presented; None when no handshake got that far."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpExchange:
+    """The http2 probe: one GET over TLS with ALPN h2 (HTTP/1.1 when the server declines h2)."""
+
+    http_version: str
+    """"2" or "1.1", from ALPN."""
+    status: int | None
+    """Response status; None when no response arrived."""
+    tls_version: str | None
+    """TLS version of the connection."""
+    alpn: str | None
+    """ALPN the server selected."""
+    alt_svc: str | None
+    """The Alt-Svc header (advertises HTTP/3)."""
+    server: str | None
+    """The Server header."""
+    body_bytes: int
+    """Body bytes read (bounded)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuicExchange:
+    """The http3 probe: a QUIC handshake and one GET over HTTP/3."""
+
+    http_version: str
+    """Always "3"."""
+    status: int | None
+    """Response status; None when no response arrived."""
+    alpn: str | None
+    """ALPN negotiated in the QUIC handshake (h3)."""
+    alt_svc: str | None
+    """The Alt-Svc header."""
+    server: str | None
+    """The Server header."""
+    body_bytes: int
+    """Body bytes read (bounded)."""
+
+
+Details = DnsAnswer | SoaAnswer | IcmpEcho | TcpConnect | TlsHandshake | HttpExchange | QuicExchange
+DETAIL_TYPES: tuple[type[Details], ...] = (
+    DnsAnswer,
+    SoaAnswer,
+    IcmpEcho,
+    TcpConnect,
+    TlsHandshake,
+    HttpExchange,
+    QuicExchange,
+)
+
+DETAILS_OF_KIND: dict[str, tuple[type[Details], ...]] = {
+    "dns": (DnsAnswer, SoaAnswer),
+    "icmp": (IcmpEcho,),
+    "tcp": (TcpConnect,),
+    "tls": (TlsHandshake,),
+    "http2": (HttpExchange,),  # TlsHandshake when its handshake failed (never compared)
+    "http3": (QuicExchange,),
+}
+"""The details each probe kind reports when it succeeds (what parity compares)."""
+
+
+def details_json(details: Details | None) -> dict[str, Any]:
+    """The `details` object of the JSON report: every field, by its name; {} when none."""
+    if details is None:
+        return {}
+    return _plain(details)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _plain(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
