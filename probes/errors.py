@@ -38,8 +38,9 @@ def error(kind: ErrorKind, message: str) -> ProbeError:
 def classify(exc: BaseException) -> ProbeError:
     """Map an exception raised by I/O to the closed set of error kinds."""
     if isinstance(exc, ssl.SSLCertVerificationError):
-        code = exc.verify_code
-        reason = exc.verify_message or str(exc)
+        # ssl.CertificateError raised by Python (not OpenSSL) carries no verify code
+        code = getattr(exc, "verify_code", None)
+        reason = getattr(exc, "verify_message", None) or str(exc)
         if code == _X509_EXPIRED:
             return error(ErrorKind.TLS_CERT_EXPIRED, f"certificate has expired ({reason})")
         if code == _X509_HOSTNAME_MISMATCH:
@@ -48,7 +49,8 @@ def classify(exc: BaseException) -> ProbeError:
             return error(ErrorKind.TLS_UNTRUSTED, f"certificate is not yet valid ({reason})")
         return error(ErrorKind.TLS_UNTRUSTED, reason)
     if isinstance(exc, ssl.SSLError):
-        return error(ErrorKind.TLS_HANDSHAKE_FAILED, exc.reason or str(exc))
+        # an SSLError raised by Python itself (not OpenSSL) has no `reason`
+        return error(ErrorKind.TLS_HANDSHAKE_FAILED, getattr(exc, "reason", None) or str(exc))
     if isinstance(exc, TimeoutError):
         return error(ErrorKind.TIMEOUT, str(exc) or "timed out")
     if isinstance(exc, ConnectionRefusedError):

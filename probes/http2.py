@@ -54,10 +54,20 @@ async def _exchange_h2(
     )
     writer.write(conn.data_to_send())
     t_sent = clock()
+    first = True
     while True:
         data = await reader.read(65536)
         if not data:
             raise EOFError("connection closed before the response ended")
+        if first and len(data) >= 3:
+            # h2 waits for a whole frame before judging its length: a peer that answers
+            # "HTTP/1.1 ..." announces a 4.7 MB frame, and the probe would wait for it.
+            announced = int.from_bytes(data[:3], "big")
+            if announced > conn.max_inbound_frame_size:
+                raise h2.exceptions.FrameTooLargeError(
+                    f"first frame announces {announced} bytes (not HTTP/2?)"
+                )
+        first = False
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                 resp.ttfb = clock() - t_sent
