@@ -29,7 +29,8 @@ INVALID = {
         "targets[0].probes[1]: 'smtp' is not one of 'dns', 'icmp', 'tcp', 'tls', 'http2' or 'http3'"
     ),
     "invalid-unknown-service.yml": (
-        "catalog.services[1]: unknown service 'ec2' (known: alb, cloudfront, iot, route53, s3)"
+        "catalog.services[1]: unknown service 'sqs' "
+        "(known: cloudfront, ec2, iam, route53, s3, s3-control, sts)"
     ),
     "invalid-unknown-region.yml": (
         "catalog.regions[1]: 'moon-base-1' has no endpoint in the selected services"
