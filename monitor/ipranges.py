@@ -327,6 +327,10 @@ def _download(url: str, timeout: float) -> bytes:
                     raise _Failed(2, f"not written: {url}: over {MAX_DOWNLOAD_BYTES} bytes")
                 if time.monotonic() > deadline:
                     raise TimeoutError
+            # read(n) ends quietly when the server closes early; the length says it did.
+            expected = response.headers.get("Content-Length", "")
+            if expected.isdigit() and size != int(expected):
+                raise failed(f"body cut short: {size} of {expected} bytes")
     except urllib.error.HTTPError as exc:
         raise failed(f"HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
