@@ -93,16 +93,17 @@ def addresses(
     return sets
 
 
-def rate(lookup: Any, addrs: list[str], seconds: float) -> float:
-    """Lookups per second over whole passes of `addrs`, for at least `seconds`."""
-    done, start = 0, time.perf_counter()
+def rate(lookup: Any, addrs: list[str], seconds: float) -> tuple[float, float]:
+    """Lookups per second over whole passes of `addrs`, for at least `seconds`, and the share
+    of that wall time this process had a CPU (below 1: others took the core, the rate is low)."""
+    done, start, cpu = 0, time.perf_counter(), time.process_time()
     while True:
         for address in addrs:
             lookup(address)
         done += len(addrs)
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return done / elapsed
+            return done / elapsed, (time.process_time() - cpu) / elapsed
 
 
 def child(count: int, seconds: float, seed: int) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def child(count: int, seconds: float, seed: int) -> dict[str, Any]:
 
     doc = json.loads(data)
     sets = addresses(doc, ranges.lookup, count, random.Random(seed))
-    rates = {name: rate(ranges.lookup, sets[name], seconds) for name in SETS}
+    timed = {name: rate(ranges.lookup, sets[name], seconds) for name in SETS}
     distinct = {
         family: len({item[key] for item in doc[list_key]})
         for family, list_key, key in (
@@ -153,7 +154,8 @@ def child(count: int, seconds: float, seed: int) -> dict[str, Any]:
         "hwm_delta_mib": (hwm - rss_before) / 1024,
         "kept_mib": kept / 2**20,
         "peak_mib": peak / 2**20,
-        "rates": rates,
+        "rates": {name: r for name, (r, _) in timed.items()},
+        "cpu_share": {name: share for name, (_, share) in timed.items()},
         "set_sizes": {name: len(sets[name]) for name in SETS},
         "file": {
             "sync_token": ranges.sync_token,
@@ -201,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(args.addresses, args.seconds, args.seed)))
         return 0
 
+    load_before = Path("/proc/loadavg").read_text().split()[0]
     runs = []
     for i in range(args.runs):
         proc = subprocess.run(
@@ -243,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "
         f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}"
     )
+    load_after = Path("/proc/loadavg").read_text().split()[0]
+    print(f"           load average (1 min) {load_before} before the runs, {load_after} after")
     print(f"code     : {git_state()}; {args.runs} fresh process(es)\n")
 
     def row(name: str, values: list[float], spec: str) -> str:
@@ -258,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in SETS:
         print(row(f"lookups/s, {name}", [r["rates"][name] for r in runs], ",.0f"))
     print(row("import monitor.ipranges (s)", [r["import_s"] for r in runs], ".3f"))
+    print()
+    for i, r in enumerate(runs, 1):
+        shares = ", ".join(f"{r['cpu_share'][n]:.0%}" for n in SETS)
+        print(f"run {i}: load {r['load_s']:.3f} s; CPU share while timing each set: {shares}")
     return 0
 
 
