@@ -393,11 +393,13 @@ def _update(output: Path, url: str, timeout: float) -> tuple[int, str]:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split("\n"))
+    return " ".join(text.splitlines())
 
 
 def _write_atomically(output: Path, data: bytes) -> None:
     """Readers see the old file or the new one, never a part; after a crash, one of the two."""
+    # Through a symbolic link, as a plain write would: the link stays and its target is renewed.
+    output = Path(os.path.realpath(output))
     folder = output.parent
     temp = folder / f".{output.name}.{secrets.token_hex(4)}.tmp"
     try:
