@@ -382,6 +382,20 @@ def test_newer_file_replaces_output_atomically(
     assert server.hits == ["/ip-ranges.json"]
 
 
+def test_update_through_a_symbolic_link_renews_its_target(
+    server: Server, output: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "current.json"
+    link.symlink_to(output)
+    newer = encode(document(TOKEN + 1))
+    url = server.publish("/ip-ranges.json", newer)
+    status, out, _ = probe_update(capsys, "--output", str(link), "--url", url)
+    assert (status, out.split(":")[0]) == (0, f"written {link}")
+    assert link.is_symlink()
+    assert output.read_bytes() == newer
+    assert os.listdir(output.parent) == [output.name]
+
+
 def test_first_update_creates_output(
     server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
