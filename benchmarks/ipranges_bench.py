@@ -6,7 +6,8 @@ Each run is a fresh Python process (so its load time and memory are its own) tha
 - memory: the RSS growth across that load (VmRSS after it and a gc.collect(), and VmHWM, the
   peak during it, each minus VmRSS before), then tracemalloc of a second build from the same
   bytes: what the loaded table keeps (traced after gc.collect()) and the peak while building;
-- lookups per second, `IpRanges.lookup(str)`, for four sets built from the table itself:
+- lookups per second (wall clock, and per CPU second of this process, which a busy machine
+  changes less), `IpRanges.lookup(str)`, for four sets built from the table itself:
   IPv4 and IPv6 addresses inside a published prefix (random addresses of random prefixes) and
   outside every prefix (the addresses just before and just after random prefixes that no prefix
   holds: the worst case, every prefix length is probed), then all four shuffled together.
@@ -115,9 +116,9 @@ def child(count: int, seconds: float, seed: int) -> dict[str, Any]:
     import_s = time.perf_counter() - t
     gc.collect()
     rss_before = status_kib("VmRSS")
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     ranges = ipranges.load()
-    load_s = time.perf_counter() - t
+    load_s, load_cpu_s = time.perf_counter() - t, time.process_time() - cpu
     gc.collect()
     rss_after, hwm = status_kib("VmRSS"), status_kib("VmHWM")
 
@@ -150,6 +151,7 @@ def child(count: int, seconds: float, seed: int) -> dict[str, Any]:
     return {
         "import_s": import_s,
         "load_s": load_s,
+        "load_cpu_s": load_cpu_s,
         "rss_delta_mib": (rss_after - rss_before) / 1024,
         "hwm_delta_mib": (hwm - rss_before) / 1024,
         "kept_mib": kept / 2**20,
@@ -256,12 +258,17 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'across runs':<34} {'median':>12} {'min':>12} {'max':>12}")
     print(row("load() of the snapshot (s)", [r["load_s"] for r in runs], ".3f"))
+    print(row("  CPU seconds of that load", [r["load_cpu_s"] for r in runs], ".3f"))
     print(row("RSS growth after load (MiB)", [r["rss_delta_mib"] for r in runs], ".1f"))
     print(row("RSS peak during load (MiB)", [r["hwm_delta_mib"] for r in runs], ".1f"))
     print(row("table kept, tracemalloc (MiB)", [r["kept_mib"] for r in runs], ".1f"))
     print(row("peak while building, tracemalloc", [r["peak_mib"] for r in runs], ".1f"))
     for name in SETS:
         print(row(f"lookups/s, {name}", [r["rates"][name] for r in runs], ",.0f"))
+    # Per CPU second: what the lookups cost, however busy the machine was.
+    for name in SETS:
+        per_cpu = [r["rates"][name] / r["cpu_share"][name] for r in runs]
+        print(row(f"lookups/CPU-s, {name}", per_cpu, ",.0f"))
     print(row("import monitor.ipranges (s)", [r["import_s"] for r in runs], ".3f"))
     print()
     for i, r in enumerate(runs, 1):
