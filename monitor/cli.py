@@ -1,4 +1,5 @@
-"""The `probe` command: run (one round, table or JSON, exit status), targets, lab up.
+"""The `probe` command: run (one round, table or JSON, exit status), targets, lab up,
+ip-ranges update.
 
 Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, 2 usage or configuration error,
 3 this vantage has no IPv6 at all. `--dry-run` and `targets` send no packet.
@@ -163,6 +164,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write the CA, certificates and lab.yml (default ./dualstack-lab)",
     )
+
+    ip_ranges = sub.add_parser("ip-ranges", help="AWS's published address ranges")
+    ip_ranges_sub = ip_ranges.add_subparsers(dest="ip_ranges_command", required=True)
+    ip_update = ip_ranges_sub.add_parser(
+        "update",
+        help="download ip-ranges.json and write it to FILE if newer",
+        description="Download, check (shape, every prefix, syncToken newer than FILE's) and "
+        "write FILE atomically. Exit status: 0 written or already current (nothing written), "
+        "1 the download failed, 2 invalid or older than FILE, or FILE cannot be written.",
+    )
+    ip_update.add_argument(
+        "--output", required=True, metavar="FILE", help="the ranges file to create or refresh"
+    )
+    ip_update.add_argument(
+        "--url",
+        metavar="URL",
+        help="where to download from (default https://ip-ranges.amazonaws.com/ip-ranges.json)",
+    )
+    ip_update.add_argument(
+        "--timeout",
+        type=_duration,
+        default=30.0,
+        metavar="S",
+        help="give up on the download after this long (default 30s)",
+    )
     return parser
 
 
@@ -310,6 +336,14 @@ def cmd_lab(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_ip_ranges(args: argparse.Namespace) -> int:
+    from monitor.ipranges import DEFAULT_URL, update
+
+    status, line = update(Path(args.output), args.url or DEFAULT_URL, timeout=args.timeout)
+    print(line, file=sys.stdout if status == 0 else sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -326,6 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_targets(args)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "ip-ranges":
+            return cmd_ip_ranges(args)
         return cmd_lab(args)
     except ConfigError as exc:
         print(f"probe: {exc}", file=sys.stderr)
