@@ -1,8 +1,8 @@
 """ip-ranges benchmark, run by hand (never part of the test suite): the cost of attributing
-addresses to AWS's published ranges with `monitor.ipranges` on the full shipped snapshot.
+addresses to AWS's published ranges with `probes.ipranges` on the full shipped snapshot.
 
 Each run is a fresh Python process (so its load time and memory are its own) that measures:
-- load: `monitor.ipranges.load()` of the shipped snapshot (read, JSON, checks, tables), wall time;
+- load: `probes.ipranges.load()` of the shipped snapshot (read, JSON, checks, tables), wall time;
 - memory: the RSS growth across that load (VmRSS after it and a gc.collect(), and VmHWM, the
   peak during it, each minus VmRSS before), then tracemalloc of a second build from the same
   bytes: what the loaded table keeps (traced after gc.collect()) and the peak while building;
@@ -179,14 +179,14 @@ def git_state() -> str:
             check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--", "monitor/ipranges.py"],
+            ["git", "-C", str(REPO), "status", "--porcelain", "--", "probes/ipranges.py"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" + uncommitted changes in monitor/ipranges.py" if dirty else " (clean)")
+    return head + (" + uncommitted changes in probes/ipranges.py" if dirty else " (clean)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in SETS:
         per_cpu = [r["rates"][name] / r["cpu_share"][name] for r in runs]
         print(row(f"lookups/CPU-s, {name}", per_cpu, ",.0f"))
-    print(row("import monitor.ipranges (s)", [r["import_s"] for r in runs], ".3f"))
+    print(row("import probes.ipranges (s)", [r["import_s"] for r in runs], ".3f"))
     print()
     for i, r in enumerate(runs, 1):
         shares = ", ".join(f"{r['cpu_share'][n]:.0%}" for n in SETS)

@@ -337,7 +337,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 
 def cmd_ip_ranges(args: argparse.Namespace) -> int:
-    from monitor.ipranges import DEFAULT_URL, update
+    from probes.ipranges import DEFAULT_URL, update
 
     status, line = update(Path(args.output), args.url or DEFAULT_URL, timeout=args.timeout)
     print(line, file=sys.stdout if status == 0 else sys.stderr)

@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCES = REPO_ROOT / "scripts" / "catalog_sources.yml"
 DEFAULT_OUTPUT = REPO_ROOT / "configs" / "catalog.yml"
 DEFAULT_DOC = REPO_ROOT / "docs" / "catalog.md"
-DEFAULT_IP_RANGES = REPO_ROOT / "monitor" / "data" / "aws-ip-ranges.json"
+DEFAULT_IP_RANGES = REPO_ROOT / "probes" / "data" / "aws-ip-ranges.json"
 COMMAND = "python scripts/gen_catalog.py"
 
 PARTITION = "aws"

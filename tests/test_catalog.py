@@ -2,7 +2,7 @@
 evidence, the check fails on a planted undocumented name, and the committed files are current.
 
 No network: the generator reads only scripts/catalog_sources.yml, botocore's bundled data and
-monitor/data/aws-ip-ranges.json.
+probes/data/aws-ip-ranges.json.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SCRIPT = REPO / "scripts" / "gen_catalog.py"
 SOURCES = REPO / "scripts" / "catalog_sources.yml"
 CATALOG = REPO / "configs" / "catalog.yml"
 DOC = REPO / "docs" / "catalog.md"
-IP_RANGES = REPO / "monitor" / "data" / "aws-ip-ranges.json"
+IP_RANGES = REPO / "probes" / "data" / "aws-ip-ranges.json"
 
 SERVICES = {"cloudfront", "ec2", "iam", "route53", "s3", "s3-control", "sts"}
 PROBE_KINDS = {"dns", "icmp", "tcp", "tls", "http2", "http3"}
@@ -119,7 +119,7 @@ def test_committed_catalog_and_doc_are_current(tmp_path: Path, catalog: dict[str
 def test_ip_ranges_snapshot_is_the_one_recorded(catalog: dict[str, Any]) -> None:
     data = json.loads(IP_RANGES.read_text(encoding="utf-8"))
     assert catalog["ip_ranges"] == {
-        "file": "monitor/data/aws-ip-ranges.json",
+        "file": "probes/data/aws-ip-ranges.json",
         "syncToken": data["syncToken"],
         "createDate": data["createDate"],
     }

@@ -606,7 +606,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
         "monitor/configs/catalog.yml",
         "monitor/configs/default.yml",
         "monitor/schemas/run-report.schema.json",
-        "monitor/data/aws-ip-ranges.json",
+        "probes/data/aws-ip-ranges.json",
     ):
         assert needed in names, needed
     stack_only = ("monitor/configs/compose/", "monitor/configs/prometheus/")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from monitor.cli import main
-from monitor.ipranges import (
+from probes.ipranges import (
     DEFAULT_URL,
     Attribution,
     IpRanges,
@@ -270,7 +270,7 @@ def test_a_valid_file_loads_from_a_path(tmp_path: Path) -> None:
 
 
 def test_shipped_snapshot() -> None:
-    raw = importlib.resources.files("monitor").joinpath("data/aws-ip-ranges.json").read_bytes()
+    raw = importlib.resources.files("probes").joinpath("data/aws-ip-ranges.json").read_bytes()
     doc = json.loads(raw)
     ranges = load()
     assert load() is ranges  # loaded once per process

@@ -277,7 +277,7 @@ def parse(data: bytes, source: str) -> IpRanges:
 @functools.cache
 def _shipped() -> IpRanges:
     # `monitor` is this module's package; files() reads it even from a zip.
-    data = importlib.resources.files(__package__ or "monitor").joinpath(_SHIPPED).read_bytes()
+    data = importlib.resources.files(__package__ or "probes").joinpath(_SHIPPED).read_bytes()
     return parse(data, SHIPPED_SOURCE)
 
 
