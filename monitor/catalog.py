@@ -15,9 +15,26 @@ from typing import Any
 
 import yaml
 
-from probes.base import PROBE_KINDS, HttpSpec, ProbeKind, Target
+from probes.base import (
+    FAMILIES,
+    PROBE_KINDS,
+    Expectation,
+    ExpectationField,
+    Family,
+    HttpSpec,
+    ProbeKind,
+    Target,
+)
 
 GLOBAL = "global"
+# Expectations parity reads: documented, or observed and said so. "not_documented" is not one.
+READ_BASES = frozenset({"aws_doc", "observed_not_documented"})
+EXPECTATION_FIELDS: tuple[ExpectationField, ...] = (
+    "http_version",
+    "alpn",
+    "http3",
+    "unauthenticated_status",
+)
 
 
 class CatalogError(ValueError):
@@ -98,6 +115,8 @@ def expand_catalog(
                         interval=interval,
                         timeout=timeout,
                         source="catalog",
+                        ip_ranges_service=_ip_ranges_service(ep),
+                        expectations=expectations(ep.get("expect") or {}),
                     )
                 )
     for i, region in enumerate(regions):
@@ -106,3 +125,37 @@ def expand_catalog(
                 f"catalog.regions[{i}]", f"{region!r} has no endpoint in the selected services"
             )
     return targets
+
+
+def _ip_ranges_service(ep: dict[str, Any]) -> tuple[tuple[Family, str], ...]:
+    """The service key per family; AMAZON is left out: every AWS prefix is AMAZON, so being
+    outside it is already `address.in_aws_ranges`."""
+    keys = ep.get("ip_ranges_service") or {}
+    return tuple((f, str(keys[f])) for f in FAMILIES if keys.get(f) not in (None, "AMAZON"))
+
+
+def expectations(expect: dict[str, Any]) -> tuple[Expectation, ...]:
+    """The catalog's `expect` block, as what parity reads: documented or observed values only."""
+    out: list[Expectation] = []
+    for name in EXPECTATION_FIELDS:
+        entry = expect.get(name) or {}
+        value = entry.get("value")
+        if entry.get("basis") not in READ_BASES or value is None or value == []:
+            continue
+        if isinstance(value, list):
+            value = tuple(int(v) if name == "unauthenticated_status" else str(v) for v in value)
+        elif not isinstance(value, bool):
+            value = str(value)
+        out.append(Expectation(field=name, value=value, basis=str(entry["basis"])))
+    return tuple(out)
+
+
+def user_target_defaults(
+    service: str,
+) -> tuple[tuple[tuple[Family, str], ...], tuple[Expectation, ...]]:
+    """For a user's own endpoint labelled with a `user_targets` service of the catalog (alb,
+    cloudfront): its ip-ranges service keys and documented expectations."""
+    entry = (load_catalog().get("user_targets") or {}).get(service)
+    if not entry:
+        return (), ()
+    return _ip_ranges_service(entry), expectations(entry.get("expect") or {})

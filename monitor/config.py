@@ -25,8 +25,10 @@ from pydantic import (
     model_validator,
 )
 
-from monitor.catalog import CatalogError, expand_catalog
+from monitor.catalog import CatalogError, expand_catalog, user_target_defaults
+from probes import ipranges
 from probes.base import FAMILIES, PROBE_KINDS, Family, HttpSpec, ProbeKind, Target, TlsSpec
+from probes.ipranges import IpRanges
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -101,6 +103,10 @@ class ResolverConfig(_Strict):
 
 class TlsConfig(_Strict):
     ca_file: str | None = None
+
+
+class IpRangesConfig(_Strict):
+    file: str
 
 
 class CatalogConfig(_Strict):
@@ -190,6 +196,7 @@ class ConfigModel(_Strict):
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     resolver: ResolverConfig | None = None
     tls: TlsConfig = Field(default_factory=TlsConfig)
+    ip_ranges: IpRangesConfig | None = None
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     targets: list[TargetConfig] = Field(default_factory=list)
     route53: Route53Config = Field(default_factory=Route53Config)
@@ -231,6 +238,9 @@ class Config:
     nameservers: tuple[str, ...]
     resolver_port: int
     ca_file: str | None
+    ip_ranges: IpRanges | None
+    """AWS's published ranges from `ip_ranges.file`; None: the shipped snapshot (loaded when
+    probing, never for `probe targets`)."""
     targets: tuple[Target, ...]
     zones: tuple[str, ...]
     route53: Route53Config
@@ -349,6 +359,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
     targets.extend(ct for ct in catalog_targets if ct.name not in names)
     for i, t in enumerate(model.targets):
         key = f"targets[{i}].tls"
+        ranges_service, expected = user_target_defaults(t.service)
         targets.append(
             Target(
                 name=t.name,
@@ -369,6 +380,8 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
                 zone=t.zone,
                 families=tuple(dict.fromkeys(t.families or model.families)),
                 source="config",
+                ip_ranges_service=ranges_service,
+                expectations=expected,
             )
         )
     sources: dict[Family, str] = {}
@@ -386,6 +399,9 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         nameservers=tuple(model.resolver.nameservers) if model.resolver else (),
         resolver_port=model.resolver.port if model.resolver else 53,
         ca_file=rel(model.tls.ca_file, "tls.ca_file"),
+        ip_ranges=_ip_ranges(rel(model.ip_ranges.file, "ip_ranges.file"), path)
+        if model.ip_ranges
+        else None,
         targets=tuple(targets),
         zones=tuple(z.rstrip(".") for z in model.route53.zones),
         route53=model.route53,
@@ -393,3 +409,12 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         slower_margin=model.parity.slower_margin,
         sources=sources,
     )
+
+
+def _ip_ranges(file: str | None, path: str) -> IpRanges | None:
+    if file is None:
+        return None
+    try:
+        return ipranges.load(file)
+    except ipranges.IpRangesError as exc:
+        raise ConfigError(f"{path}: ip_ranges.file: {exc}") from None

@@ -16,6 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
 from probes.details import Details
+from probes.ipranges import Attribution, IpRanges
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
@@ -91,6 +92,23 @@ class TlsSpec:
     """SNI and name to verify; defaults to the target host."""
 
 
+ExpectationField = Literal["http_version", "alpn", "http3", "unauthenticated_status"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Expectation:
+    """What AWS documents (or what is observed and noted as such) about an endpoint: read by
+    parity, which lists it when *both* families differ from it (the verdict stays IPv6 against
+    IPv4)."""
+
+    field: ExpectationField
+    """http_version ("1.1", "2"), alpn, http3 (served or not), unauthenticated_status."""
+    value: str | bool | tuple[str, ...] | tuple[int, ...]
+    """The expected value; a tuple means any of them (ALPN protocols, statuses)."""
+    basis: str
+    """aws_doc, or observed_not_documented; the catalog's evidence says where it comes from."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One endpoint to compare over IPv4 and IPv6, after catalog expansion."""
@@ -115,6 +133,14 @@ class Target:
     """Set for a name-server target: the dns probe asks this zone's SOA of the server itself."""
     source: str = "config"
     """Where the target came from: "config", "catalog", "route53-zone"."""
+    ip_ranges_service: tuple[tuple[Family, str], ...] = ()
+    """The ip-ranges.json service key (other than AMAZON) each family's address should be in,
+    from the catalog: S3 for S3. An address outside it is a normal difference."""
+    expectations: tuple[Expectation, ...] = ()
+    """What the catalog says this endpoint does (HTTP version, ALPN, HTTP/3, statuses)."""
+
+    def expected_service(self, family: Family) -> str | None:
+        return dict(self.ip_ranges_service).get(family)
 
     @property
     def sni(self) -> str:
@@ -145,6 +171,8 @@ class ProbeEnv:
     source_addresses: Mapping[Family, str] = field(default_factory=dict)
     icmp_count: int = 3
     icmp_interval: float = 0.2
+    ip_ranges: IpRanges | None = None
+    """AWS's published ranges: each result's address is attributed to its prefix (None: not)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,6 +216,9 @@ class ProbeResult:
     """What the endpoint presented, typed per probe kind; None when nothing was learnt."""
     skipped: str | None = None
     """Reason the probe was not run (family filtered out, vantage has no IPv6, ...)."""
+    aws: Attribution | None = None
+    """The published AWS prefix holding `address` (longest match, every service key of the
+    prefixes holding it); None when it is in none, or there is no address."""
 
 
 ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]

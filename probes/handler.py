@@ -26,6 +26,7 @@ from probes.base import (
     Target,
 )
 from probes.errors import error
+from probes.ipranges import Attribution
 
 PROBES: dict[ProbeKind, ProbeFn] = {
     "dns": dns.probe,
@@ -91,6 +92,7 @@ async def run_probe(
             started=started,
             phases=resolve_phase,
             error=err,
+            aws=_attribute(env, address),
         )
     req = ProbeRequest(
         target=target,
@@ -127,7 +129,14 @@ async def run_probe(
         phases=phases,
         error=outcome.error,
         details=outcome.details,
+        aws=_attribute(env, address),
     )
+
+
+def _attribute(env: ProbeEnv, address: str | None) -> Attribution | None:
+    if env.ip_ranges is None or address is None:
+        return None
+    return env.ip_ranges.lookup(address)
 
 
 def _duration(outcome: Outcome, elapsed: float) -> float:

@@ -1,5 +1,5 @@
 """Which of AWS's published address ranges (ip-ranges.json) holds an address: prefix, region,
-network border group and service keys. Stdlib only and no import from `monitor` or `probes`,
+network border group and service keys. Stdlib only (it imports no other project module),
 so any layer may use it; it answers from AWS's list, which says nothing of who serves an address.
 
 One table per family: a dict per prefix length {network as int: Attribution}, probed from the
@@ -39,7 +39,7 @@ __all__ = [
 
 DEFAULT_URL = "https://ip-ranges.amazonaws.com/ip-ranges.json"
 SHIPPED_SOURCE = "shipped snapshot"
-# The package-data path, relative to the `monitor` package.
+# The package-data path, relative to the `probes` package.
 _SHIPPED = "data/aws-ip-ranges.json"
 # Today's file is 2.6 MB; a hundredfold is not a ranges file but a wrong URL or a runaway server.
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024

@@ -14,6 +14,7 @@ from monitor.config import (
     ConfigError,
     ConfigModel,
     HttpConfig,
+    IpRangesConfig,
     ParityConfig,
     ResolverConfig,
     Route53Config,
@@ -127,6 +128,7 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("route53", Route53Config),
     ("parity", ParityConfig),
     ("source", SourceConfig),
+    ("ip_ranges", IpRangesConfig),
 ]
 
 

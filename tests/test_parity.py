@@ -10,7 +10,15 @@ import pytest
 
 from monitor.engine.parity import COMPARED, Parity, Thresholds, Verdict
 from monitor.engine.parity import judge as judge_pair
-from probes.base import ErrorKind, Family, ProbeError, ProbeKind, ProbeResult, Target
+from probes.base import (
+    ErrorKind,
+    Expectation,
+    Family,
+    ProbeError,
+    ProbeKind,
+    ProbeResult,
+    Target,
+)
 from probes.details import (
     DETAIL_TYPES,
     Certificate,
@@ -19,6 +27,7 @@ from probes.details import (
     HttpExchange,
     TlsHandshake,
 )
+from probes.ipranges import Attribution
 
 TH = Thresholds(slower_ratio=1.5, slower_margin=0.05)
 CERT = Certificate(
@@ -249,3 +258,81 @@ def test_the_table_check_can_fail() -> None:
 
 def test_details_union_is_the_declared_types() -> None:
     assert set(typing.get_args(Details)) == set(DETAIL_TYPES) == set(COMPARED)
+
+
+def _tcp(family: Family, aws: Attribution | None) -> ProbeResult:
+    return dataclasses.replace(res(family, probe="tcp"), aws=aws)
+
+
+def _attr(region: str, *services: str) -> Attribution:
+    return Attribution(prefix="p", region=region, network_border_group=region, services=services)
+
+
+def test_address_service_outside_the_expected_key_is_normal() -> None:
+    s3 = dataclasses.replace(TARGET, ip_ranges_service=(("ipv4", "S3"), ("ipv6", "S3")))
+    p = judge_pair(
+        s3,
+        "tcp",
+        _tcp("ipv4", _attr("us-east-1", "AMAZON", "S3")),
+        _tcp("ipv6", _attr("us-east-1", "AMAZON")),
+        thresholds=TH,
+    )
+    assert p.verdict is Verdict.OK
+    assert [(d.field, d.ipv4, d.ipv6, d.significant) for d in p.differences] == [
+        ("address.service", ["AMAZON", "S3"], ["AMAZON"], False)
+    ]
+
+
+def test_dns_lookups_are_not_judged_by_address() -> None:
+    p = judge(
+        dataclasses.replace(res("ipv4", probe="dns"), aws=_attr("us-east-1", "AMAZON")),
+        res("ipv6", probe="dns"),
+        thresholds=TH,
+    )
+    assert p.verdict is Verdict.OK and p.differences == ()
+
+
+def test_unexpected_when_both_families_differ_from_the_catalog() -> None:
+    s3 = dataclasses.replace(
+        TARGET,
+        expectations=(
+            Expectation(field="http_version", value="1.1", basis="observed_not_documented"),
+        ),
+    )
+    p = judge_pair(s3, "http2", http2("ipv4", 200), http2("ipv6", 200), thresholds=TH)
+    assert p.verdict is Verdict.OK
+    assert [u.to_json() for u in p.unexpected] == [
+        {
+            "field": "http_version",
+            "documented": "1.1",
+            "basis": "observed_not_documented",
+            "ipv4": "2",
+            "ipv6": "2",
+        }
+    ]
+    # one family as documented: not "unexpected" (that difference is parity's business)
+    one = dataclasses.replace(
+        http2("ipv4", 200),
+        details=dataclasses.replace(
+            typing.cast(HttpExchange, http2("ipv4", 200).details), http_version="1.1"
+        ),
+    )
+    assert judge_pair(s3, "http2", one, http2("ipv6", 200), thresholds=TH).unexpected == ()
+
+
+def test_catalog_expectations_are_read_from_documented_or_observed_values() -> None:
+    from monitor.catalog import expectations, user_target_defaults
+
+    read = expectations(
+        {
+            "http_version": {"value": "1.1", "basis": "observed_not_documented"},
+            "alpn": {"value": ["http/1.1"], "basis": "observed_not_documented"},
+            "http3": {"value": False, "basis": "not_documented"},
+            "unauthenticated_status": {"value": [], "basis": "aws_doc"},
+        }
+    )
+    assert [(e.field, e.value) for e in read] == [("http_version", "1.1"), ("alpn", ("http/1.1",))]
+    services, expected = user_target_defaults("cloudfront")
+    assert services == (("ipv4", "CLOUDFRONT"), ("ipv6", "CLOUDFRONT"))
+    assert ("http3", True) in [(e.field, e.value) for e in expected]
+    assert user_target_defaults("alb")[0] == ()  # AMAZON only: nothing more specific to ask

@@ -71,6 +71,16 @@ def served(config: Path) -> Iterator[Served]:
     assert s.proc.returncode == 0
 
 
+def errors_of(served: Served, target: str, probe: str) -> list[object]:
+    """The latest results' errors of a (target, probe), to say why a verdict was not met."""
+    _, body = served.get("/api/v1/results")
+    return [
+        (r["family"], r["error"])
+        for r in json.loads(body)["results"]
+        if r["target"] == target and r["probe"] == probe
+    ]
+
+
 def configured_jobs(config: Path) -> int:
     """(target, probe) jobs of the config: its targets' probes plus the lab zone's name
     servers (found through DNS at run time, so counted from the lab's own NS set)."""
@@ -222,7 +232,7 @@ def test_parity_gauge_one_per_verdict(served: Served) -> None:
                 and dict(ls)["target"] == name
                 and dict(ls)["probe"] == probe
             }
-            assert got[want] == 1.0, (name, probe, got)
+            assert got[want] == 1.0, (name, probe, got, errors_of(served, name, probe))
             assert sum(got.values()) == 1.0 and len(got) == len(VERDICTS)
             # EXPECTED is the lab's contract: its verdict is the one served (icmp aside,
             # which is both_failed where ICMP is not permitted)

@@ -11,13 +11,18 @@ import dns.exception
 
 from monitor.config import NAMESERVER_PREFIX, Config
 from monitor.engine.parity import Parity, Thresholds, judge
+from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
 from probes.resolve import Resolver
 
 
 def make_env(cfg: Config) -> ProbeEnv:
-    return ProbeEnv(ssl_cafile=cfg.ca_file, source_addresses=dict(cfg.sources))
+    return ProbeEnv(
+        ssl_cafile=cfg.ca_file,
+        source_addresses=dict(cfg.sources),
+        ip_ranges=cfg.ip_ranges or ipranges.load(),
+    )
 
 
 def make_resolver(cfg: Config, env: ProbeEnv) -> Resolver:

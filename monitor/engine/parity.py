@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from probes.base import ErrorKind, ProbeKind, ProbeResult, Target
+from probes.base import ErrorKind, Expectation, ProbeKind, ProbeResult, Target
 from probes.details import (
     Certificate,
     Details,
@@ -68,6 +68,8 @@ class Parity:
     reason: str = ""
     latency_ratio: float | None = None
     """IPv6 latency over IPv4 latency, when both succeeded."""
+    unexpected: tuple[Unexpected, ...] = ()
+    """Where *both* families differ from what the catalog says the endpoint does."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,31 @@ class Parity:
             "reason": self.reason,
             "latency_ratio": self.latency_ratio,
             "differences": [d.to_json() for d in self.differences],
+            "unexpected": [u.to_json() for u in self.unexpected],
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unexpected:
+    """Both families differ from the catalog's expectation: shown, never a verdict (the
+    verdict compares IPv6 with IPv4, not with the documentation)."""
+
+    field: str
+    """The expectation (http_version, alpn, http3, unauthenticated_status)."""
+    documented: object
+    """What the catalog says (a list: any of these)."""
+    basis: str
+    """aws_doc, or observed_not_documented."""
+    ipv4: object
+    ipv6: object
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "documented": _plain(self.documented),
+            "basis": self.basis,
+            "ipv4": self.ipv4,
+            "ipv6": self.ipv6,
         }
 
 
@@ -237,6 +264,93 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
+TRANSPORT_KINDS: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls", "http2", "http3"})
+
+
+def address_differences(
+    target: Target, kind: ProbeKind, v4: ProbeResult, v6: ProbeResult
+) -> tuple[Difference, ...]:
+    """Where each family's address lies in AWS's published ranges. Only an IPv6 address
+    outside every prefix while IPv4's is inside counts (a proxy, DNS interception, a wrong
+    AAAA); other differences are normal: regions, border groups, the reverse, a service key."""
+    if kind not in TRANSPORT_KINDS or target.service == "custom":
+        return ()
+    a, b = v4.aws, v6.aws
+    out: list[Difference] = []
+    if (a is None) != (b is None):
+        out.append(
+            Difference(
+                field="address.in_aws_ranges",
+                ipv4=a is not None,
+                ipv6=b is not None,
+                significant=a is not None,
+            )
+        )
+    if a is not None and b is not None:
+        if a.region != b.region:
+            out.append(
+                Difference(field="address.region", ipv4=a.region, ipv6=b.region, significant=False)
+            )
+        if a.network_border_group != b.network_border_group:
+            out.append(
+                Difference(
+                    field="address.network_border_group",
+                    ipv4=a.network_border_group,
+                    ipv6=b.network_border_group,
+                    significant=False,
+                )
+            )
+    outside = [
+        (r.aws is not None and want not in r.aws.services)
+        for r in (v4, v6)
+        if (want := target.expected_service(r.family)) is not None
+    ]
+    if any(outside):
+        out.append(
+            Difference(
+                field="address.service",
+                ipv4=list(a.services) if a else None,
+                ipv6=list(b.services) if b else None,
+                significant=False,
+            )
+        )
+    return tuple(out)
+
+
+def _observed(field: str, kind: ProbeKind, r: ProbeResult) -> object:
+    """What one family's result says about an expectation field; None when it says nothing."""
+    d = r.details
+    if field == "http_version" and kind == "http2" and isinstance(d, HttpExchange):
+        return d.http_version
+    if field == "alpn" and kind == "tls" and isinstance(d, TlsHandshake):
+        return d.alpn
+    if field == "http3" and kind == "http3":
+        return r.success
+    if field == "unauthenticated_status" and isinstance(d, HttpExchange | QuicExchange):
+        return d.status
+    return None
+
+
+def unexpected(
+    target: Target, kind: ProbeKind, v4: ProbeResult, v6: ProbeResult
+) -> tuple[Unexpected, ...]:
+    """The catalog's expectations that *both* families contradict."""
+    out: list[Unexpected] = []
+    for exp in target.expectations:
+        x, y = _observed(exp.field, kind, v4), _observed(exp.field, kind, v6)
+        if x is None or y is None:
+            continue
+
+        def meets(value: object, exp: Expectation = exp) -> bool:
+            return value in exp.value if isinstance(exp.value, tuple) else value == exp.value
+
+        if not meets(x) and not meets(y):
+            out.append(
+                Unexpected(field=exp.field, documented=exp.value, basis=exp.basis, ipv4=x, ipv6=y)
+            )
+    return tuple(out)
+
+
 def _is_missing(r: ProbeResult) -> bool:
     return r.error is not None and r.error.kind in _MISSING_KINDS
 
@@ -275,9 +389,10 @@ def judge(
         return verdict(Verdict.IPV6_FAILED, v6.error.message if v6.error else "ipv6 failed")
     if v6.success and not v4.success:
         return verdict(Verdict.IPV4_FAILED, v4.error.message if v4.error else "ipv4 failed")
+    surprises = unexpected(target, kind, v4, v6)
     if not v4.success and not v6.success:
-        return verdict(Verdict.BOTH_FAILED, "both families failed")
-    diffs = differences(v4, v6)
+        return verdict(Verdict.BOTH_FAILED, "both families failed", unexpected=surprises)
+    diffs = differences(v4, v6) + address_differences(target, kind, v4, v6)
     ratio = v6.duration_seconds / v4.duration_seconds if v4.duration_seconds > 0 else None
     significant = [d.field for d in diffs if d.significant]
     if significant:
@@ -286,6 +401,7 @@ def judge(
             "differs: " + ", ".join(significant),
             differences=diffs,
             latency_ratio=ratio,
+            unexpected=surprises,
         )
     if (
         not lookup
@@ -298,8 +414,9 @@ def judge(
             f"ipv6 {v6.duration_seconds * 1000:.1f} ms vs ipv4 {v4.duration_seconds * 1000:.1f} ms",
             differences=diffs,
             latency_ratio=ratio,
+            unexpected=surprises,
         )
-    return verdict(Verdict.OK, differences=diffs, latency_ratio=ratio)
+    return verdict(Verdict.OK, differences=diffs, latency_ratio=ratio, unexpected=surprises)
 
 
 __all__ = [
@@ -311,6 +428,7 @@ __all__ = [
     "Parity",
     "Role",
     "Thresholds",
+    "Unexpected",
     "Verdict",
     "judge",
 ]

@@ -50,6 +50,7 @@ def result_json(r: ProbeResult, t: Target | None) -> dict[str, Any]:
         "probe": r.probe,
         "family": r.family,
         "address": r.address,
+        "aws": r.aws.to_json() if r.aws else None,
         "success": r.success,
         "skipped": r.skipped,
         "duration_seconds": r.duration_seconds,

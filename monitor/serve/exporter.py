@@ -86,11 +86,19 @@ class StoreCollector(Collector):
             "1 for the HTTP version negotiated over this family.",
             labels=[*PROBE_LABELS, "version"],
         )
+        in_ranges = GaugeMetricFamily(
+            "dualstack_address_in_aws_ranges",
+            "1 if the address probed over this family is in a prefix of AWS's published "
+            "ip-ranges.json, 0 if in none.",
+            labels=PROBE_LABELS,
+        )
         for (name, probe, family), r in sorted(s.latest.items()):
             if r.skipped:
                 continue
             lv = labels(name, probe, family)
             success.add_metric(lv, 1.0 if r.success else 0.0)
+            if r.address is not None:
+                in_ranges.add_metric(lv, 0.0 if r.aws is None else 1.0)
             duration.add_metric(lv, r.duration_seconds)
             last_run.add_metric(lv, r.started)
             for ph, secs in sorted(r.phases.items()):
@@ -104,7 +112,17 @@ class StoreCollector(Collector):
                 status.add_metric(lv, float(d.status))
                 if d.http_version in HTTP_VERSIONS:  # a value we negotiated, not peer text
                     version.add_metric([*lv, d.http_version], 1.0)
-        yield from (success, duration, phase, last_run, records, not_after, status, version)
+        yield from (
+            success,
+            duration,
+            phase,
+            last_run,
+            records,
+            not_after,
+            status,
+            version,
+            in_ranges,
+        )
 
         latency = HistogramMetricFamily(
             "dualstack_probe_latency_seconds", "Latency of successful probes.", labels=PROBE_LABELS
@@ -189,6 +207,14 @@ class StoreCollector(Collector):
         )
         reload_ts.add_metric([v], s.reload_time)
         yield reload_ts
+        sync = GaugeMetricFamily(
+            "dualstack_ip_ranges_sync_timestamp_seconds",
+            "syncToken (Unix time) of the AWS ip-ranges.json that addresses are attributed with.",
+            labels=["vantage"],
+        )
+        if s.ip_ranges_sync is not None:
+            sync.add_metric([v], s.ip_ranges_sync)
+        yield sync
         build = GaugeMetricFamily(
             "dualstack_build_info",
             "Build information; always 1.",

@@ -76,6 +76,8 @@ class Store:
     latency: dict[ResultKey, Histogram] = field(default_factory=dict)
     lag: Histogram = field(default_factory=lambda: Histogram(LAG_BUCKETS))
     skipped: Counter[PairKey] = field(default_factory=Counter)
+    ip_ranges_sync: float | None = None
+    """syncToken (Unix seconds) of the AWS ranges the results are attributed with."""
     job_failures: Counter[str] = field(default_factory=Counter)
     """Jobs that crashed or hung (by reason), from the scheduler."""
     vantage_check: VantageCheck = field(default_factory=lambda: VantageCheck(ipv6=None))

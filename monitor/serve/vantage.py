@@ -83,6 +83,8 @@ class Vantage:
         self.resolver = make_resolver(cfg, self.env)
         self.cache.clear()
         self.store.vantage = cfg.vantage
+        ranges = self.env.ip_ranges
+        self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
         ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})

@@ -96,13 +96,39 @@ def _family_value(r: Mapping[str, Any] | None) -> tuple[str, str]:
     return str(kind or "failed"), "bad"
 
 
-def _title(p: Mapping[str, Any] | None, verdict: str) -> str:
+def _aws(r: Mapping[str, Any] | None) -> str:
+    """Where one family's address lies in AWS's published ranges, for the hover text."""
+    if r is None or not r.get("address"):
+        return "no address"
+    aws = r.get("aws")
+    if not isinstance(aws, Mapping):
+        return f"{r.get('address')}: in no published AWS prefix"
+    services = ", ".join(str(s) for s in aws.get("services") or ())
+    return (
+        f"{r.get('address')}: {aws.get('prefix')} {aws.get('region')} "
+        f"({aws.get('network_border_group')}) {services}"
+    )
+
+
+def _title(
+    p: Mapping[str, Any] | None,
+    verdict: str,
+    family_results: Sequence[tuple[str, Mapping[str, Any] | None]] = (),
+) -> str:
     if p is None:
         return "not probed"
     lines = [str(p.get("reason") or verdict)]
     for d in _as_list(p.get("differences")):
         mark = "differs" if d.get("significant") else "normal difference"
         lines.append(f"{mark}: {d.get('field')}: ipv4={d.get('ipv4')!r} ipv6={d.get('ipv6')!r}")
+    for u in _as_list(p.get("unexpected")):
+        lines.append(
+            f"both unlike the catalog ({u.get('basis')}): {u.get('field')}: "
+            f"expected {u.get('documented')!r}, ipv4={u.get('ipv4')!r} ipv6={u.get('ipv6')!r}"
+        )
+    for fam, r in family_results:
+        if r is not None and not r.get("skipped"):
+            lines.append(f"{fam} {_aws(r)}")
     return "\n".join(lines)
 
 
@@ -143,10 +169,13 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
                     label = "v4" if fam == "ipv4" else "v6"
                     fams.append(f'<span class="fam {cls}"><b>{label}</b> {_e(text)}</span>')
             shown = verdict.replace("_", " ") if p is not None else "not probed"
+            # line breaks as character references: one cell stays on one line of the page
+            title = _e(_title(p, verdict, [(f, by_key.get((t, k, f))) for f in FAMILIES]))
+            title = title.replace("\n", "&#10;")
             cells.append(
                 f'<td class="cell {_css_class(verdict)}" data-target="{_e(t)}" '
                 f'data-probe="{_e(k)}" data-verdict="{_e(verdict)}" '
-                f'title="{_e(_title(p, verdict))}">'
+                f'title="{title}">'
                 f'<div class="fams">{"".join(fams)}</div>'
                 f'<div class="verdict">{_e(shown)}</div></td>'
             )
