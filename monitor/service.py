@@ -59,7 +59,7 @@ class Vantage:
         self.cfg = cfg
         self.env: ProbeEnv = make_env(cfg)
         self.resolver: Resolver = make_resolver(cfg, self.env)
-        self.store = Store(vantage=cfg.vantage)
+        self.store = Store(vantage=cfg.vantage, site=cfg.site or cfg.vantage)
         self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
         self.scheduler = Scheduler(
             self.run_job,
@@ -79,6 +79,7 @@ class Vantage:
         self.resolver = make_resolver(cfg, self.env)
         self.cache.clear()
         self.store.vantage = cfg.vantage
+        self.store.site = cfg.site or cfg.vantage
         ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
