@@ -189,6 +189,7 @@ def test_metric_values_for_healthy_and_faulty(served: Served) -> None:
         "le",
         "version",
         "python",
+        "site",  # from configuration (default: the vantage name)
     }
 
 
