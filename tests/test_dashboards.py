@@ -44,7 +44,9 @@ TITLES = {
     "dualstack-endpoint.json": "Dualstack endpoint",
     "dualstack-vantage.json": "Dualstack vantage",
 }
-ALERTS_EXPR = 'ALERTS{alertstate="firing", alertname=~"Dualstack.*"}'
+ALERTS_EXPR = (
+    'ALERTS{alertstate="firing", alertname=~"Dualstack.*", alertname!="DualstackWatchdog"}'
+)
 PROVISIONED_PATH = "/var/lib/grafana/dashboards"
 
 
