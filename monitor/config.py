@@ -190,6 +190,7 @@ class SourceConfig(_Strict):
 
 class ConfigModel(_Strict):
     vantage: Annotated[str, Field(pattern=NAME_RE)] | None = None
+    site: Annotated[str, Field(pattern=NAME_RE)] | None = None
     interval: Duration = 30.0
     timeout: Duration = 5.0
     concurrency: int = Field(32, ge=1, le=4096)
@@ -247,6 +248,8 @@ class Config:
     slower_ratio: float
     slower_margin: float
     sources: dict[Family, str] = field(default_factory=dict)
+    site: str | None = None
+    """Vantages sharing a network and uplink; None: the vantage's own name (after --vantage)."""
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -408,6 +411,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         slower_ratio=model.parity.slower_ratio,
         slower_margin=model.parity.slower_margin,
         sources=sources,
+        site=model.site,
     )
 
 

@@ -60,7 +60,10 @@ VANTAGE = 'vantage=~"$vantage"'
 
 PROBES = ("dns", "icmp", "tcp", "tls", "http2", "http3")  # probes.base.PROBE_KINDS, in order
 FAMILIES = ("ipv4", "ipv6")
-ALERTS_EXPR = 'ALERTS{alertstate="firing", alertname=~"Dualstack.*"}'
+# DualstackWatchdog always fires (a dead man's switch): it is no incident to show.
+ALERTS_EXPR = (
+    'ALERTS{alertstate="firing", alertname=~"Dualstack.*", alertname!="DualstackWatchdog"}'
+)
 NO_ALERTS = "ALERTS has series only while a Dualstack alert fires; a healthy lab fires none"
 
 
@@ -161,30 +164,43 @@ def value_map(options: dict[str, tuple[str, str]]) -> list[model.ValueMapping]:
     ]
 
 
-def verdict_text_mappings() -> list[model.ValueMapping]:
-    """For the `verdict` label shown as a string (a table cell)."""
-    return value_map({name: (s.text, s.color) for name, s in VERDICTS.items()})
-
-
 def verdict_severity_mappings() -> list[model.ValueMapping]:
     """For the numbers worst_verdict() computes."""
     by_severity = sorted(VERDICTS.values(), key=lambda s: s.severity)
     return value_map({str(s.severity): (s.text, s.color) for s in by_severity})
 
 
-def worst_verdict(by: str) -> str:
-    """The worst current verdict per group, as its severity number (see VERDICTS)."""
+def worst_verdict(by: str, matcher: str = "") -> str:
+    """The worst current verdict per group, as its severity number (see VERDICTS); `matcher`
+    narrows the series further (e.g. `probe="tcp"`)."""
+    sel = f"{matcher}, {SEL}" if matcher else SEL
     parts = [
-        f'(dualstack_parity{{verdict="{name}", {SEL}}} == 1) * {style.severity}'
+        f'(dualstack_parity{{verdict="{name}", {sel}}} == 1) * {style.severity}'
         for name, style in sorted(VERDICTS.items(), key=lambda kv: -kv[1].severity)
     ]
     return f"max by ({by}) (\n    " + "\n  or\n    ".join(parts) + "\n)"
 
 
 def targets_with(verdict: str) -> str:
+    """How many (vantage, target) pairs have a probe at `verdict`: 0 when the selected series
+    exist but none has it, no data (not a green 0) when Prometheus has no series at all."""
     return (
         f'count(count by (vantage, target) (dualstack_parity{{verdict="{verdict}", {SEL}}} == 1))'
+        f'\nor\n0 * count(dualstack_parity{{verdict="{verdict}", {SEL}}})'
     )
+
+
+# The endpoint dashboard for the vantage and target of a table row (Grafana data link; the
+# time range goes along). `${__data.fields.NAME}` is the row's value of column NAME.
+ENDPOINT_LINK = (
+    "/d/dualstack-endpoint/dualstack-endpoint?var-vantage=${__data.fields.vantage}"
+    "&var-target=${__data.fields.target}&${__url_time_range}"
+)
+
+
+def links(title: str, url: str) -> list[model.DynamicConfigValue]:
+    """A data link on the matched fields (an override, so only the verdict cells get it)."""
+    return [model.DynamicConfigValue(id_val="links", value=[{"title": title, "url": url}])]
 
 
 def legend(*, show: bool = True, table_mode: bool = False) -> VizLegendOptions:
@@ -408,11 +424,12 @@ class Board:
 
 
 def count_stat(verdict: str, color: str) -> stat.Panel:
+    # No `no_value`: "No data" (Prometheus down, nothing scraped) must not read as a green 0;
+    # the query itself returns 0 when there is data and nothing at `verdict`.
     return (
         stat.Panel()
         .unit("none")
         .decimals(0)
-        .no_value("0")
         .thresholds(thresholds((None, "green"), (1, color)))
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
@@ -421,11 +438,12 @@ def count_stat(verdict: str, color: str) -> stat.Panel:
     )
 
 
-def up_down_stat(up: str, down: str, absent: str) -> stat.Panel:
+def up_down_stat(up: str, down: str) -> stat.Panel:
+    # No `no_value`: an absent series shows as "No data", whatever the reason (explained in
+    # each panel's description), never as a state it is not.
     return (
         stat.Panel()
         .mappings(value_map({"1": (up, "green"), "0": (down, "red")}))
-        .no_value(absent)
         .thresholds(thresholds((None, "red"), (1, "green")))
         .color_mode(common.BigValueColorMode.BACKGROUND)
         .graph_mode(common.BigValueGraphMode.NONE)
@@ -504,10 +522,11 @@ def overview() -> Board:
         h=4,
     )
     b.add(
-        up_down_stat("IPv6", "no IPv6", "no IPv6 target"),
+        up_down_stat("IPv6", "no IPv6"),
         "Vantage IPv6 availability",
         "1 when the vantage has a usable route to a target's IPv6 address; without one, IPv6 "
-        "results are skipped rather than blamed on the endpoints.",
+        "results are skipped rather than blamed on the endpoints. No data: no IPv6 target to "
+        "test, or no data at all.",
         [Q(f"max by (vantage) (dualstack_vantage_ipv6_available{{{VANTAGE}}})", "{{vantage}}")],
         w=8,
         h=4,
@@ -521,43 +540,38 @@ def overview() -> Board:
         .thresholds(thresholds((None, "transparent")))
         .override_by_regexp(".*", cell_background())
         .override_by_name(
-            "vantage_service\\region",
+            "service\\region",
             [
                 model.DynamicConfigValue(
                     id_val="custom.cellOptions", value=common.TableAutoCellOptions()
                 )
             ],
         )
+        # Every region column: the endpoint dashboard for that service and region, with the
+        # vantages selected here (`${__data.fields[0]}`: the row's service).
+        .override_by_regexp(
+            "^(?!service\\\\region$).*",
+            links(
+                "Endpoints of ${__data.fields[0]} in ${__field.name}",
+                "/d/dualstack-endpoint/dualstack-endpoint?${vantage:queryparam}"
+                "&var-service=${__data.fields[0]}&var-region=${__field.name}&${__url_time_range}",
+            ),
+        )
         .with_transformation(
             model.DataTransformerConfig(
                 id_val="groupingToMatrix",
                 options={
-                    "rowField": "vantage_service",
+                    "rowField": "service",
                     "columnField": "region",
                     "valueField": "Value",
                     "emptyValue": "null",
                 },
             )
-        )
-        .with_transformation(
-            model.DataTransformerConfig(
-                id_val="organize",
-                options={
-                    "excludeByName": {},
-                    "indexByName": {},
-                    "renameByName": {"vantage_service\\region": "vantage / service"},
-                },
-            )
         ),
         "Worst verdict by service and region",
-        "For each vantage and service (rows) and region (columns), the worst verdict of any "
-        "target and probe there now.",
-        [
-            Q(
-                f"label_join({worst_verdict('vantage, service, region')}, "
-                '"vantage_service", " / ", "vantage", "service")'
-            )
-        ],
+        "For each service (rows) and region (columns), the worst verdict of any selected "
+        "vantage, target and probe there now. A cell opens the endpoint dashboard for it.",
+        [Q(worst_verdict("service, region"))],
         w=8,
         h=9,
         instant=True,
@@ -575,32 +589,72 @@ def overview() -> Board:
         .legend(legend())
         .tooltip(VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE)),
         "Worst verdict over time: vantage · service · region",
-        "The same worst verdict as the matrix, over the time range.",
+        "The worst verdict per vantage, service and region, over the time range.",
         [Q(worst_verdict("vantage, service, region"), "{{vantage}} · {{service}} · {{region}}")],
         w=16,
         h=9,
     )
+    probe_columns = "^(" + "|".join(PROBES) + ")$"
     b.add(
         grid()
-        .mappings(verdict_text_mappings())
+        .mappings(verdict_severity_mappings())
         .thresholds(thresholds((None, "transparent")))
-        .override_by_regexp("^(" + "|".join(PROBES) + ")$", cell_background())
-        .transformations(
-            matrix("endpoint", "probe", "verdict", PROBES, "vantage / service / region / target")
+        .override_by_regexp(probe_columns, cell_background())
+        .override_by_regexp(
+            probe_columns,
+            links("Endpoint ${__data.fields.target} from ${__data.fields.vantage}", ENDPOINT_LINK),
+        )
+        # One query per probe kind (A: dns ... F: http3), each a table of the label columns
+        # and `Value #X`; merged into one row per vantage and target, one column per probe.
+        .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            model.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "indexByName": {
+                        name: i
+                        for i, name in enumerate(
+                            ["vantage", "service", "region", "target", *PROBES]
+                        )
+                    },
+                    "renameByName": {
+                        f"Value #{chr(ord('A') + i)}": probe for i, probe in enumerate(PROBES)
+                    },
+                },
+            )
         ),
         "Verdict per target and probe",
-        "The verdict of each (target, probe) now, one row per vantage and target.",
-        [
-            Q(
-                "label_join(max by (vantage, service, region, target, probe, verdict) "
-                f'(dualstack_parity{{{SEL}}} == 1), "endpoint", " / ", '
-                '"vantage", "service", "region", "target")'
-            )
-        ],
+        "The verdict of each (target, probe) now, one row per vantage and target. A cell opens "
+        "the endpoint dashboard for that vantage and target.",
+        [Q(worst_verdict("vantage, service, region, target", f'probe="{p}"')) for p in PROBES],
         w=24,
         h=12,
         instant=True,
         table_format=True,
+    )
+    b.add(
+        statetimeline.Panel()
+        .mappings(verdict_severity_mappings())
+        .thresholds(thresholds((None, "transparent")))
+        .show_value(common.VisibilityMode.NEVER)
+        .merge_values(True)
+        .row_height(0.8)
+        .fill_opacity(80)
+        .line_width(0)
+        .legend(legend(show=False))
+        .tooltip(VizTooltipOptions().mode(common.TooltipDisplayMode.SINGLE)),
+        "Who lost IPv6, and since when: vantage · target",
+        "One row per vantage and target, coloured while its worst verdict is not ok (empty "
+        "while ok): when each target started and stopped failing, from where.",
+        [
+            Q(
+                worst_verdict("vantage, target") + " > 0",
+                "{{vantage}} · {{target}}",
+            )
+        ],
+        w=24,
+        h=10,
     )
 
     b.row("History and alerts")
@@ -665,15 +719,15 @@ def endpoint() -> Board:
     )
     b.add(
         lines("s").override_by_regexp(".* ipv6$", dashed()),
-        "Latency p50 / p95 by family",
+        "Latency p50 / p95 by vantage and family",
         "Quantiles of the latency histogram of successful probes, all selected probe kinds "
-        "together (IPv6 dashed). Only successes count: when IPv6 fails its slower probes, its "
-        "quantiles drop; compare per probe on the next panel.",
+        "together, per vantage (IPv6 dashed). Only successes count: when IPv6 fails its slower "
+        "probes, its quantiles drop; compare per probe on the next panel.",
         [
             Q(
-                f"histogram_quantile({q}, sum by (le, family) "
+                f"histogram_quantile({q}, sum by (le, vantage, family) "
                 f"(rate(dualstack_probe_latency_seconds_bucket{{{SEL}}}[$__rate_interval])))",
-                f"p{round(q * 100)} {{{{family}}}}",
+                f"p{round(q * 100)} {{{{vantage}}}} {{{{family}}}}",
             )
             for q in (0.5, 0.95)
         ],
@@ -697,14 +751,15 @@ def endpoint() -> Board:
 
     b.row("Success and errors")
     b.add(
-        lines("percentunit").min(0).max(1),
-        "Success ratio by family",
-        "Share of probes that succeeded, per address family.",
+        lines("percentunit").min(0).max(1).override_by_regexp(".* ipv6$", dashed()),
+        "Success ratio by vantage and family",
+        "Share of probes that succeeded, per vantage and address family (IPv6 dashed): a "
+        "failure seen from one vantage only is that vantage's path.",
         [
             Q(
-                "avg by (family) "
+                "avg by (vantage, family) "
                 f"(avg_over_time(dualstack_probe_success{{{SEL}}}[$__rate_interval]))",
-                "{{family}}",
+                "{{vantage}} {{family}}",
             )
         ],
         w=8,
@@ -722,11 +777,12 @@ def endpoint() -> Board:
         .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
         .reduce_options(ReduceDataOptions().values(False).calcs(["lastNotNull"])),
         "Success over the range",
-        "Share of probes that succeeded over the whole time range, per family.",
+        "Share of probes that succeeded over the whole time range, per vantage and family.",
         [
             Q(
-                f"avg by (family) (avg_over_time(dualstack_probe_success{{{SEL}}}[$__range]))",
-                "{{family}}",
+                "avg by (vantage, family) "
+                f"(avg_over_time(dualstack_probe_success{{{SEL}}}[$__range]))",
+                "{{vantage}} {{family}}",
             )
         ],
         w=4,
@@ -841,16 +897,17 @@ def vantage() -> Board:
     )
     b.row("Status")
     b.add(
-        up_down_stat("IPv6", "no IPv6", "no IPv6 target"),
+        up_down_stat("IPv6", "no IPv6"),
         "IPv6 available",
-        "1 when the vantage has a usable route to a target's IPv6 address.",
+        "1 when the vantage has a usable route to a target's IPv6 address. No data: no IPv6 "
+        "target to test, or no data at all.",
         [Q(f"max by (vantage) (dualstack_vantage_ipv6_available{{{VANTAGE}}})", "{{vantage}}")],
         w=6,
         h=4,
         instant=True,
     )
     b.add(
-        up_down_stat("loaded", "reload failed", "unknown"),
+        up_down_stat("loaded", "reload failed"),
         "Configuration",
         "Whether the last configuration (re)load succeeded.",
         [
@@ -894,7 +951,34 @@ def vantage() -> Board:
         "Scheduled jobs",
         "(target, probe) jobs the scheduler runs.",
         [Q(f"sum by (vantage) (dualstack_scheduler_jobs{{{VANTAGE}}})", "{{vantage}}")],
-        w=6,
+        w=3,
+        h=4,
+        instant=True,
+    )
+    b.add(
+        stat.Panel()
+        .unit("s")
+        .decimals(0)
+        .thresholds(thresholds((None, "green"), (120, "orange"), (300, "red")))
+        .color_mode(common.BigValueColorMode.BACKGROUND)
+        .graph_mode(common.BigValueGraphMode.NONE)
+        .text_mode(common.BigValueTextMode.VALUE_AND_NAME)
+        .reduce_options(ReduceDataOptions().values(False).calcs(["lastNotNull"])),
+        "Freshness",
+        "How long ago each vantage started its latest probe (newest) and its most overdue one "
+        "(oldest); red past 300 s, where DualstackProbesStale fires. No data: the vantage is "
+        "not scraped (DualstackVantageDown).",
+        [
+            Q(
+                f"time() - max by (vantage) (dualstack_probe_last_run_timestamp_seconds{{{SEL}}})",
+                "{{vantage}} newest",
+            ),
+            Q(
+                f"time() - min by (vantage) (dualstack_probe_last_run_timestamp_seconds{{{SEL}}})",
+                "{{vantage}} oldest",
+            ),
+        ],
+        w=3,
         h=4,
         instant=True,
     )

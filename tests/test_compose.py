@@ -21,6 +21,8 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 import zipfile
 from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
@@ -44,6 +46,8 @@ SCHEMA_FILE = ROOT / "tests" / "testdata" / "compose-spec.json"
 SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
 
 OWN_IMAGE = "dualstack-monitor"
+SINK_SCRIPT = ROOT / "configs" / "compose" / "webhook-sink.py"
+SINK_ENTRYPOINT = ["python", "/etc/webhook-sink/webhook-sink.py"]
 VANTAGE_PORT = 9851
 # pip options that change how, not what, is installed.
 PIP_HOW = {"--no-cache-dir", "--disable-pip-version-check", "--no-compile", "-q", "--quiet"}
@@ -124,6 +128,11 @@ def host_path(service: Service, container_path: str) -> Path | None:
 
 def is_own_image(service: Service) -> bool:
     return "build" in service or str(service.get("image", "")).startswith(OWN_IMAGE + ":")
+
+
+def runs_probe(service: Service) -> bool:
+    """A service of the own image that runs `probe` (its ENTRYPOINT), not another program."""
+    return is_own_image(service) and "entrypoint" not in service
 
 
 def prometheus_services() -> dict[str, Service]:
@@ -315,9 +324,11 @@ def listeners(host: str, port: int, client: str) -> list[str]:
 
 def listen_port(service: Service) -> int | None:
     command = service.get("command", [])
-    if is_own_image(service) and command and command[0] == "serve":
+    if runs_probe(service) and command and command[0] == "serve":
         return parse_listen(flags(command).get("--listen", f"[::]:{VANTAGE_PORT}"))[1]
     cmd = flags(command) if isinstance(command, list) else {}
+    if service.get("entrypoint") == SINK_ENTRYPOINT:
+        return parse_listen(cmd["--listen"])[1]
     image = str(service.get("image", ""))
     default = {"prom/prometheus": 9090, "prom/alertmanager": 9093, "grafana/grafana": 3000}
     if "--web.listen-address" in cmd:
@@ -393,7 +404,7 @@ def test_grafana_provisioning_points_at_the_stack() -> None:
 # -- vantage services -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if is_own_image(s)))
+@pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if runs_probe(s)))
 def test_vantage_commands_parse_and_configs_load(name: str) -> None:
     service = SERVICES[name]
     args = build_parser().parse_args(service["command"])  # exits 2 on a bad command line
@@ -421,10 +432,98 @@ def test_vantage_names_are_distinct() -> None:
     names = [
         flags(s["command"]).get("--vantage")
         for s in SERVICES.values()
-        if is_own_image(s) and s["command"][0] == "serve"
+        if runs_probe(s) and s["command"][0] == "serve"
     ]
     assert len(names) == len(set(names)) >= 2
     assert {"vantage-a", "vantage-b"} <= set(names)
+
+
+def test_the_compose_vantages_are_one_site() -> None:
+    """They share one host and its uplink: one witness, not several (docs/stack.md)."""
+    sites = {}
+    for name, service in SERVICES.items():
+        if not runs_probe(service) or service["command"][0] != "serve":
+            continue
+        config = host_path(service, build_parser().parse_args(service["command"]).config)
+        if config is not None:  # vantage-lab's config is written by the lab at run time
+            sites[name] = load_config(config).site
+    assert set(sites) >= {"vantage-a", "vantage-b", "vantage-nat", "vantage-host"}
+    assert set(sites.values()) == {"compose"}, sites
+
+
+# -- the webhook sink -------------------------------------------------------------------------
+
+
+def test_alertmanager_receivers_post_to_a_compose_service() -> None:
+    service = SERVICES["alertmanager"]
+    config = host_path(service, flags(service["command"])["--config.file"])
+    assert config is not None
+    doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    receivers = {r["name"]: r for r in doc["receivers"]}
+    assert set(receivers) == {"pager", "ticket", "deadman"}
+    for name, receiver in receivers.items():
+        [hook] = receiver["webhook_configs"]
+        url = urlsplit(hook["url"])
+        assert url.path == f"/{name}", hook["url"]
+        found = listeners(str(url.hostname), int(url.port or 80), "alertmanager")
+        assert found == ["webhook-sink"], f"{name} posts to {hook['url']}: {found}"
+    sink = SERVICES["webhook-sink"]
+    assert sink["entrypoint"] == SINK_ENTRYPOINT
+    assert host_path(sink, SINK_ENTRYPOINT[1]) == SINK_SCRIPT
+    assert sink["read_only"] is True and sink["cap_drop"] == ["ALL"]
+    assert (
+        sink["image"] == SERVICES["vantage-a"]["image"]
+        and sink["build"] == (SERVICES["vantage-a"]["build"])
+    ), "the sink runs on the vantages' image (its Python), built the same way"
+
+
+def test_the_webhook_sink_counts_notifications_and_passes_the_image_healthcheck() -> None:
+    """The mounted script as the container runs it (on loopback here): it accepts a webhook
+    message, reports it per receiver, and the image's HEALTHCHECK, pointed at its port by
+    HEALTHCHECK_PORT as compose does, passes."""
+    proc = subprocess.Popen(
+        [sys.executable, str(SINK_SCRIPT), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        port = json.loads(proc.stdout.readline())["port"]
+        base = f"http://127.0.0.1:{port}"
+        message = {
+            "receiver": "pager",
+            "status": "firing",
+            "groupKey": '{}/{severity="critical"}:{alertname="X", region="r"}',
+            "groupLabels": {"alertname": "X", "region": "r"},
+            "alerts": [{"labels": {"alertname": "X"}}, {"labels": {"alertname": "X"}}],
+        }
+        for _ in range(2):
+            req = urllib.request.Request(
+                f"{base}/pager", data=json.dumps(message).encode(), method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status == 200
+        bad = urllib.request.Request(f"{base}/ticket", data=b"not json", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(bad, timeout=10)
+        assert err.value.code == 400
+        err.value.close()
+        with urllib.request.urlopen(base + "/", timeout=10) as resp:
+            summary = json.loads(resp.read())
+        assert summary == {"pager": {"notifications": 2, "group_keys": [message["groupKey"]]}}
+        logged = json.loads(proc.stdout.readline())
+        assert logged["receiver"] == "pager" and logged["alerts"] == 2
+        assert logged["alertnames"] == ["X"]
+        env = {**os.environ, "HEALTHCHECK_PORT": str(port)}
+        check = subprocess.run(
+            [sys.executable, "-c", healthcheck_code()], env=env, timeout=30, check=False
+        )
+        assert check.returncode == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 # -- Dockerfile -------------------------------------------------------------------------------
@@ -507,7 +606,7 @@ def test_dockerfile_runtime_stage() -> None:
     # Every own-image service keeps the image's user; the unprivileged ICMP group range is set
     # wherever the service has a network namespace of its own.
     for name, service in SERVICES.items():
-        if is_own_image(service) and not service.get("network_mode"):
+        if runs_probe(service) and not service.get("network_mode"):
             assert service["sysctls"]["net.ipv4.ping_group_range"] == "0 2147483647", name
 
 

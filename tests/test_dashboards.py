@@ -44,7 +44,9 @@ TITLES = {
     "dualstack-endpoint.json": "Dualstack endpoint",
     "dualstack-vantage.json": "Dualstack vantage",
 }
-ALERTS_EXPR = 'ALERTS{alertstate="firing", alertname=~"Dualstack.*"}'
+ALERTS_EXPR = (
+    'ALERTS{alertstate="firing", alertname=~"Dualstack.*", alertname!="DualstackWatchdog"}'
+)
 PROVISIONED_PATH = "/var/lib/grafana/dashboards"
 
 
@@ -238,17 +240,71 @@ def test_queries_name_only_series_the_exporter_exposes(board: dict[str, Any]) ->
 def test_verdict_mappings_cover_every_verdict() -> None:
     board = DASHBOARD_DATA["dualstack-parity.json"]
     names = {str(v) for v in VERDICTS}
-    text_maps, severity_maps = [], []
+    severity_maps = []
     for p in all_panels(board):
         for m in (p.get("fieldConfig") or {}).get("defaults", {}).get("mappings") or []:
-            keys = set(m["options"])
-            if keys == names:
-                text_maps.append(p["title"])
-            elif keys == {str(i) for i in range(len(names))}:
+            if set(m["options"]) == {str(i) for i in range(len(names))}:
                 severity_maps.append(p["title"])
                 assert {o["text"] for o in m["options"].values()} >= {"ok", "IPv6 failed"}
-    assert text_maps, "no panel maps every verdict name to a colour"
-    assert len(severity_maps) >= 2, "the worst-verdict matrix and timeline map every severity"
+    # The worst-verdict matrix and timeline, the per-target table and the who-lost timeline.
+    assert len(severity_maps) >= 4, severity_maps
+
+
+def panel_by_title(board: dict[str, Any], title: str) -> dict[str, Any]:
+    [panel] = [p for p in all_panels(board) if p.get("title") == title]
+    return panel
+
+
+def override_links(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        link
+        for o in panel["fieldConfig"]["overrides"]
+        for prop in o["properties"]
+        if prop["id"] == "links"
+        for link in prop["value"]
+    ]
+
+
+def test_matrix_cells_link_to_the_endpoint_dashboard() -> None:
+    """Each verdict cell of both matrices opens the endpoint dashboard with its row filled in
+    (Grafana data links), keeping the time range."""
+    board = DASHBOARD_DATA["dualstack-parity.json"]
+    endpoint_uid = DASHBOARD_DATA["dualstack-endpoint.json"]["uid"]
+    table = panel_by_title(board, "Verdict per target and probe")
+    [link] = override_links(table)
+    assert link["url"].startswith(f"/d/{endpoint_uid}/")
+    assert "var-vantage=${__data.fields.vantage}" in link["url"]
+    assert "var-target=${__data.fields.target}" in link["url"]
+    assert "${__url_time_range}" in link["url"]
+    # The fields the link reads are columns of the merged table (labels of every query).
+    for t in table["targets"]:
+        assert "max by (vantage, service, region, target)" in t["expr"]
+    assert [t["id"] for t in table["transformations"]] == ["merge", "organize"]
+    matrix = panel_by_title(board, "Worst verdict by service and region")
+    [link] = override_links(matrix)
+    assert link["url"].startswith(f"/d/{endpoint_uid}/")
+    assert "var-region=${__field.name}" in link["url"]
+    assert "var-service=${__data.fields[0]}" in link["url"]
+
+
+def test_no_data_is_never_shown_as_a_value(board: dict[str, Any]) -> None:
+    """A dead Prometheus must not look like a healthy 0: no panel sets a noValue text."""
+    for p in all_panels(board):
+        assert "noValue" not in (p.get("fieldConfig") or {}).get("defaults", {}), p["title"]
+
+
+def test_new_panels_are_there() -> None:
+    parity = DASHBOARD_DATA["dualstack-parity.json"]
+    timeline = panel_by_title(parity, "Who lost IPv6, and since when: vantage · target")
+    assert timeline["type"] == "state-timeline"
+    assert "by (vantage, target)" in timeline["targets"][0]["expr"]
+    vantage = DASHBOARD_DATA["dualstack-vantage.json"]
+    fresh = panel_by_title(vantage, "Freshness")
+    assert all("dualstack_probe_last_run_timestamp_seconds" in t["expr"] for t in fresh["targets"])
+    endpoint = DASHBOARD_DATA["dualstack-endpoint.json"]
+    for title in ("Success ratio by vantage and family", "Latency p50 / p95 by vantage and family"):
+        panel = panel_by_title(endpoint, title)
+        assert all("vantage, family" in t["expr"] for t in panel["targets"]), title
 
 
 # --- expectations sidecar and the query helper ----------------------------------------------

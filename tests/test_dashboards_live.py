@@ -10,6 +10,7 @@ API, as Grafana asks it.
 
 from __future__ import annotations
 
+import re
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -111,16 +112,35 @@ def _query(dashboard: str, panel: str) -> PanelQuery:
 
 def test_the_matrix_shows_the_labs_faults(live: Live) -> None:
     """Beyond "has data": the parity panels say what the lab is built to show."""
-    rows = _check(live, _query("Dualstack parity", "Verdict per target and probe"))
-    verdicts = {(r["metric"]["target"], r["metric"]["probe"]): r["metric"]["verdict"] for r in rows}
-    assert verdicts[("healthy", "tcp")] == "ok"
-    assert verdicts[("v4_only", "tcp")] == "ipv6_failed"
-    assert verdicts[("cert_differs_v6", "tls")] == "mismatch"
-    assert verdicts[("no_aaaa", "dns")] == "ipv6_missing"
-    assert all(r["metric"]["endpoint"].startswith(f"{VANTAGE} / ") for r in rows)
+    severity = {"ok": "0", "mismatch": "5", "ipv6_missing": "6", "ipv6_failed": "7"}
+    per_probe = {
+        probe: _check(live, q)
+        for q in ALL_QUERIES
+        if (q.dashboard, q.panel) == ("Dualstack parity", "Verdict per target and probe")
+        for probe in re.findall(r'probe="(\w+)"', q.expr)[:1]
+    }
+    assert sorted(per_probe) == sorted(["dns", "icmp", "tcp", "tls", "http2", "http3"])
+    cells = {
+        (r["metric"]["target"], probe): r["value"][1]
+        for probe, rows in per_probe.items()
+        for r in rows
+        if r["metric"]["vantage"] == VANTAGE
+    }
+    assert cells[("healthy", "tcp")] == severity["ok"]
+    assert cells[("v4_only", "tcp")] == severity["ipv6_failed"]
+    assert cells[("cert_differs_v6", "tls")] == severity["mismatch"]
+    assert cells[("no_aaaa", "dns")] == severity["ipv6_missing"]
     worst = _check(live, _query("Dualstack parity", "Worst verdict by service and region"))
     by_cell = {(r["metric"]["service"], r["metric"]["region"]): r["value"][1] for r in worst}
     assert by_cell[("alb", "us-east-1")] == "7"  # ipv6_failed is the worst there
     for title in ("Targets with IPv6 failed", "Targets with IPv6 missing"):
         [count] = _check(live, _query("Dualstack parity", title))
         assert float(count["value"][1]) >= 1, title
+    [mismatch_or_zero] = _check(live, _query("Dualstack parity", "Targets with a mismatch"))
+    assert float(mismatch_or_zero["value"][1]) >= 0
+    # Who lost IPv6: the lab's v4_only endpoint is there (not ok), the healthy one is not.
+    lost = _check(
+        live, _query("Dualstack parity", "Who lost IPv6, and since when: vantage · target")
+    )
+    targets = {r["metric"]["target"] for r in lost}
+    assert "v4_only" in targets and "healthy" not in targets

@@ -4,12 +4,16 @@
 `amtool check-config` (configs/alertmanager.yml) must pass; the inhibit rules are exercised
 on a real Alertmanager on loopback. The conventions are checked from the YAML: no rule depends
 on a scrape job name, every alert has a severity, a summary, a description naming what it is
-about, a runbook link to an existing section of docs/runbook.md, and is seen firing in at
-least one promtool test. A missing promtool, amtool or alertmanager fails the tests.
+about, a runbook_url to an existing section of docs/runbook.md and a dashboard_url to an
+existing dashboard, carries its site and no job or verdict label, keeps firing (hysteresis) at
+least as long as what it inhibits, and is seen firing in at least one promtool test. Routing is
+checked with `amtool config routes test`. A missing promtool, amtool or alertmanager fails the
+tests.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -30,24 +34,33 @@ AM_CONFIG = ROOT / "configs" / "alertmanager.yml"
 RUNBOOK = ROOT / "docs" / "runbook.md"
 RUNBOOK_URL = "https://github.com/dualstack-monitor/dualstack-monitor/blob/main/docs/runbook.md#"
 SEVERITIES = {"critical", "warning", "info"}
+DASHBOARDS = ROOT / "grafana" / "dashboards"
+GRAFANA_URL = "http://localhost:3000/d/"
 # What a per-target alert's description must name.
 IDENTITY = ("target", "probe", "region", "vantage")
-# The alerts about one target (they carry a `target` label); the others are about a vantage.
+# The alerts about one target (they carry a `target` label).
 PER_TARGET = {
     "DualstackIPv6Down",
     "DualstackIPv6DownMultiVantage",
+    "DualstackIPv6Unreliable",
     "DualstackIPv6RecordMissing",
     "DualstackIPv6Mismatch",
     "DualstackIPv6LatencyRegression",
-    "DualstackProbesStale",
     "DualstackTLSCertExpiringSoon",
 }
-ALERTS = PER_TARGET | {
+# About a vantage (`vantage` and `site` labels) or a whole site (`site` only).
+VANTAGE_LEVEL = {
     "DualstackVantageIPv6Lost",
     "DualstackVantageIPv6Degraded",
     "DualstackVantageDown",
+    "DualstackProbesStale",
     "DualstackConfigReloadFailed",
 }
+SITE_LEVEL = {"DualstackIPv6DownEverywhere"}
+# About the monitoring itself (`instance` says which Prometheus or Alertmanager).
+META = {"DualstackRuleEvaluationFailures", "DualstackNotificationsFailing"}
+WATCHDOG = "DualstackWatchdog"
+ALERTS = PER_TARGET | VANTAGE_LEVEL | SITE_LEVEL | META | {WATCHDOG}
 # The guard every per-target IPv6 alert has in its expression.
 IPV6_GUARD = re.compile(
     r"unless\s+on\s*\(\s*vantage\s*\)\s*\(\s*last_over_time\(\s*"
@@ -187,11 +200,19 @@ def test_prometheus_config() -> None:
     assert [t for am in ams for sc in am["static_configs"] for t in sc["targets"]] == [
         "alertmanager:9093"
     ]
-    [job] = cfg["scrape_configs"]
-    targets = [t for sc in job["static_configs"] for t in sc["targets"]]
-    assert targets == ["vantage-a:9851", "vantage-b:9851"]
+    jobs = {
+        j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]]
+        for j in cfg["scrape_configs"]
+    }
+    # The vantages, and the watchers (their metrics feed the meta alerts).
+    assert jobs == {
+        "dualstack": ["vantage-a:9851", "vantage-b:9851"],
+        "prometheus": ["prometheus:9090"],
+        "alertmanager": ["alertmanager:9093"],
+    }
     # A `vantage` target label would rename the exporter's own to `exported_vantage`.
-    assert all("vantage" not in (sc.get("labels") or {}) for sc in job["static_configs"])
+    for job in cfg["scrape_configs"]:
+        assert all("vantage" not in (sc.get("labels") or {}) for sc in job["static_configs"])
 
 
 # --- conventions of the rules ------------------------------------------------------------------
@@ -215,20 +236,98 @@ def test_every_alert_has_severity_summary_description_runbook() -> None:
     found = alerts()
     assert set(found) == ALERTS
     for name, rule in found.items():
-        assert rule["labels"]["severity"] in SEVERITIES, name
+        severity = rule["labels"]["severity"]
+        assert severity in SEVERITIES or (name == WATCHDOG and severity == "none"), name
         ann = rule["annotations"]
-        assert set(ann) >= {"summary", "description", "runbook"}, name
+        assert "runbook" not in ann, f"{name}: the annotation is runbook_url"
+        assert set(ann) >= {"summary", "description", "runbook_url"}, name
         assert ann["summary"].strip() and ann["description"].strip(), name
-        url, _, anchor = ann["runbook"].partition("#")
-        assert f"{url}#" == RUNBOOK_URL, f"{name}: runbook {ann['runbook']}"
+        url, _, anchor = ann["runbook_url"].partition("#")
+        assert f"{url}#" == RUNBOOK_URL, f"{name}: runbook_url {ann['runbook_url']}"
         assert anchor == name.lower(), f"{name}: runbook anchor #{anchor}"
         assert anchor in anchors, f"{name}: docs/runbook.md has no section #{anchor}"
+
+
+def test_dashboard_urls_open_the_right_dashboard_with_its_variables() -> None:
+    """dashboard_url: an existing dashboard, with the alert's vantage and target (or the site's
+    vantages) filled into the dashboard's template variables."""
+    uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS.glob("*.json")}
+    for name, rule in alerts().items():
+        url = rule["annotations"].get("dashboard_url")
+        if name in META or name == WATCHDOG:
+            assert url is None, f"{name}: no dashboard is about the monitoring itself"
+            continue
+        assert url and url.startswith(GRAFANA_URL), name
+        uid = url.removeprefix(GRAFANA_URL).split("/")[0]
+        assert uid in uids, f"{name}: no dashboard {uid}"
+        wants = {
+            "vantage": "{{ $labels.vantage | urlquery }}",
+            "target": "{{ $labels.target | urlquery }}",
+        }
+        if name in PER_TARGET and name != "DualstackIPv6DownMultiVantage":
+            assert uid == "dualstack-endpoint", name
+            assert f"var-vantage={wants['vantage']}" in url, name
+            assert f"var-target={wants['target']}" in url, name
+        elif name == "DualstackIPv6DownMultiVantage":
+            assert uid == "dualstack-endpoint" and url.endswith(f"var-target={wants['target']}")
+        elif name in VANTAGE_LEVEL:
+            assert uid == "dualstack-vantage", name
+            assert url.endswith(f"var-vantage={wants['vantage']}"), name
+        else:  # the site: every vantage of it, from a query
+            assert "var-vantage={{ $s.Labels.vantage | urlquery }}" in url, name
 
 
 def test_severities() -> None:
     found = alerts()
     assert found["DualstackIPv6DownMultiVantage"]["labels"]["severity"] == "critical"
     assert found["DualstackIPv6Down"]["labels"]["severity"] == "warning"
+    assert found["DualstackIPv6Unreliable"]["labels"]["severity"] == "warning"
+    assert found["DualstackIPv6DownEverywhere"]["labels"]["severity"] == "warning"
+    assert found[WATCHDOG]["labels"]["severity"] == "none"
+    # icmp never pages: the only critical per-target alert leaves it out.
+    assert 'probe!="icmp"' in found["DualstackIPv6DownMultiVantage"]["expr"]
+
+
+def test_alert_labels_mean_something() -> None:
+    """From what the promtool tests expect: no `job` or `verdict` on any alert, `instance` only
+    on the alerts about Prometheus or Alertmanager, `site` on everything seen from a vantage."""
+    for path, case in alert_rule_tests():
+        name = case["alertname"]
+        for exp in case.get("exp_alerts") or []:
+            labels = set(exp.get("exp_labels") or {})
+            where = f"{path.name}: {name}"
+            assert not labels & {"job", "verdict"}, where
+            assert ("instance" in labels) == (name in META), where
+            if name in VANTAGE_LEVEL | SITE_LEVEL or "vantage" in labels:
+                assert "site" in labels, f"{where}: no site"
+            if name in SITE_LEVEL:
+                assert labels == {"severity", "site"}, where
+
+
+def keep_firing(rule: dict[str, Any]) -> float:
+    return duration(rule.get("keep_firing_for", "0s"))
+
+
+def duration(text: str) -> float:
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return float(sum(int(n) * units[u] for n, u in re.findall(r"(\d+)([dhms])", text)))
+
+
+def test_inhibitors_keep_firing_at_least_as_long_as_what_they_mute() -> None:
+    """keep_firing_for on every per-target alert; an inhibitor fires no later (`for:`) and keeps
+    firing no shorter (`keep_firing_for`) than each alert it mutes, so nothing muted leaks out
+    at either end of an incident."""
+    found = alerts()
+    for name in PER_TARGET:
+        assert keep_firing(found[name]) > 0, f"{name}: no keep_firing_for"
+    for rule in load(AM_CONFIG)["inhibit_rules"]:
+        [source] = [alternatives(m) for m in rule["source_matchers"]]
+        [targets] = [alternatives(m) for m in rule["target_matchers"]]
+        for src in source:
+            assert keep_firing(found[src]) > 0, f"{src} inhibits but has no keep_firing_for"
+            for tgt in targets:
+                assert keep_firing(found[src]) >= keep_firing(found[tgt]), (src, tgt)
+                assert duration(found[src]["for"]) <= duration(found[tgt]["for"]), (src, tgt)
 
 
 def test_per_target_descriptions_name_target_probe_region_vantage() -> None:
@@ -246,8 +345,13 @@ def test_per_target_descriptions_name_target_probe_region_vantage() -> None:
                 assert f"$labels.{label}" in text, f"{name}: description lacks $labels.{label}"
             else:  # the multi-vantage alert lists the vantages from a query
                 assert f".Labels.{label}" in text, f"{name}: description does not name {label}"
-    for name in set(found) - PER_TARGET:
-        assert "$labels.vantage" in found[name]["annotations"]["description"], name
+    for name in VANTAGE_LEVEL:
+        text = found[name]["annotations"]["description"]
+        assert "$labels.vantage" in text and "$labels.site" in text, name
+    for name in SITE_LEVEL:
+        assert "$labels.site" in found[name]["annotations"]["description"], name
+    for name in META:
+        assert "$labels.instance" in found[name]["annotations"]["description"], name
 
 
 def test_per_target_ipv6_alerts_are_guarded_on_the_vantage_self_check() -> None:
@@ -255,13 +359,14 @@ def test_per_target_ipv6_alerts_are_guarded_on_the_vantage_self_check() -> None:
     guarded = {name for name, rule in found.items() if IPV6_GUARD.search(rule["expr"])}
     assert guarded == {
         "DualstackIPv6Down",
+        "DualstackIPv6Unreliable",
         "DualstackIPv6RecordMissing",
         "DualstackIPv6Mismatch",
         "DualstackIPv6LatencyRegression",
         "DualstackVantageIPv6Degraded",
     }
-    # The multi-vantage alert is guarded in the count it is built on.
-    [count] = [r for r in rules() if r.get("record") == "dualstack:ipv6_failing_vantages:count"]
+    # The multi-vantage alert is guarded in the witnesses it counts.
+    [count] = [r for r in rules() if r.get("record") == "dualstack:vantage_target_ipv6_failed:bool"]
     assert IPV6_GUARD.search(count["expr"])
 
 
@@ -319,10 +424,46 @@ def test_alertmanager_names_only_existing_alerts() -> None:
     for m in matchers:
         if m.startswith("alertname"):
             assert alternatives(m) <= names, m
-    assert cfg["route"]["receiver"] == "webhook"
-    assert cfg["route"]["group_by"][:2] == ["alertname", "target"]
-    [hook] = next(r for r in cfg["receivers"] if r["name"] == "webhook")["webhook_configs"]
-    assert hook["url"] == "http://127.0.0.1:9099/alerts"
+    assert cfg["route"]["receiver"] == "ticket"
+    assert cfg["route"]["group_by"] == ["alertname", "region"]
+    assert {r["name"] for r in cfg["receivers"]} == {"pager", "ticket", "deadman"}
+    # Vantage- and site-level alerts are grouped per site.
+    [by_site] = [r for r in cfg["route"]["routes"] if r.get("group_by") == ["site"]]
+    [selector] = by_site["matchers"]
+    assert alternatives(selector) == VANTAGE_LEVEL | SITE_LEVEL
+
+
+def routed(labels: dict[str, str]) -> set[str]:
+    """The receivers `amtool config routes test` picks for an alert with these labels."""
+    p = run(
+        tool("amtool"),
+        "config",
+        "routes",
+        "test",
+        f"--config.file={AM_CONFIG}",
+        *(f"{k}={v}" for k, v in labels.items()),
+    )
+    assert p.returncode == 0, output(p)
+    return set(p.stdout.strip().split(","))
+
+
+def test_routing_pager_ticket_deadman() -> None:
+    """Every alert, with its own severity, reaches the receiver its severity says; the
+    Watchdog only the dead man's switch; an icmp probe never pages."""
+    for name, rule in alerts().items():
+        severity = rule["labels"]["severity"]
+        labels = {"alertname": name, "severity": severity, "probe": "tls", "site": "s"}
+        got = routed(labels)
+        if name == WATCHDOG:
+            assert got == {"deadman"}, name
+        elif name == "DualstackNotificationsFailing":
+            assert got == {"ticket", "pager"}, name  # whichever still works
+        elif severity == "critical":
+            assert got == {"pager"}, name
+        else:
+            assert got == {"ticket"}, name
+        if severity == "critical":
+            assert "pager" not in routed({**labels, "probe": "icmp"}), f"{name}: icmp pages"
 
 
 def test_vantage_ipv6_lost_inhibits_every_guarded_alert_of_that_vantage() -> None:
@@ -338,6 +479,19 @@ def test_vantage_ipv6_lost_inhibits_every_guarded_alert_of_that_vantage() -> Non
     assert alternatives(target) == guarded
 
 
+def test_site_down_everywhere_inhibits_the_sites_ipv6_alerts() -> None:
+    cfg = load(AM_CONFIG)
+    [rule] = [
+        r
+        for r in cfg["inhibit_rules"]
+        if r["source_matchers"] == ['alertname="DualstackIPv6DownEverywhere"']
+    ]
+    assert rule["equal"] == ["site"]
+    [target] = rule["target_matchers"]
+    guarded = {n for n, r in alerts().items() if IPV6_GUARD.search(r["expr"])}
+    assert alternatives(target) == guarded | {"DualstackVantageIPv6Lost"}
+
+
 def _alert(name: str, severity: str = "warning", **labels: str) -> dict[str, Any]:
     return {"labels": {"alertname": name, "severity": severity, **labels}}
 
@@ -346,30 +500,56 @@ def test_alertmanager_inhibits(tmp_path: Path) -> None:
     """A real Alertmanager with configs/alertmanager.yml on loopback: which alerts are muted."""
     tool("prometheus-alertmanager", "alertmanager")  # fails, not skips, when it is missing
     a, b, c, d = (f"vantage-{x}" for x in "abcd")
+    e, f = "vantage-e", "vantage-f"  # both at site "home", whose IPv6 is down everywhere
+    site = {a: "a", b: "b", c: "c", d: "d", e: "home", f: "home"}
     target = {"service": "s3", "region": "us-east-1", "target": "s3-us-east-1", "probe": "tcp"}
     iot = {"service": "iot", "region": "us-east-1", "target": "iot-api-us-east-1", "probe": "tls"}
     alb = {"service": "alb", "region": "us-east-1", "target": "alb-api-us-east-1", "probe": "tcp"}
+
+    def at(v: str) -> dict[str, str]:
+        return {"vantage": v, "site": site[v]}
+
     sent = [
         # vantage-a lost IPv6: its per-target IPv6 alerts are muted, vantage-b's are not.
-        _alert("DualstackVantageIPv6Lost", vantage=a),
-        _alert("DualstackIPv6Down", vantage=a, **target),
-        _alert("DualstackIPv6RecordMissing", vantage=a, **target),
-        _alert("DualstackIPv6Down", vantage=b, **target),
-        _alert("DualstackTLSCertExpiringSoon", vantage=a, family="ipv6", **target),
-        # The critical multi-vantage alert mutes the per-vantage warnings of its target+probe.
+        _alert("DualstackVantageIPv6Lost", **at(a)),
+        _alert("DualstackIPv6Down", **at(a), **target),
+        _alert("DualstackIPv6RecordMissing", **at(a), **target),
+        _alert("DualstackIPv6Unreliable", **at(a), **iot),
+        _alert("DualstackIPv6Down", **at(b), **target),
+        _alert("DualstackTLSCertExpiringSoon", **at(a), family="ipv6", **target),
+        # The critical multi-site alert mutes the per-vantage warnings of its target+probe.
         _alert("DualstackIPv6DownMultiVantage", "critical", **iot),
-        _alert("DualstackIPv6Down", vantage=c, **iot),
-        _alert("DualstackIPv6Down", vantage=c, **{**iot, "probe": "http2"}),
+        _alert("DualstackIPv6Down", **at(c), **iot),
+        _alert("DualstackIPv6Down", **at(c), **{**iot, "probe": "http2"}),
         # vantage-d degraded: its IPv6Down is muted, its RecordMissing (DNS) is not.
-        _alert("DualstackVantageIPv6Degraded", vantage=d),
-        _alert("DualstackIPv6Down", vantage=d, **alb),
-        _alert("DualstackIPv6RecordMissing", vantage=d, **alb),
+        _alert("DualstackVantageIPv6Degraded", **at(d)),
+        _alert("DualstackIPv6Down", **at(d), **alb),
+        _alert("DualstackIPv6RecordMissing", **at(d), **alb),
+        # Site "home" is down everywhere: one alert for it; every per-target and vantage IPv6
+        # alert of its two vantages is muted, its vantage-down and certificate alerts are not.
+        _alert("DualstackIPv6DownEverywhere", site="home"),
+        *(_alert("DualstackIPv6Down", **at(v), **t) for v in (e, f) for t in (target, iot, alb)),
+        _alert("DualstackIPv6Unreliable", **at(e), **alb),
+        _alert("DualstackIPv6Mismatch", **at(f), **alb),
+        _alert("DualstackVantageIPv6Degraded", **at(e)),
+        _alert("DualstackVantageIPv6Lost", **at(f)),
+        _alert("DualstackProbesStale", **at(f)),
     ]
     muted = {
         ("DualstackIPv6Down", a, "s3-us-east-1", "tcp"),
         ("DualstackIPv6RecordMissing", a, "s3-us-east-1", "tcp"),
+        ("DualstackIPv6Unreliable", a, "iot-api-us-east-1", "tls"),
         ("DualstackIPv6Down", c, "iot-api-us-east-1", "tls"),
         ("DualstackIPv6Down", d, "alb-api-us-east-1", "tcp"),
+        *(
+            ("DualstackIPv6Down", v, t["target"], t["probe"])
+            for v in (e, f)
+            for t in (target, iot, alb)
+        ),
+        ("DualstackIPv6Unreliable", e, "alb-api-us-east-1", "tcp"),
+        ("DualstackIPv6Mismatch", f, "alb-api-us-east-1", "tcp"),
+        ("DualstackVantageIPv6Degraded", e, "", ""),
+        ("DualstackVantageIPv6Lost", f, "", ""),
     }
 
     def key(labels: dict[str, str]) -> tuple[str, str, str, str]:

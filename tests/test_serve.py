@@ -217,6 +217,7 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
         "le",
         "version",
         "python",
+        "site",  # from configuration (default: the vantage name)
     }
 
 

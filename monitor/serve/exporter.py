@@ -157,10 +157,11 @@ class StoreCollector(Collector):
             "dualstack_vantage_ipv6_available",
             "1 if this vantage has a usable route to a target's IPv6 address (0: none; "
             "absent: no IPv6 address to test).",
-            labels=["vantage"],
+            labels=["vantage", "site"],
         )
+        site = s.site or v  # vantages that share a network and uplink (config `site`)
         if s.vantage_check.ipv6 is not None:
-            ipv6.add_metric([v], 1.0 if s.vantage_check.ipv6 else 0.0)
+            ipv6.add_metric([v, site], 1.0 if s.vantage_check.ipv6 else 0.0)
         yield ipv6
 
         lag = HistogramMetricFamily(
@@ -218,9 +219,9 @@ class StoreCollector(Collector):
         build = GaugeMetricFamily(
             "dualstack_build_info",
             "Build information; always 1.",
-            labels=["vantage", "version", "python"],
+            labels=["vantage", "site", "version", "python"],
         )
-        build.add_metric([v, __version__, platform.python_version()], 1.0)
+        build.add_metric([v, site, __version__, platform.python_version()], 1.0)
         yield build
 
 

@@ -68,6 +68,8 @@ class Histogram:
 @dataclass(slots=True)
 class Store:
     vantage: str
+    site: str = ""
+    """The `site` label; empty: the vantage name."""
     targets: dict[str, Target] = field(default_factory=dict)
     latest: dict[ResultKey, ProbeResult] = field(default_factory=dict)
     parity: dict[PairKey, Parity] = field(default_factory=dict)
@@ -118,11 +120,17 @@ class Store:
             self.runs[key] += 1
             if r.error is not None:
                 self.errors[(r.target, r.probe, r.family, str(r.error.kind))] += 1
-            elif r.success:
+            elif r.success and not self._host_lookup(r.target, r.probe):
                 self.latency.setdefault(key, Histogram(LATENCY_BUCKETS)).observe(r.duration_seconds)
         previous = self.parity.get(pkey)
         self.parity[pkey] = parity
         return previous
+
+    def _host_lookup(self, target: str, probe: str) -> bool:
+        """The dns probe of a host (no `zone`) times A against AAAA lookups, which are not
+        compared (docs/probes.md): kept out of the latency histogram and its alerts."""
+        t = self.targets.get(target)
+        return probe == "dns" and t is not None and t.zone is None
 
     @property
     def ready(self) -> bool:

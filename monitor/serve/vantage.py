@@ -63,7 +63,7 @@ class Vantage:
         self.cfg = cfg
         self.env: ProbeEnv = make_env(cfg)
         self.resolver: Resolver = make_resolver(cfg, self.env)
-        self.store = Store(vantage=cfg.vantage)
+        self.store = Store(vantage=cfg.vantage, site=cfg.site or cfg.vantage)
         self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
         self.scheduler = Scheduler(
             self.run_job,
@@ -85,6 +85,7 @@ class Vantage:
         self.store.vantage = cfg.vantage
         ranges = self.env.ip_ranges
         self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
+        self.store.site = cfg.site or cfg.vantage
         ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})

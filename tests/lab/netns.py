@@ -6,7 +6,9 @@ reach this machine's network; everything is removed on exit. Needs root (CI runs
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import ctypes
 import os
 import subprocess
 import uuid
@@ -53,3 +55,29 @@ def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> None:
         for addr in addrs:
             ip("addr", "add", addr, "dev", dev, *(("nodad",) if ":" in addr else ()), netns=ns.name)
         ip("link", "set", dev, "up", netns=ns.name)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def _enter(ns: Netns) -> None:
+    """Move the calling thread (only it: network namespaces are per thread) into `ns`."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {ns.name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def inside(ns: Netns) -> Iterator[concurrent.futures.Executor]:
+    """A one-thread executor living in `ns`: what it runs connects to that namespace's
+    loopback, and every process it starts (subprocess forks the calling thread) is born
+    there. `ex.submit(fn).result(timeout)` runs fn there and hands back its result or error."""
+    with concurrent.futures.ThreadPoolExecutor(
+        max_workers=1, thread_name_prefix=f"netns-{ns.name}", initializer=_enter, initargs=(ns,)
+    ) as ex:
+        yield ex
