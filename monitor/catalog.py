@@ -78,6 +78,7 @@ def expand_catalog(
     *,
     interval: float,
     timeout: float,
+    max_addresses: int = 8,
 ) -> list[Target]:
     """The catalog's endpoints of the chosen services, planes and regions, as targets.
     Raises CatalogError for an unknown service or a region none of them serves."""
@@ -114,6 +115,7 @@ def expand_catalog(
                         http=HttpSpec(expect_status=tuple(ep.get("expect_status", ()))),
                         interval=interval,
                         timeout=timeout,
+                        max_addresses=max_addresses,
                         source="catalog",
                         ip_ranges_service=_ip_ranges_service(ep),
                         expectations=expectations(ep.get("expect") or {}),

@@ -146,6 +146,7 @@ class TargetConfig(_Strict):
     tls: TargetTlsConfig = Field(default_factory=TargetTlsConfig)
     interval: Duration | None = None
     timeout: Duration | None = None
+    max_addresses: int | None = Field(None, ge=1, le=64)
     zone: str | None = None
 
     @field_validator("name")
@@ -194,6 +195,7 @@ class ConfigModel(_Strict):
     interval: Duration = 30.0
     timeout: Duration = 5.0
     concurrency: int = Field(32, ge=1, le=4096)
+    max_addresses: int = Field(8, ge=1, le=64)
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
     resolver: ResolverConfig | None = None
     tls: TlsConfig = Field(default_factory=TlsConfig)
@@ -235,6 +237,7 @@ class Config:
     interval: float
     timeout: float
     concurrency: int
+    max_addresses: int
     families: tuple[Family, ...]
     nameservers: tuple[str, ...]
     resolver_port: int
@@ -354,6 +357,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
             model.catalog.planes,
             interval=model.interval,
             timeout=model.timeout,
+            max_addresses=model.max_addresses,
         )
     except CatalogError as exc:
         raise ConfigError(f"{path}: {exc}") from None
@@ -380,6 +384,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
                 ),
                 interval=t.interval or model.interval,
                 timeout=t.timeout or model.timeout,
+                max_addresses=t.max_addresses or model.max_addresses,
                 zone=t.zone,
                 families=tuple(dict.fromkeys(t.families or model.families)),
                 source="config",
@@ -398,6 +403,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         interval=model.interval,
         timeout=model.timeout,
         concurrency=model.concurrency,
+        max_addresses=model.max_addresses,
         families=tuple(dict.fromkeys(model.families)),
         nameservers=tuple(model.resolver.nameservers) if model.resolver else (),
         resolver_port=model.resolver.port if model.resolver else 53,

@@ -42,6 +42,7 @@ class ErrorKind(enum.StrEnum):
     DNS_NXDOMAIN = "dns_nxdomain"
     DNS_NO_ADDRESS = "dns_no_address"
     DNS_NAT64_SYNTHESIZED = "dns_nat64_synthesized"
+    DNS_NOT_NATIVE_IPV6 = "dns_not_native_ipv6"
     DNS_SERVFAIL = "dns_servfail"
     DNS_REFUSED = "dns_refused"
     DNS_BAD_RESPONSE = "dns_bad_response"
@@ -138,6 +139,8 @@ class Target:
     from the catalog: S3 for S3. An address outside it is a normal difference."""
     expectations: tuple[Expectation, ...] = ()
     """What the catalog says this endpoint does (HTTP version, ALPN, HTTP/3, statuses)."""
+    max_addresses: int = 8
+    """Transport probes dial every address of a family's answer, sorted, up to this many."""
 
     def expected_service(self, family: Family) -> str | None:
         return dict(self.ip_ranges_service).get(family)
@@ -159,6 +162,9 @@ class Resolution:
     seconds: float = 0.0
     nameserver: str = ""
     nat64_synthesized: bool = False
+    not_native: tuple[str, ...] = ()
+    """AAAA records that cannot carry IPv6 to that host (IPv4-mapped or -compatible, ::,
+    link-local, multicast): dropped from `addresses`, never dialled."""
     error: ProbeError | None = None
 
 
@@ -173,6 +179,8 @@ class ProbeEnv:
     icmp_interval: float = 0.2
     ip_ranges: IpRanges | None = None
     """AWS's published ranges: each result's address is attributed to its prefix (None: not)."""
+    samples: int = 1
+    """Latency samples per address for icmp, tcp and tls (`probe run --samples`; serve: 1)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -200,6 +208,34 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AddressResult:
+    """One address of a family's answer, as a transport probe found it."""
+
+    address: str
+    success: bool
+    error: ProbeError | None
+    duration_seconds: float
+    """This address's latency (the median of its samples)."""
+    phases: Mapping[str, float]
+    aws: Attribution | None = None
+    """Its published AWS prefix, or None."""
+    duration_min_seconds: float | None = None
+    """The fastest sample, when there were several."""
+    details: Details | None = None
+    """What this address presented (the result's `details` are the first address's)."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "address": self.address,
+            "success": self.success,
+            "error": self.error.to_json() if self.error else None,
+            "duration_seconds": self.duration_seconds,
+            "phases": dict(self.phases),
+            "aws": self.aws.to_json() if self.aws else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeResult:
     target: str
     probe: ProbeKind
@@ -211,6 +247,7 @@ class ProbeResult:
     started: float
     """Unix time the probe began."""
     phases: Mapping[str, float] = field(default_factory=dict)
+    """Named timings in seconds (medians over the addresses)."""
     error: ProbeError | None = None
     details: Details | None = None
     """What the endpoint presented, typed per probe kind; None when nothing was learnt."""
@@ -219,6 +256,13 @@ class ProbeResult:
     aws: Attribution | None = None
     """The published AWS prefix holding `address` (longest match, every service key of the
     prefixes holding it); None when it is in none, or there is no address."""
+    addresses: tuple[AddressResult, ...] = ()
+    """Every address dialled (transport probes); `address` is the first, sorted. The family
+    succeeds only when every one did; duration and phases are their medians."""
+    duration_min_seconds: float | None = None
+    """The fastest latency sample of the family, when several were taken (`--samples`)."""
+    note: str | None = None
+    """What a person should know about the result (AAAA records dropped as not native)."""
 
 
 ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]

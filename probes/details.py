@@ -28,6 +28,9 @@ class DnsAnswer:
     """The resolver that answered."""
     nat64_synthesized: bool = False
     """Every AAAA lies in a NAT64 prefix: DNS64 made it up, it is not native IPv6."""
+    not_native: tuple[str, ...] = ()
+    """AAAA values that cannot carry IPv6 to the host (IPv4-mapped, IPv4-compatible, ::,
+    link-local, multicast): not in `records`, never dialled."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +93,13 @@ class Certificate:
     """SHA-256 of the DER certificate, hex: differs across a fleet's rotated leaves."""
     serial: str
     """Serial number, hex."""
+    issuer_organization: str | None = None
+    """The issuer's organisation (O=): who runs the CA, whichever intermediate signed."""
+    intermediates: tuple[str, ...] = ()
+    """Subjects of the intermediates of the verified chain, leaf side first (empty when not
+    verified): AWS Certificate Manager rotates among several under one root."""
+    trust_anchor: str | None = None
+    """Subject of the root the chain verified to; None when it did not verify."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ def _from_resolution(res: Resolution) -> Outcome:
         cname_chain=res.cname_chain,
         nameserver=res.nameserver,
         nat64_synthesized=res.nat64_synthesized,
+        not_native=res.not_native,
     )
     return Outcome(
         success=res.error is None and bool(res.addresses),

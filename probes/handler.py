@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
+from collections.abc import Mapping, Sequence
 
 from probes import dns, http2, http3, icmp, tcp, tls
 from probes.base import (
+    AddressResult,
     ErrorKind,
     Family,
     Outcome,
@@ -66,6 +69,11 @@ def skipped(target: Target, kind: ProbeKind, family: Family, reason: str) -> Pro
     return not_run(target, kind, family, skipped=reason)
 
 
+SAMPLED: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls"})
+"""Kinds whose latency may be sampled several times (`probe run --samples`)."""
+SAMPLE_SPACING = 0.05
+
+
 async def run_probe(
     kind: ProbeKind,
     target: Target,
@@ -73,11 +81,14 @@ async def run_probe(
     resolution: Resolution,
     env: ProbeEnv,
 ) -> ProbeResult:
-    """Run one probe for one family against the first resolved address of that family."""
+    """Run one probe for one family against every resolved address of that family (sorted,
+    at most `target.max_addresses`), concurrently within the probe's deadline. The family
+    succeeds only when every address did."""
     started = time.time()
     uses_resolution_only = kind == "dns" and target.zone is None
     address = resolution.addresses[0] if resolution.addresses else None
     resolve_phase = {"resolve": resolution.seconds}
+    note = _dropped_note(resolution)
     if not uses_resolution_only and (address is None or resolution.error is not None):
         err = resolution.error or error(
             ErrorKind.DNS_NO_ADDRESS, f"{target.host}: no {family} address"
@@ -93,44 +104,121 @@ async def run_probe(
             phases=resolve_phase,
             error=err,
             aws=_attribute(env, address),
+            note=note,
         )
-    req = ProbeRequest(
-        target=target,
-        family=family,
-        address=address or "",
-        timeout=target.timeout,
-        env=env,
-        resolution=resolution,
+    if kind == "dns":  # asks once: the lookup itself, or the name server's first address
+        dialled: tuple[str, ...] = (address or "",)
+    else:
+        dialled = resolution.addresses[: target.max_addresses]
+    samples = env.samples if kind in SAMPLED else 1
+    per_address = await asyncio.gather(
+        *(_one_address(kind, target, family, a, resolution, env, samples) for a in dialled)
     )
-    t0 = env.clock()
-    try:
-        async with asyncio.timeout(target.timeout):
-            outcome = await PROBES[kind](req)
-    except TimeoutError:
-        outcome = Outcome(
-            success=False,
-            error=error(ErrorKind.TIMEOUT, f"no answer within {target.timeout:g} s"),
+    first = per_address[0]
+    failed = [r for r in per_address if not r.success]
+    family_error = failed[0].error if failed else None
+    if failed and len(per_address) > 1 and family_error is not None:
+        label = "IPv6" if family == "ipv6" else "IPv4"
+        which = ", ".join(f"{r.address} {r.error.kind if r.error else 'failed'}" for r in failed)
+        family_error = ProbeError(
+            kind=family_error.kind,
+            message=f"{len(failed)} of {len(per_address)} {label} addresses failed: {which}",
         )
-    except Exception as exc:  # the isolation boundary: a probe bug is a result, not a crash
-        log.exception("probe %s crashed on %s (%s)", kind, target.name, family)
-        outcome = Outcome(
-            success=False, error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        )
-    elapsed = env.clock() - t0
-    phases = dict(outcome.phases) if uses_resolution_only else {**resolve_phase, **outcome.phases}
+    phases = _median_phases([r.phases for r in per_address])
+    mins = [r.duration_min_seconds for r in per_address if r.duration_min_seconds is not None]
     return ProbeResult(
         target=target.name,
         probe=kind,
         family=family,
         address=address,
-        success=outcome.success,
-        duration_seconds=_duration(outcome, elapsed),
+        success=not failed,
+        duration_seconds=statistics.median(r.duration_seconds for r in per_address),
+        duration_min_seconds=min(mins) if mins else None,
         started=started,
-        phases=phases,
-        error=outcome.error,
-        details=outcome.details,
+        phases=phases if uses_resolution_only else {**resolve_phase, **phases},
+        error=family_error,
+        details=first.details,
         aws=_attribute(env, address),
+        addresses=tuple(per_address) if kind != "dns" else (),
+        note=note,
     )
+
+
+async def _one_address(
+    kind: ProbeKind,
+    target: Target,
+    family: Family,
+    address: str,
+    resolution: Resolution,
+    env: ProbeEnv,
+    samples: int,
+) -> AddressResult:
+    """One address, `samples` times (spaced, within one deadline): the median latency; a
+    failed sample fails the address."""
+    req = ProbeRequest(
+        target=target,
+        family=family,
+        address=address,
+        timeout=target.timeout,
+        env=env,
+        resolution=resolution,
+    )
+    durations: list[float] = []
+    phase_runs: list[Mapping[str, float]] = []
+    outcome = Outcome(success=False)
+    deadline = env.clock() + target.timeout
+    for n in range(samples):
+        if n:
+            if deadline - env.clock() < SAMPLE_SPACING:
+                break  # the deadline is the probe's: fewer samples, not a later answer
+            await asyncio.sleep(SAMPLE_SPACING)
+        outcome, elapsed = await _attempt(kind, req, max(0.0, deadline - env.clock()))
+        if not outcome.success:
+            durations, phase_runs = [_duration(outcome, elapsed)], [outcome.phases]
+            break
+        durations.append(_duration(outcome, elapsed))
+        phase_runs.append(outcome.phases)
+    return AddressResult(
+        address=address,
+        success=outcome.success,
+        error=outcome.error,
+        duration_seconds=statistics.median(durations),
+        duration_min_seconds=min(durations) if len(durations) > 1 else None,
+        phases=_median_phases(phase_runs),
+        aws=_attribute(env, address),
+        details=outcome.details,
+    )
+
+
+async def _attempt(kind: ProbeKind, req: ProbeRequest, budget: float) -> tuple[Outcome, float]:
+    clock = req.env.clock
+    t0 = clock()
+    try:
+        async with asyncio.timeout(budget):
+            outcome = await PROBES[kind](req)
+    except TimeoutError:
+        outcome = Outcome(
+            success=False,
+            error=error(ErrorKind.TIMEOUT, f"no answer within {req.timeout:g} s"),
+        )
+    except Exception as exc:  # the isolation boundary: a probe bug is a result, not a crash
+        log.exception("probe %s crashed on %s (%s)", kind, req.target.name, req.family)
+        outcome = Outcome(
+            success=False, error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        )
+    return outcome, clock() - t0
+
+
+def _median_phases(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    names = dict.fromkeys(name for run in runs for name in run)
+    return {n: statistics.median(run[n] for run in runs if n in run) for n in names}
+
+
+def _dropped_note(resolution: Resolution) -> str | None:
+    if not resolution.not_native or not resolution.addresses:
+        return None
+    shown = ", ".join(resolution.not_native)
+    return f"dropped AAAA not native IPv6 (never dialled): {shown}"
 
 
 def _attribute(env: ProbeEnv, address: str | None) -> Attribution | None:

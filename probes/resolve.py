@@ -21,6 +21,15 @@ from probes.base import Clock, ErrorKind, Family, Resolution
 from probes.errors import error
 
 WELL_KNOWN_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# AAAA values that cannot carry IPv6 to the named host: the connection would go out over IPv4
+# (IPv4-mapped), to a deprecated form (IPv4-compatible, ::), or stay on this link or group.
+NOT_NATIVE: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+    (ipaddress.IPv6Network("::/96"), "IPv4-compatible"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
+)
+_LOOPBACK6 = ipaddress.IPv6Address("::1")
 # RFC 7050: the two IPv4 addresses behind ipv4only.arpa, found inside a synthesized AAAA.
 _IPV4ONLY = (ipaddress.IPv4Address("192.0.0.170"), ipaddress.IPv4Address("192.0.0.171"))
 _RDTYPE = {"ipv4": dns.rdatatype.A, "ipv6": dns.rdatatype.AAAA}
@@ -32,6 +41,15 @@ def ip_family(address: str) -> Family | None:
     except ValueError:
         return None
     return "ipv6" if ip.version == 6 else "ipv4"
+
+
+def not_native_reason(address: str) -> str | None:
+    """Why an AAAA value is not native IPv6, or None when it is (loopback, ULA and
+    documentation addresses are native: labs use them)."""
+    ip = ipaddress.IPv6Address(address)
+    if ip == _LOOPBACK6:
+        return None
+    return next((why for net, why in NOT_NATIVE if ip in net), None)
 
 
 def nat64_prefixes_from(addresses: Sequence[str]) -> tuple[ipaddress.IPv6Network, ...]:
@@ -135,7 +153,25 @@ class Resolver:
             )
         addresses = tuple(sorted(r.address for r in answer.rrset))
         nat64 = False
+        not_native: tuple[str, ...] = ()
         if family == "ipv6":
+            not_native = tuple(a for a in addresses if not_native_reason(a))
+            addresses = tuple(a for a in addresses if a not in not_native)
+            if not addresses:
+                first = not_native[0]
+                return Resolution(
+                    family=family,
+                    ttl=answer.rrset.ttl,
+                    cname_chain=chain,
+                    seconds=seconds,
+                    nameserver=nameserver,
+                    not_native=not_native,
+                    error=error(
+                        ErrorKind.DNS_NOT_NATIVE_IPV6,
+                        f"{host}: AAAA {first} is {not_native_reason(first)}, not native IPv6"
+                        + (f" (and {len(not_native) - 1} more)" if len(not_native) > 1 else ""),
+                    ),
+                )
             prefixes = await self.nat64_prefixes()
             nat64 = all(any(ipaddress.IPv6Address(a) in p for p in prefixes) for a in addresses)
         return Resolution(
@@ -146,6 +182,7 @@ class Resolver:
             seconds=seconds,
             nameserver=nameserver,
             nat64_synthesized=nat64,
+            not_native=not_native,
             error=error(
                 ErrorKind.DNS_NAT64_SYNTHESIZED,
                 f"{host}: AAAA {addresses[0]} is synthesized by DNS64 (NAT64 prefix), "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -18,6 +19,8 @@ from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_clien
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
 from probes.netutil import abort_stream, close_stream, open_stream
+
+_ENCODING_DER = 2  # _ssl.ENCODING_DER, not exported by the ssl module before 3.13
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,8 +44,12 @@ class HandshakeFailed(Exception):
         self.details = details
 
 
-def describe_certificate(der: bytes) -> Certificate:
+def describe_certificate(der: bytes, chain: Sequence[bytes] = ()) -> Certificate:
+    """The leaf, and from the verified `chain` (leaf first, root last) its intermediates and
+    the trust anchor it verified to."""
     cert = x509.load_der_x509_certificate(der)
+    above = [x509.load_der_x509_certificate(c).subject.rfc4514_string() for c in chain[1:]]
+    orgs = cert.issuer.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = sorted(
@@ -60,7 +67,25 @@ def describe_certificate(der: bytes) -> Certificate:
         not_after_timestamp=not_after.timestamp(),
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
         serial=format(cert.serial_number, "x"),
+        issuer_organization=str(orgs[0].value) if orgs else None,
+        intermediates=tuple(above[:-1]),
+        trust_anchor=above[-1] if above else None,
     )
+
+
+def verified_chain(sslobj: ssl.SSLObject) -> list[bytes]:
+    """The chain OpenSSL verified, leaf to trust anchor, DER. Public from Python 3.13
+    (`get_verified_chain`); 3.11 and 3.12 have the same method on the inner object."""
+    get = getattr(sslobj, "get_verified_chain", None)
+    if get is None:
+        get = getattr(getattr(sslobj, "_sslobj", None), "get_verified_chain", None)
+    if get is None:
+        return []
+    try:
+        chain = get() or []
+    except (ssl.SSLError, ValueError):
+        return []
+    return [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain]
 
 
 def _session_details(writer: asyncio.StreamWriter, *, verified: bool) -> TlsHandshake:
@@ -69,12 +94,13 @@ def _session_details(writer: asyncio.StreamWriter, *, verified: bool) -> TlsHand
         return TlsHandshake(verified=False)
     cipher = sslobj.cipher()
     der = sslobj.getpeercert(binary_form=True)
+    chain = verified_chain(sslobj) if verified and der else []
     return TlsHandshake(
         verified=verified,
         tls_version=sslobj.version(),
         cipher=cipher[0] if cipher else None,
         alpn=sslobj.selected_alpn_protocol(),
-        certificate=describe_certificate(der) if der else None,
+        certificate=describe_certificate(der, chain) if der else None,
     )
 
 

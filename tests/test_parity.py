@@ -32,7 +32,10 @@ from probes.ipranges import Attribution
 TH = Thresholds(slower_ratio=1.5, slower_margin=0.05)
 CERT = Certificate(
     subject="CN=a.example",
-    issuer="CN=CA",
+    issuer="CN=Amazon RSA 2048 M02,O=Amazon,C=US",
+    issuer_organization="Amazon",
+    intermediates=("CN=M02",),
+    trust_anchor="CN=Amazon Root CA 1,O=Amazon,C=US",
     sans=("a.example",),
     not_after="x",
     not_after_timestamp=0.0,
@@ -112,7 +115,8 @@ def test_rotated_leaf_is_a_difference_not_a_mismatch() -> None:
 @pytest.mark.parametrize(
     ("over", "field"),
     [
-        ({"cert": {"issuer": "CN=Other"}}, "certificate.issuer"),
+        ({"cert": {"trust_anchor": "CN=Other Root"}}, "certificate.trust_anchor"),
+        ({"cert": {"issuer_organization": "Other CA Inc"}}, "certificate.issuer_organization"),
         ({"cert": {"sans": ("a.example", "b.example")}}, "certificate.sans"),
         ({"tls_version": "TLSv1.2"}, "tls_version"),
         ({"verified": False}, "certificate.verified"),
@@ -336,3 +340,13 @@ def test_catalog_expectations_are_read_from_documented_or_observed_values() -> N
     assert services == (("ipv4", "CLOUDFRONT"), ("ipv6", "CLOUDFRONT"))
     assert ("http3", True) in [(e.field, e.value) for e in expected]
     assert user_target_defaults("alb")[0] == ()  # AMAZON only: nothing more specific to ask
+
+
+def test_another_intermediate_under_the_same_root_is_normal() -> None:
+    """ACM rotates intermediates under one root: a fleet mid-rotation is not a mismatch."""
+    other = {"issuer": "CN=Amazon RSA 2048 M03,O=Amazon,C=US", "intermediates": ("CN=M03",)}
+    p = judge(tls("ipv4"), tls("ipv6", cert=other), thresholds=TH)
+    assert p.verdict is Verdict.OK
+    assert [(d.field, d.significant) for d in p.differences] == [
+        ("certificate.intermediate", False)
+    ]

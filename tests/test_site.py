@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from monitor.engine.vantage import VantageCheck
 from prometheus_client.registry import CollectorRegistry
 
 from monitor.config import ConfigError, load_config
 from monitor.engine.parity import Parity, Verdict
+from monitor.engine.vantage import VantageCheck
 from monitor.serve.exporter import make_registry
 from monitor.serve.state import Store
 from monitor.serve.vantage import Vantage

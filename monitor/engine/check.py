@@ -11,6 +11,7 @@ import dns.exception
 
 from monitor.config import NAMESERVER_PREFIX, Config
 from monitor.engine.parity import Parity, Thresholds, judge
+from monitor.engine.vantage import VantageCheck
 from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
@@ -56,6 +57,7 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
                     plane="data",
                     interval=cfg.interval,
                     timeout=cfg.timeout,
+                    max_addresses=cfg.max_addresses,
                     zone=zone,
                     families=cfg.families,
                     source="route53-zone",
@@ -72,7 +74,7 @@ async def check_target(
     env: ProbeEnv,
     sem: asyncio.Semaphore | None,
     *,
-    vantage_ipv6: bool | None,
+    vantage: VantageCheck,
     done: Callable[[], None] = lambda: None,
 ) -> list[ProbeResult]:
     """Both families of each probe kind, started together so they are comparable."""
@@ -81,7 +83,7 @@ async def check_target(
         try:
             if family not in families or family not in target.families:
                 return skipped(target, kind, family, f"{family} not selected")
-            if family == "ipv6" and vantage_ipv6 is False and kind != "dns":
+            if family == "ipv6" and vantage.skips_ipv6 and kind != "dns":
                 return skipped(target, kind, family, "this vantage has no IPv6 route")
             if sem is None:  # the caller bounds concurrency (the scheduler does)
                 return await run_probe(kind, target, family, resolutions[family], env)
@@ -98,7 +100,7 @@ def judge_results(
     results: Sequence[ProbeResult],
     targets: dict[str, Target],
     th: Thresholds,
-    vantage_ipv6: bool | None,
+    vantage: VantageCheck,
 ) -> list[Parity]:
     """One verdict per (target, probe) of `results`, in the order they first appear."""
     pairs: dict[tuple[str, ProbeKind], dict[Family, ProbeResult]] = {}
@@ -111,7 +113,8 @@ def judge_results(
             p.get("ipv4"),
             p.get("ipv6"),
             thresholds=th,
-            vantage_ipv6=vantage_ipv6,
+            vantage_ipv6=vantage.ipv6,
+            vantage_reason=vantage.reason,
         )
         for (name, kind), p in pairs.items()
     ]

@@ -39,7 +39,9 @@ class Verdict(enum.StrEnum):
 VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
 # What makes `probe run` exit 1: IPv6 is worse than IPv4 somewhere.
 REGRESSIONS = frozenset({Verdict.IPV6_FAILED, Verdict.IPV6_MISSING, Verdict.MISMATCH})
-_MISSING_KINDS = frozenset({ErrorKind.DNS_NO_ADDRESS, ErrorKind.DNS_NAT64_SYNTHESIZED})
+_MISSING_KINDS = frozenset(
+    {ErrorKind.DNS_NO_ADDRESS, ErrorKind.DNS_NAT64_SYNTHESIZED, ErrorKind.DNS_NOT_NATIVE_IPV6}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +165,7 @@ COMPARED: Mapping[type[Details], tuple[Compared[Any], ...]] = {
         Compared[DnsAnswer]("rcode", lambda d: d.rcode, NOT),  # both answered to get here
         Compared[DnsAnswer]("nameserver", lambda d: d.nameserver, NOT),
         Compared[DnsAnswer]("nat64_synthesized", lambda d: d.nat64_synthesized, NOT),
+        Compared[DnsAnswer]("not_native", lambda d: d.not_native, NOT),  # judged as missing
     ),
     SoaAnswer: (
         Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
@@ -190,8 +193,21 @@ COMPARED: Mapping[type[Details], tuple[Compared[Any], ...]] = {
     TlsHandshake: (
         Compared[TlsHandshake]("tls_version", lambda d: d.tls_version, SIG),
         Compared[TlsHandshake]("alpn", lambda d: d.alpn, SIG),
+        # ACM issues from several intermediates under one root and rotates them: which one
+        # signed is normal; the root, the CA's organisation, the names and trust count.
         Compared[TlsHandshake](
-            "certificate.issuer", lambda d: c.issuer if (c := _cert(d)) else None, SIG
+            "certificate.trust_anchor", lambda d: c.trust_anchor if (c := _cert(d)) else None, SIG
+        ),
+        Compared[TlsHandshake](
+            "certificate.issuer_organization",
+            lambda d: c.issuer_organization if (c := _cert(d)) else None,
+            SIG,
+        ),
+        Compared[TlsHandshake](
+            "certificate.intermediate",
+            lambda d: (c.issuer, c.intermediates) if (c := _cert(d)) else None,
+            NORMAL,
+            ("certificate.issuer", "certificate.intermediates"),
         ),
         Compared[TlsHandshake](
             "certificate.sans", lambda d: c.sans if (c := _cert(d)) else None, SIG
@@ -265,6 +281,10 @@ def _plain(value: object) -> object:
 
 
 TRANSPORT_KINDS: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls", "http2", "http3"})
+VANTAGE_REASONS = {
+    "no_route": "this vantage has no IPv6 route",
+    "ipv6_broken": "this vantage's IPv6 is broken (every IPv6 target fails here, IPv4 works)",
+}
 
 
 def address_differences(
@@ -351,6 +371,20 @@ def unexpected(
     return tuple(out)
 
 
+def _slower(v4: ProbeResult, v6: ProbeResult, th: Thresholds) -> bool:
+    """IPv6 above slower_ratio x IPv4 and above it by slower_margin: for the latencies
+    compared (medians of the samples) and, when several samples were taken, their minimums
+    too, so one slow sample on a noisy link is not a verdict."""
+
+    def rule(a: float, b: float) -> bool:
+        return a > 0 and b / a > th.slower_ratio and b - a > th.slower_margin
+
+    if not rule(v4.duration_seconds, v6.duration_seconds):
+        return False
+    a, b = v4.duration_min_seconds, v6.duration_min_seconds
+    return a is None or b is None or rule(a, b)
+
+
 def _is_missing(r: ProbeResult) -> bool:
     return r.error is not None and r.error.kind in _MISSING_KINDS
 
@@ -367,6 +401,7 @@ def judge(
     *,
     thresholds: Thresholds,
     vantage_ipv6: bool | None = None,
+    vantage_reason: str | None = None,
 ) -> Parity:
     """The verdict for one (target, probe) from its two family results."""
     # The dns probe of a host target is the name lookup (A against AAAA), not a transport.
@@ -384,7 +419,8 @@ def judge(
         assert v6.error is not None
         return verdict(Verdict.IPV6_MISSING, v6.error.message)
     if vantage_ipv6 is False and not v6.success and not lookup:
-        return verdict(Verdict.SKIPPED, "this vantage has no IPv6 route: not blamed on the target")
+        why = VANTAGE_REASONS.get(vantage_reason or "no_route", VANTAGE_REASONS["no_route"])
+        return verdict(Verdict.SKIPPED, f"{why}: not blamed on the target")
     if v4.success and not v6.success:
         return verdict(Verdict.IPV6_FAILED, v6.error.message if v6.error else "ipv6 failed")
     if v6.success and not v4.success:
@@ -403,12 +439,7 @@ def judge(
             latency_ratio=ratio,
             unexpected=surprises,
         )
-    if (
-        not lookup
-        and ratio is not None
-        and ratio > thresholds.slower_ratio
-        and v6.duration_seconds - v4.duration_seconds > thresholds.slower_margin
-    ):
+    if not lookup and _slower(v4, v6, thresholds):
         return verdict(
             Verdict.IPV6_SLOWER,
             f"ipv6 {v6.duration_seconds * 1000:.1f} ms vs ipv4 {v4.duration_seconds * 1000:.1f} ms",

@@ -54,10 +54,13 @@ def result_json(r: ProbeResult, t: Target | None) -> dict[str, Any]:
         "success": r.success,
         "skipped": r.skipped,
         "duration_seconds": r.duration_seconds,
+        "duration_min_seconds": r.duration_min_seconds,
         "started": r.started,
         "phases": dict(r.phases),
         "error": r.error.to_json() if r.error else None,
         "details": details_json(r.details),
+        "addresses": [a.to_json() for a in r.addresses],
+        "note": r.note,
     }
 
 
@@ -67,6 +70,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "vantage": report.vantage,
         "started": iso_utc(report.started),
         "vantage_ipv6": report.vantage_check.ipv6,
+        "vantage_ipv6_reason": report.vantage_check.reason,
         "vantage_routes": report.vantage_check.routes,
         "notes": list(report.notes),
         "results": [result_json(r, targets.get(r.target)) for r in report.results],

@@ -7,6 +7,7 @@ Route 53 zones are expanded into name-server targets (their NS set), bounded per
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,7 +21,7 @@ from monitor.engine.check import (
     thresholds,
 )
 from monitor.engine.report import Report
-from monitor.engine.vantage import VantageCheck, check_vantage
+from monitor.engine.vantage import VantageCheck, check_vantage, ipv6_broken
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.resolve import Resolver
 
@@ -39,8 +40,9 @@ async def run_round(
     env: ProbeEnv | None = None,
     resolver: Resolver | None = None,
     progress: Progress | None = None,
+    samples: int = 1,
 ) -> Report:
-    env = env or make_env(cfg)
+    env = dataclasses.replace(env or make_env(cfg), samples=samples)
     resolver = resolver or make_resolver(cfg, env)
     started = time.time()
     ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
@@ -91,13 +93,15 @@ async def run_round(
                     by_target[t.name],
                     env,
                     stage_sem,
-                    vantage_ipv6=check.ipv6,
+                    vantage=check,
                     done=done,
                 )
                 for t, ks in plan
             )
         )
         results.extend(r for rs in per_target for r in rs)
+    if check.ipv6 and ipv6_broken(results):
+        check = check.broken()
     target_map = {t.name: t for t in all_targets}
     return Report(
         vantage=cfg.vantage,
@@ -105,6 +109,6 @@ async def run_round(
         vantage_check=check,
         targets=tuple(all_targets),
         results=tuple(results),
-        parity=tuple(judge_results(results, target_map, thresholds(cfg), check.ipv6)),
+        parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
     )

@@ -1,7 +1,11 @@
-"""The vantage self-check: can this host reach IPv6 at all? Decided without sending a packet.
+"""The vantage self-check: can this host reach IPv6 at all?
 
-A UDP connect() to each target's IPv6 address asks the kernel for a route and a source address.
-Global, ULA and documentation sources count; loopback only for loopback targets; link-local never.
+First without sending a packet: a UDP connect() to each target's IPv6 address asks the kernel
+for a route and a source address (global, ULA and documentation sources count; loopback only for
+loopback targets; link-local never). Then from the results: a route that leads nowhere (an
+IPv4-only VPN that blackholes IPv6, a broken home router) shows as every target failing over
+IPv6 while IPv4 works. One vantage cannot tell a global outage of AWS's IPv6 from its own;
+several can (DualstackIPv6DownMultiVantage), so one vantage blames itself.
 """
 
 from __future__ import annotations
@@ -10,6 +14,14 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
+
+from probes.base import ProbeKind, ProbeResult
+
+VantageReason = Literal["no_route", "ipv6_broken"]
+TRANSPORT_KINDS: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls", "http2", "http3"})
+MIN_JUDGED_TARGETS = 3
+"""Targets with native AAAA needed before their failing together is blamed on the vantage."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -18,9 +30,39 @@ class VantageCheck:
     """True: a usable route to at least one target's IPv6 address; None: no address to test."""
     routes: dict[str, str | None] = field(default_factory=dict)
     """Target IPv6 address -> the source address the kernel would use (None: no route)."""
+    reason: VantageReason | None = None
+    """Why `ipv6` is False: no route, or IPv6 broken beyond this host (None when fine)."""
+
+    @property
+    def skips_ipv6(self) -> bool:
+        """No route: IPv6 probes are not even sent. (Broken IPv6 keeps probing, to clear.)"""
+        return self.ipv6 is False and self.reason == "no_route"
+
+    def broken(self) -> VantageCheck:
+        return VantageCheck(ipv6=False, routes=self.routes, reason="ipv6_broken")
 
     def to_json(self) -> dict[str, object]:
-        return {"ipv6": self.ipv6, "routes": dict(self.routes)}
+        return {"ipv6": self.ipv6, "routes": dict(self.routes), "reason": self.reason}
+
+
+def ipv6_broken(results: Iterable[ProbeResult]) -> bool:
+    """At least MIN_JUDGED_TARGETS targets have native AAAA that were dialled, and every one of
+    them fails every IPv6 transport probe while IPv4 works for it (one IPv4 success or more)."""
+    v6_seen: set[str] = set()
+    v6_ok: set[str] = set()
+    v4_ok: set[str] = set()
+    for r in results:
+        if r.skipped or r.probe not in TRANSPORT_KINDS:
+            continue
+        if r.family == "ipv6":
+            if not r.addresses:  # nothing dialled: no native AAAA, or not probed
+                continue
+            v6_seen.add(r.target)
+            if r.success:
+                v6_ok.add(r.target)
+        elif r.success:
+            v4_ok.add(r.target)
+    return len(v6_seen) >= MIN_JUDGED_TARGETS and not v6_ok and v6_seen <= v4_ok
 
 
 def route_source(address: str, source: str | None = None) -> str | None:
@@ -51,4 +93,5 @@ def check_vantage(addresses: Iterable[str], source: str | None = None) -> Vantag
     routes = {a: route_source(a, source) for a in dict.fromkeys(addresses)}
     if not routes:
         return VantageCheck(ipv6=None)
-    return VantageCheck(ipv6=any(usable(a, s) for a, s in routes.items()), routes=routes)
+    ok = any(usable(a, s) for a, s in routes.items())
+    return VantageCheck(ipv6=ok, routes=routes, reason=None if ok else "no_route")

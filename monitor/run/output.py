@@ -84,7 +84,13 @@ def write_table(report: Report, out: IO[str], *, color: bool | None = None) -> N
         )
     console.print(table)
     check = report.vantage_check
-    if check.ipv6 is False:
+    if check.reason == "ipv6_broken":
+        console.print(
+            "[bold red]This vantage's IPv6 is broken[/bold red]: it has a route, but every "
+            "target with native IPv6 failed over IPv6 while IPv4 worked (an IPv4-only VPN, a "
+            "broken router or uplink). IPv6 failures here say nothing about the endpoints."
+        )
+    elif check.ipv6 is False:
         console.print(
             "[bold red]This vantage has no IPv6 route to any target[/bold red]: IPv6 failures "
             "here say nothing about the endpoints."

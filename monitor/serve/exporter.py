@@ -86,6 +86,11 @@ class StoreCollector(Collector):
             "1 for the HTTP version negotiated over this family.",
             labels=[*PROBE_LABELS, "version"],
         )
+        addresses = GaugeMetricFamily(
+            "dualstack_probe_addresses",
+            "Addresses of this family's answer the last probe dialled, by state (ok, failed).",
+            labels=[*PROBE_LABELS, "state"],
+        )
         in_ranges = GaugeMetricFamily(
             "dualstack_address_in_aws_ranges",
             "1 if the address probed over this family is in a prefix of AWS's published "
@@ -99,6 +104,10 @@ class StoreCollector(Collector):
             success.add_metric(lv, 1.0 if r.success else 0.0)
             if r.address is not None:
                 in_ranges.add_metric(lv, 0.0 if r.aws is None else 1.0)
+            if r.addresses:
+                ok = sum(1 for a in r.addresses if a.success)
+                addresses.add_metric([*lv, "ok"], float(ok))
+                addresses.add_metric([*lv, "failed"], float(len(r.addresses) - ok))
             duration.add_metric(lv, r.duration_seconds)
             last_run.add_metric(lv, r.started)
             for ph, secs in sorted(r.phases.items()):
@@ -121,6 +130,7 @@ class StoreCollector(Collector):
             not_after,
             status,
             version,
+            addresses,
             in_ranges,
         )
 

@@ -22,7 +22,7 @@ from monitor.engine.check import (
     thresholds,
 )
 from monitor.engine.parity import Parity, judge
-from monitor.engine.vantage import check_vantage
+from monitor.engine.vantage import TRANSPORT_KINDS, check_vantage, ipv6_broken
 from monitor.serve.scheduler import Clock, Scheduler
 from monitor.serve.state import Store
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
@@ -143,7 +143,7 @@ class Vantage:
             resolutions,
             self.env,
             None,
-            vantage_ipv6=self.store.vantage_check.ipv6,
+            vantage=self.store.vantage_check,
         )
         self._record(target, probe, results)
 
@@ -152,15 +152,15 @@ class Vantage:
         v6 = by.get("ipv6")
         if self.store.vantage_check.ipv6 is None and v6 is not None and v6.address:
             self.check_vantage()  # the first IPv6 address seen: no need to wait for housekeeping
-        parity = judge(
-            target,
-            probe,
-            by.get("ipv4"),
-            by.get("ipv6"),
-            thresholds=thresholds(self.cfg),
-            vantage_ipv6=self.store.vantage_check.ipv6,
-        )
+        parity = self._judge(target, probe, by.get("ipv4"), v6)
         previous = self.store.record(results, parity)
+        if (
+            self.store.vantage_check.reason == "ipv6_broken"
+            and v6 is not None
+            and v6.success
+            and v6.probe in TRANSPORT_KINDS
+        ):
+            self.check_vantage()  # a target works over IPv6 again: clear at once
         for r in results:
             if r.error is not None and not r.skipped:
                 log.warning(
@@ -177,6 +177,34 @@ class Vantage:
                     },
                 )
         self._log_flip(previous, parity)
+
+    def _judge(
+        self, target: Target, probe: ProbeKind, v4: ProbeResult | None, v6: ProbeResult | None
+    ) -> Parity:
+        check = self.store.vantage_check
+        return judge(
+            target,
+            probe,
+            v4,
+            v6,
+            thresholds=thresholds(self.cfg),
+            vantage_ipv6=check.ipv6,
+            vantage_reason=check.reason,
+        )
+
+    def _rejudge_all(self) -> None:
+        """The vantage's judgement changed: every stored verdict is judged again from its
+        latest results, so per-target alerts follow at once, not one interval later."""
+        latest = self.store.latest
+        for (name, probe), previous in list(self.store.parity.items()):
+            target = self.store.targets.get(name)
+            if target is None:
+                continue
+            parity = self._judge(
+                target, probe, latest.get((name, probe, "ipv4")), latest.get((name, probe, "ipv6"))
+            )
+            self.store.parity[(name, probe)] = parity
+            self._log_flip(previous, parity)
 
     def _log_flip(self, previous: Parity | None, parity: Parity) -> None:
         if previous is not None and previous.verdict is parity.verdict:
@@ -216,21 +244,33 @@ class Vantage:
         )
 
     def check_vantage(self) -> None:
+        """The route self-check, then the results: every IPv6 target failing while IPv4 works
+        is this vantage's IPv6, broken beyond its router (probes keep running, to clear)."""
         families = self.cfg.families
-        before = self.store.vantage_check.ipv6
+        before = self.store.vantage_check
         if "ipv6" in families:
             check = check_vantage(
                 self.store.ipv6_addresses(), self.env.source_addresses.get("ipv6")
             )
+            if check.ipv6 and ipv6_broken(self.store.latest.values()):
+                check = check.broken()
         else:
-            check = dataclasses.replace(self.store.vantage_check, ipv6=None)
+            check = dataclasses.replace(self.store.vantage_check, ipv6=None, reason=None)
         self.store.vantage_check = check
-        if check.ipv6 != before:
+        if (check.ipv6, check.reason) != (before.ipv6, before.reason):
             log.info(
-                "vantage IPv6: %s",
+                "vantage IPv6: %s%s",
                 check.ipv6,
-                extra={"fields": {"event": "vantage_ipv6_changed", "ipv6": check.ipv6}},
+                f" ({check.reason})" if check.reason else "",
+                extra={
+                    "fields": {
+                        "event": "vantage_ipv6_changed",
+                        "ipv6": check.ipv6,
+                        "reason": check.reason,
+                    }
+                },
             )
+            self._rejudge_all()
 
     async def housekeeping(self, every: float = 10.0) -> None:
         while True:

@@ -93,6 +93,11 @@ def _family_value(r: Mapping[str, Any] | None) -> tuple[str, str]:
         return _ms(r.get("duration_seconds")), "good"
     err = r.get("error")
     kind = err.get("kind") if isinstance(err, Mapping) else None
+    addresses = _as_list(r.get("addresses"))
+    failing = [str(a.get("address")) for a in addresses if not a.get("success")]
+    if len(addresses) > 1 and failing:
+        # several addresses: say which failed, so one dead address of an S3 name is seen
+        return f"{kind or 'failed'} ({len(failing)}/{len(addresses)}: {', '.join(failing)})", "bad"
     return str(kind or "failed"), "bad"
 
 
@@ -129,6 +134,8 @@ def _title(
     for fam, r in family_results:
         if r is not None and not r.get("skipped"):
             lines.append(f"{fam} {_aws(r)}")
+            for a in _as_list(r.get("addresses"))[1:]:
+                lines.append(f"{fam} {_aws(a)}")
     return "\n".join(lines)
 
 
@@ -327,6 +334,8 @@ def render_status_page(
     v6 = doc.get("vantage_ipv6")
     if v6 is True:
         v6_badge = '<span class="badge good" id="vantage-ipv6">IPv6 available</span>'
+    elif v6 is False and doc.get("vantage_ipv6_reason") == "ipv6_broken":
+        v6_badge = '<span class="badge bad" id="vantage-ipv6">IPv6 broken here</span>'
     elif v6 is False:
         v6_badge = '<span class="badge bad" id="vantage-ipv6">no IPv6 route</span>'
     else:
@@ -337,7 +346,13 @@ def render_status_page(
         else '<span class="badge unknown" id="readiness">first round not done yet</span>'
     )
     banners = []
-    if v6 is False:
+    if v6 is False and doc.get("vantage_ipv6_reason") == "ipv6_broken":
+        banners.append(
+            '<p class="banner alarm" role="alert" id="no-ipv6-warning">This vantage\'s IPv6 is '
+            "broken: every target with native IPv6 fails over IPv6 here while IPv4 works. IPv6 "
+            "failures here say nothing about the endpoints.</p>"
+        )
+    elif v6 is False:
         banners.append(
             '<p class="banner alarm" role="alert" id="no-ipv6-warning">This vantage has no IPv6 '
             "route to any target: IPv6 failures here say nothing about the endpoints.</p>"
