@@ -15,7 +15,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
-from monitor.lab import Lab
+from monitor.lab import FAULTS, Lab
 from monitor.lab.run import EXPECTED, expected
 from probes import icmp
 from probes.base import ProbeResult
@@ -125,6 +125,8 @@ def test_fault_error_kinds(report: Report) -> None:
     assert kinds[("no_aaaa", "http2", "ipv6")] == "dns_no_address"
     assert kinds[("nat64", "dns", "ipv6")] == "dns_nat64_synthesized"
     assert kinds[("nat64", "tcp", "ipv6")] == "dns_nat64_synthesized"
+    for probe in ("dns", "tcp", "tls", "http2", "http3"):
+        assert kinds[("v4_mapped", probe, "ipv6")] == "dns_not_native_ipv6"
     assert kinds[("v4_only", "tcp", "ipv6")] == "connect_refused"
     assert kinds[("v4_only", "http3", "ipv6")] == "connect_refused"
     assert kinds[("expired_v6", "tls", "ipv6")] == "tls_cert_expired"
@@ -224,6 +226,7 @@ EXIT = {
     "v6_reset": 1,
     "v6_timeout": 1,
     "nat64": 1,
+    "v4_mapped": 1,
 }
 
 
@@ -286,7 +289,8 @@ def test_family_filter_skips_the_other(
 
 
 def test_lab_is_real(lab_session: Lab) -> None:
-    assert lab_session.dns_port > 0 and len(lab_session.endpoints) == 9
+    assert lab_session.dns_port > 0 and len(lab_session.endpoints) == len(FAULTS)
+    assert {e.fault for e in lab_session.endpoints} == set(FAULTS)
 
 
 def test_source_address_per_family(lab_config_file: Path, tmp_path: Path) -> None:
@@ -306,3 +310,16 @@ def test_source_address_per_family(lab_config_file: Path, tmp_path: Path) -> Non
     assert details(tcp["ipv4"], TcpConnect).source_address == "127.0.0.2"
     assert details(tcp["ipv6"], TcpConnect).source_address == "::1"
     assert all(r.success for r in rep.results)
+
+
+def test_an_ipv4_mapped_aaaa_is_never_dialled(report: Report) -> None:
+    """::ffff:127.0.0.1 would reach the healthy IPv4 server and pass for IPv6: it is dropped,
+    the verdict is ipv6_missing, and no transport probe has an address or dialled one."""
+    v6 = [r for r in report.results if r.target == "v4_mapped" and r.family == "ipv6"]
+    assert v6 and all(not r.success and r.addresses == () for r in v6)
+    assert all(r.address is None for r in v6 if r.probe != "dns")
+    dns = next(r for r in v6 if r.probe == "dns")
+    assert details(dns, DnsAnswer).not_native == ("::ffff:127.0.0.1",)
+    assert details(dns, DnsAnswer).records == ()
+    verdicts = {p.probe: p.verdict for p in report.parity if p.target == "v4_mapped"}
+    assert set(verdicts.values()) == {"ipv6_missing"}

@@ -214,6 +214,7 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
         "kind",
         "verdict",
         "reason",
+        "state",
         "le",
         "version",
         "python",

@@ -40,6 +40,8 @@ ALIAS_HOST = "lab-alias.example.com"
 MISSING_HOST = "dualstack.lab-missing.us-east-1.elb.amazonaws.com"
 # RFC 6052 well-known prefix + 127.0.0.1. Not a local address: nothing may ever connect to it.
 NAT64_ADDRESS = "64:ff9b::7f00:1"
+# IPv4-mapped 127.0.0.1: dialled, it would reach the healthy IPv4 server and look like IPv6.
+V4_MAPPED_ADDRESS = "::ffff:127.0.0.1"
 ENDPOINT_TTL = 60
 NS_TTL = 172800
 EXTRA_SAN = "other.lab.invalid"
@@ -54,6 +56,7 @@ FaultId = Literal[
     "v6_reset",
     "v6_timeout",
     "nat64",
+    "v4_mapped",
 ]
 # What listens on ::1 at the endpoint's port.
 V6Side = Literal["web", "closed", "reset", "blackhole"]
@@ -153,6 +156,13 @@ _PLANS: tuple[_Plan, ...] = (
         v6="closed",
         v6_cert="same",
         description=f"AAAA is {NAT64_ADDRESS} (NAT64 prefix, never connect); 127.0.0.1 healthy",
+    ),
+    _Plan(
+        fault="v4_mapped",
+        aaaa=V4_MAPPED_ADDRESS,
+        v6="closed",
+        v6_cert="same",
+        description=f"AAAA is {V4_MAPPED_ADDRESS} (IPv4-mapped: would reach 127.0.0.1 over IPv4)",
     ),
 )
 

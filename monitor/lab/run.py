@@ -36,6 +36,7 @@ EXPECTED: dict[str, dict[str, str]] = {
     "v6_reset": _verdicts("ok", **dict.fromkeys(_TLS, "ipv6_failed")),
     "v6_timeout": _verdicts("ok", **dict.fromkeys(_TRANSPORT, "ipv6_failed")),
     "nat64": _verdicts("ipv6_missing"),
+    "v4_mapped": _verdicts("ipv6_missing"),
     "missing": {"dns": "both_failed"},
 }
 NAMESERVER_EXPECTED = {"dns": "ok", "icmp": "ok", "tcp": "ok"}
