@@ -118,7 +118,7 @@ def test_healthy_results_on_both_families(report: Report) -> None:
 
 
 def test_fault_error_kinds(report: Report) -> None:
-    kinds = {
+    kinds: dict[tuple[str, str, str], str | None] = {
         (r.target, r.probe, r.family): (r.error.kind if r.error else None) for r in report.results
     }
     assert kinds[("no_aaaa", "dns", "ipv6")] == "dns_no_address"
