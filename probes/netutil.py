@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 
 from probes.base import ProbeRequest
 
@@ -38,6 +39,30 @@ async def open_stream(
     if sock is not None:  # measured latency must be the network's, never Nagle's
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return reader, writer
+
+
+# struct tcp_info (linux/tcp.h): tcpi_rtt, the smoothed RTT in microseconds, is the u32 at
+# byte 68; right after the handshake it is the SYN/SYN-ACK round trip the kernel timed.
+_TCPI_RTT = struct.Struct("=I")
+_TCPI_RTT_OFFSET = 68
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+
+
+def connect_seconds(writer: asyncio.StreamWriter, wall: float) -> float:
+    """The TCP handshake's round trip as the kernel timed it (Linux TCP_INFO), so a busy event
+    loop that noticed the connection late does not inflate it; else the wall-clock time."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or _TCP_INFO is None:
+        return wall
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+    except OSError:
+        return wall
+    if len(info) < _TCPI_RTT_OFFSET + 4:
+        return wall
+    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    # 0: no sample (a retransmitted SYN gives none, Karn); never more than what we saw
+    return rtt_us / 1e6 if 0 < rtt_us / 1e6 <= wall else wall
 
 
 CLOSE_GRACE = 1.0

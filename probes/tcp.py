@@ -8,7 +8,7 @@ from __future__ import annotations
 from probes.base import Outcome, ProbeRequest
 from probes.details import TcpConnect
 from probes.errors import classify
-from probes.netutil import close_stream, open_stream
+from probes.netutil import close_stream, connect_seconds, open_stream
 
 
 async def probe(req: ProbeRequest) -> Outcome:
@@ -18,7 +18,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         _reader, writer = await open_stream(req)
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"connect": clock() - t0})
-    connect = clock() - t0
+    connect = connect_seconds(writer, clock() - t0)
     sockname = writer.get_extra_info("sockname")
     await close_stream(writer)
     return Outcome(

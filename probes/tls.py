@@ -18,7 +18,7 @@ from cryptography import x509
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_client_context
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
-from probes.netutil import abort_stream, close_stream, open_stream
+from probes.netutil import abort_stream, close_stream, connect_seconds, open_stream
 
 _ENCODING_DER = 2  # _ssl.ENCODING_DER, not exported by the ssl module before 3.13
 
@@ -119,12 +119,13 @@ async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
     except OSError as exc:
         raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
     t1 = clock()
+    connect = connect_seconds(writer, t1 - t0)  # before TLS: the socket's own handshake RTT
     try:
         await writer.start_tls(
             ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
         )
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-        phases = {"connect": t1 - t0, "tls": clock() - t1}
+        phases = {"connect": connect, "tls": clock() - t1}
         abort_stream(writer)
         seen = TlsHandshake(verified=False)
         if isinstance(exc, ssl.SSLCertVerificationError):
@@ -133,7 +134,7 @@ async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
     t2 = clock()
     details = _session_details(writer, verified=True)
     return Handshake(
-        reader=reader, writer=writer, connect_seconds=t1 - t0, tls_seconds=t2 - t1, details=details
+        reader=reader, writer=writer, connect_seconds=connect, tls_seconds=t2 - t1, details=details
     )
 
 
