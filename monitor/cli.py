@@ -2,7 +2,8 @@
 ip-ranges update.
 
 Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, 2 usage or configuration error,
-3 this vantage has no IPv6 at all. `--dry-run` and `targets` send no packet.
+3 this vantage has no working IPv6 (no route, or broken beyond it).
+`--dry-run` and `targets` send no packet.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="probe every target once and judge IPv6 against IPv4",
         description="Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, "
-        "2 usage or configuration error, 3 this vantage has no IPv6.",
+        "2 usage or configuration error, 3 this vantage has no working IPv6 "
+        "(no route, or every target fails over IPv6 here while IPv4 works).",
     )
     _add_selection(run)
     run.add_argument(
