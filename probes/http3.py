@@ -18,8 +18,6 @@ from pathlib import Path
 
 import certifi
 import service_identity.cryptography
-from cryptography import x509
-from OpenSSL import crypto
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
@@ -27,6 +25,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
 from aioquic.tls import AlertDescription
+from cryptography import x509
+from OpenSSL import crypto
 
 from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
 from probes.details import QuicExchange
