@@ -15,7 +15,6 @@ shortened.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 from faultproxy import fault_proxy
-from lab.netns import inside, ip, namespace, veth
+from lab.netns import inside, ip, namespace, python_in, veth
 from promstack import alertmanager, prometheus, write_scrape_config
 from serving import serve
 from webhook import webhook_sink
@@ -593,22 +592,7 @@ def test_one_site_two_vantages_one_notification_per_incident(tmp_path: Path) -> 
             capture_output=True,
             timeout=30,
         )
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-        servers = subprocess.Popen(
-            [*srv.exec_prefix(), sys.executable, "-c", SERVERS, json.dumps(ENDPOINTS), DNS_ADDR],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            assert servers.stdout is not None
-            assert servers.stdout.readline().strip() == "ready", servers.stderr
-            with inside(site) as there:
-                figures = there.submit(site_scenario, tmp_path, rtr.name).result(timeout=400)
-        finally:
-            servers.kill()
-            servers.communicate()
+        with python_in(srv, SERVERS, json.dumps(ENDPOINTS), DNS_ADDR), inside(site) as there:
+            figures = there.submit(site_scenario, tmp_path, rtr.name).result(timeout=400)
     print(f"\nfigures: {figures}")
     assert figures["scenario_seconds"] < 240

@@ -5,7 +5,6 @@ address, in `probe run` and in `probe serve` (metric: 2 ok, 1 failed). IPv4 stay
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from lab.netns import inside, namespace, veth
+from lab.netns import inside, namespace, project_env, python_in, veth
 from prometheus_client.parser import text_string_to_metric_families
 from serving import serve
 
@@ -98,8 +97,7 @@ def serve_and_scrape(cfg: Path) -> tuple[list[dict[str, Any]], dict[str, Any], d
 
 @pytest.mark.netns
 def test_one_dead_address_of_three_is_ipv6_failed(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env = project_env()
     with namespace("ds-srv") as srv, namespace("ds-cli") as cli:
         veth(
             cli,
@@ -118,18 +116,7 @@ def test_one_dead_address_of_three_is_ipv6_failed(tmp_path: Path) -> None:
             capture_output=True,
             timeout=30,
         )
-        server = subprocess.Popen(
-            [*srv.exec_prefix(), sys.executable, "-c", SERVER, V4, json.dumps(V6), DNS],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            assert server.stdout is not None
-            assert server.stdout.readline().strip() == "ready", (
-                server.stderr.read() if server.stderr else ""
-            )
+        with python_in(srv, SERVER, V4, json.dumps(V6), DNS):
             cfg = config(tmp_path / "cfg.yml")
             run = subprocess.run(
                 [
@@ -153,9 +140,7 @@ def test_one_dead_address_of_three_is_ipv6_failed(tmp_path: Path) -> None:
             )
             with inside(cli) as there:
                 results, parity, metric = there.submit(serve_and_scrape, cfg).result(timeout=120)
-        finally:
-            server.kill()
-            server.communicate()
+
     assert run.returncode == 1, run.stdout + run.stderr
     doc = json.loads(run.stdout)
     verdicts = {p["probe"]: p for p in doc["parity"]}

@@ -4,7 +4,6 @@ exit status 3, IPv6 transport probes skipped rather than blamed on the endpoint.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lab.netns import namespace, veth
+from lab.netns import namespace, project_env, python_in, veth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,24 +36,12 @@ asyncio.run(main())
 
 
 def test_ipv4_only_vantage_exits_3(tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env = project_env()
     with namespace("ds-srv") as srv, namespace("ds-cli") as cli:
         # IPv4 only between them; the client's veth still gets an fe80:: link-local address,
         # which must not count as IPv6 connectivity.
         veth(cli, ["198.51.100.1/24"], srv, ["198.51.100.2/24", "2001:db8::2/64"])
-        server = subprocess.Popen(
-            [*srv.exec_prefix(), sys.executable, "-c", SERVER],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            assert server.stdout is not None
-            assert server.stdout.readline().strip() == "ready", (
-                server.stderr.read() if server.stderr else ""
-            )
+        with python_in(srv, SERVER):
             cfg = tmp_path / "cfg.yml"
             cfg.write_text(
                 yaml.safe_dump(
@@ -87,9 +74,6 @@ def test_ipv4_only_vantage_exits_3(tmp_path: Path) -> None:
                 env=env,
                 check=False,
             )
-        finally:
-            server.kill()
-            server.communicate()
     assert proc.returncode == 3, proc.stdout + proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["vantage_ipv6"] is False

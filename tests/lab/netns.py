@@ -11,9 +11,11 @@ import contextlib
 import ctypes
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def ip(*args: str, netns: str | None = None) -> None:
@@ -81,3 +83,32 @@ def inside(ns: Netns) -> Iterator[concurrent.futures.Executor]:
         max_workers=1, thread_name_prefix=f"netns-{ns.name}", initializer=_enter, initargs=(ns,)
     ) as ex:
         yield ex
+
+
+@contextlib.contextmanager
+def python_in(ns: Netns, script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Run `python -c script args...` inside `ns` (the project importable), wait until it
+    prints "ready", and kill it on exit."""
+    proc = subprocess.Popen(
+        [*ns.exec_prefix(), sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=project_env(),
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()
+        assert line == "ready", proc.stderr.read() if proc.stderr else line
+        yield proc
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def project_env() -> dict[str, str]:
+    """The environment for a child that must import the project from this checkout."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    return env
