@@ -325,8 +325,9 @@ class _Race:
         except (OSError, ssl.SSLError) as exc:
             return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}")
         t1 = self.clock()
+        budget = max(0.0, deadline - t1)
         try:
-            async with asyncio.timeout(max(0.0, deadline - t1)):
+            async with asyncio.timeout(budget):
                 await winner.writer.start_tls(
                     ctx, server_hostname=self.target.sni, ssl_handshake_timeout=self.target.timeout
                 )
@@ -334,6 +335,10 @@ class _Race:
             abort_stream(winner.writer)
             winner.writer = None
             found = classify(exc)
+            if isinstance(exc, TimeoutError):
+                return None, error(
+                    ErrorKind.TIMEOUT, f"winner's TLS handshake: no answer within {budget:.3g} s"
+                )
             return None, ProbeError(kind=found.kind, message=f"winner's TLS: {found.message}")
         return self.clock() - t1, None
 
