@@ -20,7 +20,7 @@ from probes.details import HttpExchange
 from probes.errors import classify, error
 from probes.httpbase import MAX_BODY, USER_AGENT, authority, status_error
 from probes.netutil import announced_mss, close_stream
-from probes.pmtu import Stalled, with_blackhole_retry
+from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
 from probes.tls import HandshakeFailed, handshake
 
 ALPN = ("h2", "http/1.1")
@@ -145,17 +145,19 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
     version = "2" if alpn == "h2" else "1.1"
     resp = _Response()
     t0 = clock()
-    cut = asyncio.timeout(None if cut_at is None else max(0.0, cut_at - t0))
     announced = announced_mss(hs.writer)
+    cut: asyncio.Timeout | None = None
     try:
-        async with cut:
+        async with cut_if_stalled(
+            hs.writer, None if cut_at is None else max(0.0, cut_at - t0)
+        ) as cut:
             if version == "2":
                 await _exchange_h2(hs.reader, hs.writer, req, resp)
             else:
                 await _exchange_h11(hs.reader, hs.writer, req, resp)
         err = None
     except TimeoutError as exc:
-        if cut.expired():
+        if cut is not None and cut.expired():
             hs.writer.transport.abort()  # a stalled peer would hold a graceful close
             raise Stalled(mss=announced, phases=phases, details=hs.details) from exc
         err = classify(exc)

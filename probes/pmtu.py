@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import random
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
@@ -40,6 +42,51 @@ class Stalled(Exception):
         """The MSS the stalled connection announced (None when unknown)."""
         self.phases = dict(phases)
         self.details = details
+
+
+def unread_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes the kernel has received on this connection that nobody has read yet."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+LATE = 0.05
+"""A check running this much after it was due means the event loop is behind."""
+
+
+@contextlib.asynccontextmanager
+async def cut_if_stalled(
+    writer: asyncio.StreamWriter, delay: float | None
+) -> AsyncIterator[asyncio.Timeout]:
+    """Like asyncio.timeout(delay), except that it does not cut while this event loop is
+    behind: when the peer's bytes wait unread in the kernel, or the check itself ran late (the
+    loop may have read the bytes without resuming the handshake yet), it looks again LATE
+    seconds on. A black hole leaves nothing to read. `expired()` says whether it cut."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as cut:
+        handle: asyncio.TimerHandle | None = None
+
+        def check(due: float) -> None:
+            nonlocal handle
+            now = loop.time()
+            if unread_bytes(writer) > 0 or now - due > LATE:
+                handle = loop.call_at(now + LATE, check, now + LATE)
+            else:
+                cut.reschedule(now)
+
+        if delay is not None:
+            handle = loop.call_at(loop.time() + delay, check, loop.time() + delay)
+        try:
+            yield cut
+        finally:
+            if handle is not None:
+                handle.cancel()
 
 
 Attempt = Callable[[int | None, float | None], Awaitable[Outcome]]

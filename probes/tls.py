@@ -25,7 +25,7 @@ from probes.netutil import (
     connect_seconds,
     open_stream,
 )
-from probes.pmtu import Stalled, with_blackhole_retry
+from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
 
 _ENCODING_DER = 2  # _ssl.ENCODING_DER, not exported by the ssl module before 3.13
 
@@ -135,9 +135,9 @@ async def handshake(
         raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
     t1 = clock()
     connect = connect_seconds(writer, t1 - t0)  # before TLS: the socket's own handshake RTT
-    cut = asyncio.timeout(None if cut_at is None else max(0.0, cut_at - t1))
+    cut: asyncio.Timeout | None = None
     try:
-        async with cut:
+        async with cut_if_stalled(writer, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
             await writer.start_tls(
                 ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
             )
@@ -145,7 +145,7 @@ async def handshake(
         phases = {"connect": connect, "tls": clock() - t1}
         announced = announced_mss(writer)
         abort_stream(writer)
-        if cut.expired():
+        if cut is not None and cut.expired():
             raise Stalled(mss=announced, phases=phases, details=None) from exc
         seen = TlsHandshake(verified=False)
         if isinstance(exc, ssl.SSLCertVerificationError):

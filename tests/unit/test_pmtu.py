@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -232,3 +233,57 @@ def test_echo_request_is_the_size_asked() -> None:
         assert len(packet) + overhead - 8 == 1280  # the ICMP header is part of both
     v4 = pmtu.echo_request("ipv4", 7, 1, 100)
     assert pmtu._checksum(v4) == 0  # a valid ICMPv4 checksum sums to zero
+
+
+@contextlib.asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[asyncio.StreamWriter, asyncio.StreamWriter]]:
+    """A real loopback connection: (our end, the peer's end)."""
+    accepted: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def handle(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.set_result(w)
+
+    server = await asyncio.start_server(handle, "::1", 0)
+    _reader, ours = await asyncio.open_connection("::1", server.sockets[0].getsockname()[1])
+    theirs = await asyncio.wait_for(accepted, 5)
+    try:
+        yield ours, theirs
+    finally:
+        for w in (ours, theirs):
+            w.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_cut_if_stalled_cuts_a_silent_connection() -> None:
+    async with tcp_pair() as (ours, _theirs):
+        t0 = time.perf_counter()
+        with pytest.raises(TimeoutError):
+            async with pmtu.cut_if_stalled(ours, 0.1) as cut:
+                await asyncio.sleep(5)
+        assert cut.expired() and 0.1 <= time.perf_counter() - t0 < 1.0
+
+
+async def test_cut_if_stalled_waits_while_bytes_wait_unread() -> None:
+    """The peer's bytes are in the kernel, unread: this loop is behind, not the path."""
+    async with tcp_pair() as (ours, theirs):
+        assert isinstance(ours.transport, asyncio.Transport)
+        ours.transport.pause_reading()  # as a loop too busy to read them
+        theirs.write(b"x" * 100)
+        await theirs.drain()
+        await asyncio.sleep(0.05)
+        assert pmtu.unread_bytes(ours) == 100
+        async with pmtu.cut_if_stalled(ours, 0.05) as cut:
+            await asyncio.sleep(0.3)
+        assert not cut.expired()
+
+
+async def test_a_loop_blocked_past_the_cut_is_no_black_hole(
+    cert: IssuedCert, env: ProbeEnv
+) -> None:
+    """The event loop (server and client alike) is blocked from before the cut to after it;
+    the check then runs late and waits, the handshake completes: success, not pmtu_blackhole."""
+    async with WebServer.bind("::1", cert, h3=False) as web:
+        asyncio.get_running_loop().call_later(0.02, time.sleep, TIMEOUT / 2 + 0.2)
+        result = await run("tls", "ipv6", web.port, env)
+    assert result.success, result.error
