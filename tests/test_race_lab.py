@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -30,7 +31,14 @@ SCHEMA = json.loads(
 @pytest.fixture(scope="module")
 def report(lab_config_file: Path) -> Report:
     cfg = load_config(lab_config_file)
-    targets = [t for t in cfg.targets if t.name in RACE_WINNERS]
+    # The lab's DNS answers A and AAAA within milliseconds; on a loaded machine a gap over the
+    # 50 ms resolution delay would let IPv4 start first (as RFC 8305 says it should). What is
+    # measured here is the connection attempt delay, so the resolution delay is made long.
+    targets = [
+        dataclasses.replace(t, race=dataclasses.replace(t.race, resolution_delay=1.0))
+        for t in cfg.targets
+        if t.name in RACE_WINNERS
+    ]
     return asyncio.run(run_round(cfg, targets))
 
 
@@ -69,10 +77,10 @@ def test_healthy_ipv6_wins_at_no_cost(report: Report) -> None:
     r = races(report)["healthy"]
     assert (r.winner_family, r.winner_address) == ("ipv6", "::1")
     assert r.ipv6_penalty_seconds == 0.0
-    assert [(a.family, a.outcome) for a in r.attempts] == [
-        ("ipv6", "connected"),
-        ("ipv4", "not_started"),
-    ]
+    first, *others = [(a.family, a.outcome) for a in r.attempts]
+    assert first == ("ipv6", "connected")
+    # 127.0.0.1 never dialled: listed, or not even answered before the race was over
+    assert others in ([("ipv4", "not_started")], [])
     assert r.tls_seconds is not None and r.error is None
 
 

@@ -30,8 +30,8 @@ from probes.base import (
 from probes.errors import error
 
 Role = Literal["listen", "blackhole", "closed"]
-CAD = 0.1
-"""A short connection attempt delay keeps the tests quick (RFC 8305 allows down to 10 ms)."""
+CAD = 0.2
+"""A little under RFC 8305's 250 ms: quick tests, with room for a busy machine's jitter."""
 
 
 class Listening(LabServer):
@@ -245,7 +245,7 @@ async def test_the_deadline_ends_the_race() -> None:
     r = await run(
         {"::1": "blackhole", "127.0.0.2": "blackhole", "127.0.0.3": "blackhole"},
         Scripted({"ipv6": (0.0, ("::1",)), "ipv4": (0.0, ("127.0.0.2", "127.0.0.3"))}),
-        timeout=0.15,
+        timeout=1.5 * CAD,
     )
     assert r.winner_family is None
     assert r.error is not None and r.error.kind is ErrorKind.TIMEOUT
