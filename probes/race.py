@@ -257,6 +257,8 @@ class _Race:
         try:
             while True:
                 now = self.clock()
+                if now >= deadline:
+                    return None, True
                 if self.queue and (not running or now >= next_start):
                     t = self.queue.next()
                     t.started = now - self.t0
@@ -266,8 +268,6 @@ class _Race:
                     continue
                 if not running and not self.lookups:
                     return None, False  # every address failed
-                if now >= deadline:
-                    return None, True
                 wait = deadline - now
                 if self.queue:
                     wait = min(wait, next_start - now)
