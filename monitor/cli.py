@@ -30,7 +30,7 @@ from monitor.run.output import (
     write_plan,
     write_table,
 )
-from probes.base import FAMILIES, PROBE_KINDS, Family, Target
+from probes.base import ALL_PROBE_KINDS, FAMILIES, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
 
@@ -86,9 +86,9 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         "--probe",
         action="append",
         default=[],
-        choices=PROBE_KINDS,
+        choices=ALL_PROBE_KINDS,
         metavar="KIND",
-        help=f"one of {', '.join(PROBE_KINDS)}",
+        help=f"one of {', '.join(ALL_PROBE_KINDS)}",
     )
     p.add_argument("--family", choices=("ipv4", "ipv6", "both"), default="both")
     p.add_argument("--format", choices=("table", "json"), default="table")

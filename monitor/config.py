@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,7 +28,17 @@ from pydantic import (
 
 from monitor.catalog import CatalogError, expand_catalog, user_target_defaults
 from probes import ipranges
-from probes.base import FAMILIES, PROBE_KINDS, Family, HttpSpec, ProbeKind, Target, TlsSpec
+from probes.base import (
+    FAMILIES,
+    PROBE_KINDS,
+    Family,
+    HttpSpec,
+    IcmpSpec,
+    ProbeKind,
+    RaceSpec,
+    Target,
+    TlsSpec,
+)
 from probes.ipranges import IpRanges
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -73,6 +84,16 @@ def parse_duration(value: object) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_attempt_delay(seconds: float) -> float:
+    # RFC 8305 section 5: MUST NOT be under 10 ms, SHOULD NOT be over 2 s.
+    if not 0.01 <= seconds <= 2.0:
+        raise ValueError(f"{seconds:g} s: must be from 10ms to 2s (RFC 8305 section 5)")
+    return seconds
+
+
+AttemptDelay = Annotated[Duration, AfterValidator(_check_attempt_delay)]
 
 
 def _check_ip(value: str) -> str:
@@ -134,6 +155,23 @@ class TargetTlsConfig(_Strict):
     server_name: str | None = None
 
 
+class RaceConfig(_Strict):
+    resolution_delay: Duration = 0.05
+    connection_attempt_delay: AttemptDelay = 0.25
+
+
+class TargetRaceConfig(_Strict):
+    """Per target: each key falls back to the top-level `race`."""
+
+    resolution_delay: Duration | None = None
+    connection_attempt_delay: AttemptDelay | None = None
+
+
+class IcmpConfig(_Strict):
+    # Whole IP packets: at least an IPv6 and an ICMPv6 header (48 bytes).
+    sizes: list[Annotated[int, Field(ge=48, le=65535)]] = Field(default_factory=list)
+
+
 class TargetConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_RE)]
     service: str = "custom"
@@ -148,6 +186,8 @@ class TargetConfig(_Strict):
     timeout: Duration | None = None
     max_addresses: int | None = Field(None, ge=1, le=64)
     zone: str | None = None
+    race: TargetRaceConfig = Field(default_factory=TargetRaceConfig)
+    icmp: IcmpConfig = Field(default_factory=IcmpConfig)
 
     @field_validator("name")
     @classmethod
@@ -205,6 +245,7 @@ class ConfigModel(_Strict):
     route53: Route53Config = Field(default_factory=Route53Config)
     parity: ParityConfig = Field(default_factory=ParityConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
+    race: RaceConfig = Field(default_factory=RaceConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConfigModel:
@@ -385,6 +426,12 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
                 interval=t.interval or model.interval,
                 timeout=t.timeout or model.timeout,
                 max_addresses=t.max_addresses or model.max_addresses,
+                race=RaceSpec(
+                    resolution_delay=t.race.resolution_delay or model.race.resolution_delay,
+                    connection_attempt_delay=t.race.connection_attempt_delay
+                    or model.race.connection_attempt_delay,
+                ),
+                icmp=IcmpSpec(sizes=tuple(sorted(set(t.icmp.sizes)))),
                 zone=t.zone,
                 families=tuple(dict.fromkeys(t.families or model.families)),
                 source="config",

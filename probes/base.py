@@ -20,8 +20,12 @@ from probes.ipranges import Attribution, IpRanges
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
-ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3"]
+ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3", "race"]
 PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
+"""The default "all six": each runs once per family and is judged by parity."""
+ALL_PROBE_KINDS: tuple[ProbeKind, ...] = (*PROBE_KINDS, "race")
+"""Every kind a target may list. `race` (Happy Eyeballs, probes/race.py) races the families
+in one client instead, so it adds nothing to results or parity and is never a default."""
 Clock = Callable[[], float]
 
 
@@ -47,6 +51,7 @@ class ErrorKind(enum.StrEnum):
     DNS_REFUSED = "dns_refused"
     DNS_BAD_RESPONSE = "dns_bad_response"
     TIMEOUT = "timeout"
+    PMTU_BLACKHOLE = "pmtu_blackhole"
     CONNECT_REFUSED = "connect_refused"
     CONNECTION_RESET = "connection_reset"
     NETWORK_UNREACHABLE = "network_unreachable"
@@ -111,6 +116,25 @@ class Expectation:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RaceSpec:
+    """The RFC 8305 timers of the `race` probe (config `race`, top level or per target)."""
+
+    resolution_delay: float = 0.05
+    """How long an A answer waits for the AAAA one before IPv4 is dialled (section 3)."""
+    connection_attempt_delay: float = 0.25
+    """The wait between starting one connection attempt and the next (section 5)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IcmpSpec:
+    """Per-target options of the icmp probe (config `icmp`)."""
+
+    sizes: tuple[int, ...] = ()
+    """Whole IP packet sizes to echo with fragmentation forbidden, ascending; the largest
+    answered is the family's path MTU. Empty: no path-MTU echoes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One endpoint to compare over IPv4 and IPv6, after catalog expansion."""
 
@@ -141,6 +165,10 @@ class Target:
     """What the catalog says this endpoint does (HTTP version, ALPN, HTTP/3, statuses)."""
     max_addresses: int = 8
     """Transport probes dial every address of a family's answer, sorted, up to this many."""
+    race: RaceSpec = field(default_factory=RaceSpec)
+    """The Happy Eyeballs timers, when `probes` lists `race`."""
+    icmp: IcmpSpec = field(default_factory=IcmpSpec)
+    """Options of the icmp probe."""
 
     def expected_service(self, family: Family) -> str | None:
         return dict(self.ip_ranges_service).get(family)
@@ -266,6 +294,74 @@ class ProbeResult:
 
 
 ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]
+
+RaceOutcome = Literal["connected", "failed", "cancelled", "not_started"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaceAttempt:
+    """One address of a Happy Eyeballs race, in the order the client would try them."""
+
+    family: Family
+    address: str
+    started_seconds: float | None
+    """When its connect began, after the race's first attempt; None when never started."""
+    outcome: RaceOutcome
+    """connected (the winner), failed (before a winner), cancelled (still connecting, or
+    connected too late, when the race ended), not_started."""
+    error: ProbeError | None = None
+    """Why it failed (outcome failed only)."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "family": self.family,
+            "address": self.address,
+            "started_seconds": self.started_seconds,
+            "outcome": self.outcome,
+            "error": self.error.to_json() if self.error else None,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaceResult:
+    """What an RFC 8305 client saw connecting to a target: who won, and what IPv6 cost."""
+
+    target: str
+    started: float
+    """Unix time the race began (its DNS queries)."""
+    winner_family: Family | None
+    """The family of the first completed TCP connect; None when nothing connected."""
+    winner_address: str | None
+    connect_seconds: float | None
+    """From the first connection attempt to the winner's completed TCP handshake."""
+    ipv6_penalty_seconds: float | None
+    """0 when IPv6 won; when IPv4 won, `connect_seconds` less a direct IPv4 connect to the
+    winning address right after (what broken or slow IPv6 cost); None when nothing won or
+    the direct connect failed."""
+    attempts: tuple[RaceAttempt, ...]
+    resolution_seconds: float = 0.0
+    """From the DNS queries to the first connection attempt (the resolution delay included)."""
+    direct_ipv4_seconds: float | None = None
+    """The direct IPv4 connect the penalty is measured against (IPv4 winners only)."""
+    tls_seconds: float | None = None
+    """The winner's TLS handshake, when the target also has a tls or http2 probe."""
+    error: ProbeError | None = None
+    """Why the race (or the winner's TLS handshake) failed; None when it worked."""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "started": self.started,
+            "winner_family": self.winner_family,
+            "winner_address": self.winner_address,
+            "connect_seconds": self.connect_seconds,
+            "ipv6_penalty_seconds": self.ipv6_penalty_seconds,
+            "resolution_seconds": self.resolution_seconds,
+            "direct_ipv4_seconds": self.direct_ipv4_seconds,
+            "tls_seconds": self.tls_seconds,
+            "error": self.error.to_json() if self.error else None,
+            "attempts": [a.to_json() for a in self.attempts],
+        }
 
 
 @functools.lru_cache(maxsize=256)

@@ -65,6 +65,13 @@ class IcmpEcho:
     """Mean round trip (the latency compared across families)."""
     rtt_max_seconds: float
     """Slowest round trip."""
+    path_mtu_bytes: int | None = None
+    """The largest of the target's `icmp.sizes` answered with fragmentation forbidden (whole
+    IP packets); None when no size was asked or none was answered."""
+    sizes_answered: tuple[int, ...] = ()
+    """The sizes echoed back, ascending."""
+    sizes_unanswered: tuple[int, ...] = ()
+    """The sizes lost (or too large to leave this host unfragmented), ascending."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,7 +19,8 @@ from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import HttpExchange
 from probes.errors import classify, error
 from probes.httpbase import MAX_BODY, USER_AGENT, authority, status_error
-from probes.netutil import close_stream
+from probes.netutil import announced_mss, close_stream
+from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
 from probes.tls import HandshakeFailed, handshake
 
 ALPN = ("h2", "http/1.1")
@@ -124,9 +125,17 @@ async def _exchange_h11(
 
 
 async def probe(req: ProbeRequest) -> Outcome:
+    async def attempt(mss: int | None, cut_at: float | None) -> Outcome:
+        return await _probe(req, mss, cut_at)
+
+    return await with_blackhole_retry(req, attempt, "the HTTPS exchange")
+
+
+async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Outcome:
+    """One connection; raises Stalled when it is not done by clock time `cut_at`."""
     clock = req.env.clock
     try:
-        hs = await handshake(req, ALPN)
+        hs = await handshake(req, ALPN, mss=mss, cut_at=cut_at)
     except HandshakeFailed as failed:
         return Outcome(
             success=False, error=failed.error, phases=failed.phases, details=failed.details
@@ -136,12 +145,22 @@ async def probe(req: ProbeRequest) -> Outcome:
     version = "2" if alpn == "h2" else "1.1"
     resp = _Response()
     t0 = clock()
+    announced = announced_mss(hs.writer)
+    cut: asyncio.Timeout | None = None
     try:
-        if version == "2":
-            await _exchange_h2(hs.reader, hs.writer, req, resp)
-        else:
-            await _exchange_h11(hs.reader, hs.writer, req, resp)
+        async with cut_if_stalled(
+            hs.writer, None if cut_at is None else max(0.0, cut_at - t0)
+        ) as cut:
+            if version == "2":
+                await _exchange_h2(hs.reader, hs.writer, req, resp)
+            else:
+                await _exchange_h11(hs.reader, hs.writer, req, resp)
         err = None
+    except TimeoutError as exc:
+        if cut is not None and cut.expired():
+            hs.writer.transport.abort()  # a stalled peer would hold a graceful close
+            raise Stalled(mss=announced, phases=phases, details=hs.details) from exc
+        err = classify(exc)
     except (h2.exceptions.H2Error, h11.ProtocolError) as exc:
         err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/{version}: {exc}")
     except (OSError, EOFError) as exc:

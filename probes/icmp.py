@@ -2,10 +2,13 @@
 
 Tries an unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux and by
 default on macOS), then a raw socket; with neither permitted it reports `icmp_not_permitted`.
+With the target's `icmp.sizes`, echoes of those sizes with fragmentation forbidden run beside
+the ping on a socket of their own (probes/pmtu.py) and give the family's path MTU.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import icmplib
@@ -13,6 +16,7 @@ import icmplib
 from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import IcmpEcho
 from probes.errors import classify, error
+from probes.pmtu import SizeEchoes, echo_sizes
 
 
 def _has_root() -> bool:
@@ -38,6 +42,32 @@ async def _ping(req: ProbeRequest, privileged: bool) -> icmplib.Host:
 
 
 async def probe(req: ProbeRequest) -> Outcome:
+    if not req.target.icmp.sizes:
+        return await _echo(req, None)
+    sizes = asyncio.ensure_future(_sizes(req))
+    try:
+        return await _echo(req, sizes)
+    finally:
+        if not sizes.done():  # the ping failed first: its echoes say nothing then
+            sizes.cancel()
+            await asyncio.wait({sizes})
+
+
+async def _sizes(req: ProbeRequest) -> SizeEchoes | None:
+    """The path-MTU echoes, in the same share of the timeout as the ping (None: no socket)."""
+    try:
+        return await echo_sizes(
+            req,
+            req.target.icmp.sizes,
+            budget=req.timeout * 0.9,
+            rounds=req.env.icmp_count,
+            spacing=req.env.icmp_interval,
+        )
+    except OSError:  # no ICMP socket allowed, or `source` unusable: the ping says which
+        return None
+
+
+async def _echo(req: ProbeRequest, sizes: asyncio.Future[SizeEchoes | None] | None) -> Outcome:
     host = None
     last_denied: Exception | None = None
     for privileged in (False, True):
@@ -61,6 +91,7 @@ async def probe(req: ProbeRequest) -> Outcome:
                 f"net.ipv4.ping_group_range ({last_denied})",
             ),
         )
+    measured = await sizes if sizes is not None else None
     details = IcmpEcho(
         sent=host.packets_sent,
         received=host.packets_received,
@@ -68,6 +99,9 @@ async def probe(req: ProbeRequest) -> Outcome:
         rtt_min_seconds=host.min_rtt / 1000,
         rtt_avg_seconds=host.avg_rtt / 1000,
         rtt_max_seconds=host.max_rtt / 1000,
+        path_mtu_bytes=max(measured.answered) if measured and measured.answered else None,
+        sizes_answered=measured.answered if measured else (),
+        sizes_unanswered=measured.unanswered if measured else (),
     )
     if host.packets_sent == 0:  # icmplib swallows send errors: no route, no source address
         return Outcome(

@@ -24,26 +24,54 @@ async def open_stream(
     *,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    mss: int | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to `req.address` (never the name), optionally with TLS and SNI."""
-    reader, writer = await asyncio.open_connection(
-        host=req.address,
-        port=req.target.port,
-        ssl=ssl_context,
-        server_hostname=server_hostname if ssl_context else None,
-        local_addr=local_addr(req),
-        # The handshake is bounded by the probe timeout, not asyncio's 60 s default.
-        ssl_handshake_timeout=req.timeout if ssl_context else None,
-    )
+    """Connect to `req.address` (never the name), optionally with TLS and SNI. `mss` caps the
+    segment size this end announces in its SYN, so the peer sends no larger segments."""
+    if mss is None:
+        reader, writer = await asyncio.open_connection(
+            host=req.address,
+            port=req.target.port,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context else None,
+            local_addr=local_addr(req),
+            # The handshake is bounded by the probe timeout, not asyncio's 60 s default.
+            ssl_handshake_timeout=req.timeout if ssl_context else None,
+        )
+    else:
+        # TCP_MAXSEG must be set before the SYN leaves: asyncio cannot, so connect by hand.
+        sock = await _connect_with_mss(req, mss)
+        reader, writer = await asyncio.open_connection(
+            sock=sock,
+            ssl=ssl_context,
+            server_hostname=server_hostname if ssl_context else None,
+            ssl_handshake_timeout=req.timeout if ssl_context else None,
+        )
     sock = writer.get_extra_info("socket")
     if sock is not None:  # measured latency must be the network's, never Nagle's
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return reader, writer
 
 
+async def _connect_with_mss(req: ProbeRequest, mss: int) -> socket.socket:
+    family = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        source = local_addr(req)
+        if source is not None:
+            sock.bind(source)
+        await asyncio.get_running_loop().sock_connect(sock, (req.address, req.target.port))
+    except BaseException:  # cancelled or failed: the socket is ours to close either way
+        sock.close()
+        raise
+    return sock
+
+
 # struct tcp_info (linux/tcp.h): tcpi_rtt, the smoothed RTT in microseconds, is the u32 at
 # byte 68; right after the handshake it is the SYN/SYN-ACK round trip the kernel timed.
-_TCPI_RTT = struct.Struct("=I")
+_U32 = struct.Struct("=I")
 _TCPI_RTT_OFFSET = 68
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
@@ -60,9 +88,37 @@ def connect_seconds(writer: asyncio.StreamWriter, wall: float) -> float:
         return wall
     if len(info) < _TCPI_RTT_OFFSET + 4:
         return wall
-    (rtt_us,) = _TCPI_RTT.unpack_from(info, _TCPI_RTT_OFFSET)
+    (rtt_us,) = _U32.unpack_from(info, _TCPI_RTT_OFFSET)
     # 0: no sample (a retransmitted SYN gives none, Karn); never more than what we saw
     return rtt_us / 1e6 if 0 < rtt_us / 1e6 <= wall else wall
+
+
+# tcpi_advmss, the u32 at byte 84: the segment size this end announced in its SYN (which
+# bounds the segments the peer sends, so the size of the packets coming back), less the 12
+# bytes of the timestamp option once both ends use it (TCPI_OPT_TIMESTAMPS of tcpi_options).
+_TCPI_ADVMSS_OFFSET = 84
+_TCPI_OPTIONS_OFFSET = 5
+_TCPI_OPT_TIMESTAMPS = 1
+_TIMESTAMP_OPTION = 12
+
+
+def announced_mss(writer: asyncio.StreamWriter) -> int | None:
+    """The MSS this end announced (Linux TCP_INFO), else the connection's TCP_MAXSEG; None
+    when neither can be read."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        if _TCP_INFO is not None:
+            info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
+            if len(info) >= _TCPI_ADVMSS_OFFSET + 4:
+                (advmss,) = _U32.unpack_from(info, _TCPI_ADVMSS_OFFSET)
+                if advmss:
+                    stamps = info[_TCPI_OPTIONS_OFFSET] & _TCPI_OPT_TIMESTAMPS
+                    return int(advmss) + (_TIMESTAMP_OPTION if stamps else 0)
+        return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
+    except OSError:
+        return None
 
 
 CLOSE_GRACE = 1.0

@@ -18,7 +18,14 @@ from cryptography import x509
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_client_context
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
-from probes.netutil import abort_stream, close_stream, connect_seconds, open_stream
+from probes.netutil import (
+    abort_stream,
+    announced_mss,
+    close_stream,
+    connect_seconds,
+    open_stream,
+)
+from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
 
 _ENCODING_DER = 2  # _ssl.ENCODING_DER, not exported by the ssl module before 3.13
 
@@ -104,8 +111,16 @@ def _session_details(writer: asyncio.StreamWriter, *, verified: bool) -> TlsHand
     )
 
 
-async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
-    """TCP connect then TLS handshake; raises HandshakeFailed with the error as data."""
+async def handshake(
+    req: ProbeRequest,
+    alpn: tuple[str, ...],
+    *,
+    mss: int | None = None,
+    cut_at: float | None = None,
+) -> Handshake:
+    """TCP connect then TLS handshake; raises HandshakeFailed with the error as data, and
+    Stalled when the handshake has not completed by clock time `cut_at` (None: no cut).
+    `mss`: the segment size to announce (None: the kernel's)."""
     clock = req.env.clock
     try:
         ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
@@ -115,18 +130,23 @@ async def handshake(req: ProbeRequest, alpn: tuple[str, ...]) -> Handshake:
         ) from exc
     t0 = clock()
     try:
-        reader, writer = await open_stream(req)
+        reader, writer = await open_stream(req, mss=mss)
     except OSError as exc:
         raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
     t1 = clock()
     connect = connect_seconds(writer, t1 - t0)  # before TLS: the socket's own handshake RTT
+    cut: asyncio.Timeout | None = None
     try:
-        await writer.start_tls(
-            ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
-        )
+        async with cut_if_stalled(writer, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
+            await writer.start_tls(
+                ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
+            )
     except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
         phases = {"connect": connect, "tls": clock() - t1}
+        announced = announced_mss(writer)
         abort_stream(writer)
+        if cut is not None and cut.expired():
+            raise Stalled(mss=announced, phases=phases, details=None) from exc
         seen = TlsHandshake(verified=False)
         if isinstance(exc, ssl.SSLCertVerificationError):
             seen = await _unverified_details(req, alpn)
@@ -151,8 +171,15 @@ async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHa
 
 
 async def probe(req: ProbeRequest) -> Outcome:
+    async def attempt(mss: int | None, cut_at: float | None) -> Outcome:
+        return await _probe(req, mss, cut_at)
+
+    return await with_blackhole_retry(req, attempt, "the TLS handshake")
+
+
+async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Outcome:
     try:
-        hs = await handshake(req, req.target.tls.alpn)
+        hs = await handshake(req, req.target.tls.alpn, mss=mss, cut_at=cut_at)
     except HandshakeFailed as failed:
         return Outcome(
             success=False, error=failed.error, phases=failed.phases, details=failed.details

@@ -818,6 +818,39 @@ def endpoint() -> Board:
         h=8,
     )
 
+    b.row("Happy Eyeballs")
+    b.add(
+        lines("percentunit").min(0).max(1),
+        "Races IPv4 won, per target",
+        "Share of the Happy Eyeballs (RFC 8305) races of each target that IPv4 won, per "
+        "vantage: a browser-like client tries IPv6 first, so anything above 0 is IPv6 failing "
+        "or too slow for it (probe race; only targets that list it).",
+        [
+            Q(
+                "sum by (vantage, target) (increase(dualstack_race_wins_total"
+                f'{{family="ipv4", {SEL}}}[$__rate_interval]))\n/ sum by (vantage, target) '
+                f"(increase(dualstack_race_wins_total{{{SEL}}}[$__rate_interval]))",
+                "{{vantage}} {{target}}",
+            )
+        ],
+        w=12,
+        h=8,
+    )
+    b.add(
+        lines("s").min(0),
+        "What IPv6 cost the race, per target",
+        "The last race's IPv6 penalty: 0 when IPv6 won; when IPv4 won, its connect time less "
+        "a direct IPv4 connect (about the connection attempt delay for a blackholed IPv6).",
+        [
+            Q(
+                f"max by (vantage, target) (dualstack_race_ipv6_penalty_seconds{{{SEL}}})",
+                "{{vantage}} {{target}}",
+            )
+        ],
+        w=12,
+        h=8,
+    )
+
     b.row("Protocol, certificate and DNS")
     b.add(
         grid()

@@ -26,7 +26,8 @@ INVALID = {
         "targets[0].families[0]: 'inet6' is not one of 'ipv4' or 'ipv6'"
     ),
     "invalid-bad-probe.yml": (
-        "targets[0].probes[1]: 'smtp' is not one of 'dns', 'icmp', 'tcp', 'tls', 'http2' or 'http3'"
+        "targets[0].probes[1]: 'smtp' is not one of "
+        "'dns', 'icmp', 'tcp', 'tls', 'http2', 'http3' or 'race'"
     ),
     "invalid-unknown-service.yml": (
         "catalog.services[1]: unknown service 'sqs' "

@@ -144,3 +144,18 @@ def test_the_matrix_shows_the_labs_faults(live: Live) -> None:
     )
     targets = {r["metric"]["target"] for r in lost}
     assert "v4_only" in targets and "healthy" not in targets
+
+
+def test_the_race_panels_show_who_won(live: Live) -> None:
+    """The lab races healthy (IPv6 wins) and v6_timeout (IPv6 blackholed: IPv4 wins)."""
+    share = {
+        r["metric"]["target"]: float(r["value"][1])
+        for r in _check(live, _query("Dualstack endpoint", "Races IPv4 won, per target"))
+        if r["metric"]["vantage"] == VANTAGE
+    }
+    assert share == {"healthy": 0.0, "v6_timeout": 1.0}
+    cost = {
+        r["metric"]["target"]: float(r["value"][1])
+        for r in _check(live, _query("Dualstack endpoint", "What IPv6 cost the race, per target"))
+    }
+    assert cost["healthy"] == 0.0 and 0.2 <= cost["v6_timeout"] <= 0.4

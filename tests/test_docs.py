@@ -14,12 +14,15 @@ from monitor.config import (
     ConfigError,
     ConfigModel,
     HttpConfig,
+    IcmpConfig,
     IpRangesConfig,
     ParityConfig,
+    RaceConfig,
     ResolverConfig,
     Route53Config,
     SourceConfig,
     TargetConfig,
+    TargetRaceConfig,
     TargetTlsConfig,
     TlsConfig,
     load_config,
@@ -129,6 +132,9 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("parity", ParityConfig),
     ("source", SourceConfig),
     ("ip_ranges", IpRangesConfig),
+    ("race", RaceConfig),
+    ("targets[].race", TargetRaceConfig),
+    ("targets[].icmp", IcmpConfig),
 ]
 
 

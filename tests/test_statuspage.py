@@ -307,3 +307,15 @@ async def test_warnings_in_headless_chromium(doc: dict[str, Any]) -> None:
 async def test_a_missing_chromium_is_an_error_not_a_skip(tmp_path: Path) -> None:
     with pytest.raises(BrowserMissingError, match="apt-get install -y chromium"):
         await load_page("http://127.0.0.1:1/", tmp_path / "x.png", executable=tmp_path / "none")
+
+
+def test_races_say_who_won(doc: dict[str, Any]) -> None:
+    text = page(doc)
+    rows = dict(re.findall(r'<tr data-target="([^"]+)" data-winner="([^"]+)">', text))
+    assert rows == {"healthy": "ipv6", "v4_only": "ipv4", "expired_v6": "none"}
+    v4_only = re.search(r'<tr data-target="v4_only".*?</tr>', text)
+    assert v4_only is not None
+    assert ">IPv4<" in v4_only.group(0) and "250 ms" in v4_only.group(0)  # what IPv6 cost
+    assert "&lt;script&gt;" in text and "<script" not in text  # the error message, escaped
+    del doc["races"]
+    assert "Happy Eyeballs" not in page(doc)  # no race configured: no section

@@ -188,6 +188,9 @@ COMPARED: Mapping[type[Details], tuple[Compared[Any], ...]] = {
                 "rtt_max_seconds",
             ),
         ),
+        # Listed, never a mismatch: a tunnel on one family's path is common and works.
+        Compared[IcmpEcho]("path_mtu_bytes", lambda d: d.path_mtu_bytes, NORMAL),
+        Compared[IcmpEcho]("sizes", lambda d: None, NOT, ("sizes_answered", "sizes_unanswered")),
     ),
     TcpConnect: (Compared[TcpConnect]("source_address", lambda d: d.source_address, NOT),),
     TlsHandshake: (

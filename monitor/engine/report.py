@@ -9,7 +9,7 @@ from typing import Any
 
 from monitor.engine.parity import Parity
 from monitor.engine.vantage import VantageCheck
-from probes.base import ProbeResult, Target
+from probes.base import ProbeResult, RaceResult, Target
 from probes.details import details_json
 
 
@@ -31,6 +31,8 @@ class Report:
     """One per (target, probe)."""
     notes: tuple[str, ...] = ()
     """What a person should know about the round (a zone whose NS set could not be read)."""
+    races: tuple[RaceResult, ...] = ()
+    """One Happy Eyeballs race per target whose probes list `race` (not in results)."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
@@ -75,4 +77,5 @@ def report_json(report: Report) -> dict[str, Any]:
         "notes": list(report.notes),
         "results": [result_json(r, targets.get(r.target)) for r in report.results],
         "parity": [p.to_json() for p in report.parity],
+        "races": [r.to_json() for r in report.races],
     }

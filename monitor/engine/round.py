@@ -22,7 +22,17 @@ from monitor.engine.check import (
 )
 from monitor.engine.report import Report
 from monitor.engine.vantage import VantageCheck, check_vantage, ipv6_broken
-from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
+from probes.base import (
+    FAMILIES,
+    Family,
+    ProbeEnv,
+    ProbeKind,
+    ProbeResult,
+    RaceResult,
+    Resolution,
+    Target,
+)
+from probes.race import race
 from probes.resolve import Resolver
 
 Progress = Callable[[int, int], None]
@@ -69,7 +79,8 @@ async def run_round(
         else VantageCheck(ipv6=None)
     )
     plan = [(t, [k for k in t.probes if kinds is None or k in kinds]) for t in all_targets]
-    total = sum(len(ks) * len(FAMILIES) for _, ks in plan)
+    # A race is one client over both families: one step of progress, not two.
+    total = sum(len(FAMILIES) * len(ks) - ("race" in ks) for _, ks in plan)
     finished = 0
 
     def done() -> None:
@@ -100,6 +111,16 @@ async def run_round(
             )
         )
         results.extend(r for rs in per_target for r in rs)
+
+    async def one_race(t: Target) -> RaceResult:
+        try:
+            async with sem:
+                return await race(t, resolver, env, families=families)
+        finally:
+            done()
+
+    # Last and apart: the probes above do not load the loop while a race is timed.
+    races = await asyncio.gather(*(one_race(t) for t, ks in plan if "race" in ks))
     if check.ipv6 and ipv6_broken(results):
         check = check.broken()
     target_map = {t.name: t for t in all_targets}
@@ -111,4 +132,5 @@ async def run_round(
         results=tuple(results),
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
+        races=tuple(races),
     )

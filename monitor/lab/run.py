@@ -40,6 +40,8 @@ EXPECTED: dict[str, dict[str, str]] = {
     "missing": {"dns": "both_failed"},
 }
 NAMESERVER_EXPECTED = {"dns": "ok", "icmp": "ok", "tcp": "ok"}
+# Endpoints that also get a Happy Eyeballs race (no verdict): fault -> the family that wins.
+RACE_WINNERS: dict[str, str] = {"healthy": "ipv6", "v6_timeout": "ipv4"}
 
 
 def expected(name: str, probe: str, *, icmp_permitted: bool) -> str:
@@ -59,7 +61,7 @@ def lab_config(lab: Lab, *, vantage: str = "lab", interval: str = "15s") -> dict
             "region": "us-east-1",
             "host": ep.host,
             "port": ep.port,
-            "probes": list(PROBE_KINDS),
+            "probes": [*PROBE_KINDS, *(("race",) if ep.name in RACE_WINNERS else ())],
         }
         for ep in lab.endpoints
     ]
@@ -114,6 +116,8 @@ def describe(lab: Lab) -> str:
         bad = {p: v for p, v in EXPECTED[ep.name].items() if v != "ok"}
         shown = ", ".join(f"{p}={v}" for p, v in bad.items()) or "all ok"
         lines.append(f"{ep.name:<17} {ep.port:<6} {ep.description[:38]:<38} {shown}")
+    for name, family in RACE_WINNERS.items():
+        lines.append(f"{name:<17} {'':<6} {'Happy Eyeballs race (probe race)':<38} {family} wins")
     lines.append(f"{'alias':<17} {'':<6} {'CNAME to healthy':<38} all ok")
     lines.append(f"{'missing':<17} {'':<6} {'NXDOMAIN':<38} dns=both_failed")
     lines.append(
@@ -154,4 +158,12 @@ def lab_up(workdir: Path) -> int:
     return 0
 
 
-__all__ = ["EXPECTED", "FAULTS", "expected", "lab_config", "lab_up", "write_config"]
+__all__ = [
+    "EXPECTED",
+    "FAULTS",
+    "RACE_WINNERS",
+    "expected",
+    "lab_config",
+    "lab_up",
+    "write_config",
+]

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from monitor.engine.parity import REGRESSIONS, Verdict
 from monitor.engine.report import Report, iso_utc, report_json
-from probes.base import ProbeResult
+from probes.base import ProbeResult, RaceResult
 
 EXIT_OK = 0
 EXIT_IPV6_WORSE = 1
@@ -105,8 +105,23 @@ def write_table(report: Report, out: IO[str], *, color: bool | None = None) -> N
                 f"[yellow]warning[/yellow]: {escape(p.target)} {p.probe}: {p.verdict} "
                 f"({escape(p.reason)}); not an IPv6 regression"
             )
+    for race in report.races:
+        console.print(f"race {escape(race.target)}: {escape(race_line(race))}")
     for note in report.notes:
         console.print(f"[yellow]note[/yellow]: {escape(note)}")
+
+
+def race_line(r: RaceResult) -> str:
+    """One Happy Eyeballs race, for people: who won, in how long, what IPv6 cost."""
+    if r.winner_family is None or r.connect_seconds is None:
+        return f"nothing connected ({r.error.kind if r.error else 'failed'})"
+    won = "IPv6" if r.winner_family == "ipv6" else "IPv4"
+    line = f"{won} won ({r.winner_address}) in {r.connect_seconds * 1000:.1f} ms"
+    if r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
+        line += f"; IPv6 cost this client {r.ipv6_penalty_seconds * 1000:.0f} ms"
+    if r.error is not None:
+        line += f"; {r.error.kind}"
+    return line
 
 
 def plan_rows(targets: Any, families: tuple[str, ...]) -> list[dict[str, Any]]:

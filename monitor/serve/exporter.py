@@ -19,11 +19,12 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
 from monitor.serve.state import Store
-from probes.base import Target
-from probes.details import DnsAnswer, HttpExchange, QuicExchange, TlsHandshake
+from probes.base import FAMILIES, Target
+from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
 
 PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
 PAIR_LABELS = ["vantage", "target", "service", "region", "probe"]
+TARGET_LABELS = ["vantage", "target", "service", "region"]
 HTTP_VERSIONS = ("1.1", "2", "3")
 
 
@@ -91,6 +92,12 @@ class StoreCollector(Collector):
             "Addresses of this family's answer the last probe dialled, by state (ok, failed).",
             labels=[*PROBE_LABELS, "state"],
         )
+        path_mtu = GaugeMetricFamily(
+            "dualstack_path_mtu_bytes",
+            "The largest of the target's icmp.sizes (whole IP packets) echoed back over this "
+            "family with fragmentation forbidden.",
+            labels=[*TARGET_LABELS, "family"],
+        )
         in_ranges = GaugeMetricFamily(
             "dualstack_address_in_aws_ranges",
             "1 if the address probed over this family is in a prefix of AWS's published "
@@ -115,6 +122,8 @@ class StoreCollector(Collector):
             d = r.details
             if isinstance(d, DnsAnswer):
                 records.add_metric(lv, float(len(d.records)))
+            elif isinstance(d, IcmpEcho) and d.path_mtu_bytes is not None:
+                path_mtu.add_metric([*lv[:4], family], float(d.path_mtu_bytes))
             elif isinstance(d, TlsHandshake) and probe == "tls" and d.certificate is not None:
                 not_after.add_metric(lv, d.certificate.not_after_timestamp)
             elif isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
@@ -132,7 +141,9 @@ class StoreCollector(Collector):
             version,
             addresses,
             in_ranges,
+            path_mtu,
         )
+        yield from self._races()
 
         latency = HistogramMetricFamily(
             "dualstack_probe_latency_seconds", "Latency of successful probes.", labels=PROBE_LABELS
@@ -233,6 +244,39 @@ class StoreCollector(Collector):
         )
         build.add_metric([v, site, __version__, platform.python_version()], 1.0)
         yield build
+
+    def _races(self) -> Iterator[Metric]:
+        """Happy Eyeballs: who won each target's races, how long the winner took, and what
+        IPv6 cost (both win series exist from the start, so a share is defined at once)."""
+        s = self._store
+        wins = CounterMetricFamily(
+            "dualstack_race_wins",
+            "Happy Eyeballs (RFC 8305) races won, by the family of the first completed connect.",
+            labels=[*TARGET_LABELS, "family"],
+        )
+        connect = GaugeMetricFamily(
+            "dualstack_race_connect_seconds",
+            "The last race's time from its first connection attempt to the winner's connect.",
+            labels=TARGET_LABELS,
+        )
+        penalty = GaugeMetricFamily(
+            "dualstack_race_ipv6_penalty_seconds",
+            "What IPv6 cost the last race: 0 when IPv6 won, else its connect time less a "
+            "direct IPv4 connect.",
+            labels=TARGET_LABELS,
+        )
+        for name, t in sorted(s.targets.items()):
+            if "race" not in t.probes:
+                continue
+            lv = [s.vantage, name, t.service, _region(t)]
+            for family in FAMILIES:
+                wins.add_metric([*lv, family], float(s.race_wins[(name, family)]))
+            r = s.races.get(name)
+            if r is not None and r.connect_seconds is not None:
+                connect.add_metric(lv, r.connect_seconds)
+            if r is not None and r.ipv6_penalty_seconds is not None:
+                penalty.add_metric(lv, r.ipv6_penalty_seconds)
+        yield from (wins, connect, penalty)
 
 
 def make_registry(store: Store) -> CollectorRegistry:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from monitor.engine.parity import Parity
 from monitor.engine.report import Report
 from monitor.engine.vantage import VantageCheck
-from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, Target
+from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, RaceResult, Target
 
 # 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -91,6 +91,10 @@ class Store:
     """A configuration has been applied (until then nothing is ready, however empty)."""
     before_scrape: Callable[[], None] | None = None
     """Set by the service: pull scheduler figures in just before a scrape or API read."""
+    races: dict[str, RaceResult] = field(default_factory=dict)
+    """The latest Happy Eyeballs race per target (probe `race`: no result, no parity)."""
+    race_wins: Counter[tuple[str, Family]] = field(default_factory=Counter)
+    """Races won, per target and winning family."""
 
     def set_targets(self, targets: dict[str, Target]) -> None:
         """New configuration: forget every series of targets that are gone (or lost a probe)."""
@@ -106,6 +110,19 @@ class Store:
             del self.parity[pkey]
         for pkey in [k for k in self.skipped if k not in keep]:
             del self.skipped[pkey]
+        for name in [n for n in self.races if (n, "race") not in keep]:
+            del self.races[name]
+        for wkey in [k for k in self.race_wins if (k[0], "race") not in keep]:
+            del self.race_wins[wkey]
+
+    def record_race(self, race: RaceResult) -> None:
+        """Store one race (no verdict: the race is one client over both families)."""
+        t = self.targets.get(race.target)
+        if t is None or "race" not in t.probes:
+            return  # removed by a reload while it ran
+        self.races[race.target] = race
+        if race.winner_family is not None:
+            self.race_wins[(race.target, race.winner_family)] += 1
 
     def record(self, results: list[ProbeResult], parity: Parity) -> Parity | None:
         """Store one tick of a (target, probe); returns the previous parity (for flip logs)."""
@@ -136,7 +153,9 @@ class Store:
     def ready(self) -> bool:
         """Every (target, probe) has a verdict: the first round is done."""
         return self.configured and all(
-            (t.name, p) in self.parity for t in self.targets.values() for p in t.probes
+            (t.name in self.races) if p == "race" else ((t.name, p) in self.parity)
+            for t in self.targets.values()
+            for p in t.probes
         )
 
     def ipv6_addresses(self) -> list[str]:
@@ -160,4 +179,5 @@ class Store:
             results=tuple(r for _, r in sorted(self.latest.items())),
             parity=tuple(p for _, p in sorted(self.parity.items())),
             notes=self.notes,
+            races=tuple(r for _, r in sorted(self.races.items())),
         )

@@ -25,9 +25,19 @@ from monitor.engine.parity import Parity, judge
 from monitor.engine.vantage import TRANSPORT_KINDS, check_vantage, ipv6_broken
 from monitor.serve.scheduler import Clock, Scheduler
 from monitor.serve.state import Store
-from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
+from probes.base import (
+    FAMILIES,
+    Family,
+    ProbeEnv,
+    ProbeKind,
+    ProbeResult,
+    RaceResult,
+    Resolution,
+    Target,
+)
 from probes.errors import classify
 from probes.handler import not_run
+from probes.race import race
 from probes.resolve import Resolver
 
 log = logging.getLogger("dualstack.vantage")
@@ -131,6 +141,11 @@ class Vantage:
     # -- jobs --------------------------------------------------------------------------------
 
     async def run_job(self, target: Target, probe: ProbeKind) -> None:
+        if probe == "race":  # one client over both families: it resolves for itself
+            self.store.record_race(
+                await race(target, self.resolver, self.env, families=self.cfg.families)
+            )
+            return
         fresh = probe == "dns"
         res = await asyncio.gather(
             *(self.cache.get(self.resolver, target.host, f, fresh=fresh) for f in FAMILIES)
@@ -227,6 +242,20 @@ class Vantage:
     def _job_failed(self, target: Target, probe: ProbeKind, exc: BaseException) -> None:
         """A job that crashed or hung still leaves a result: both families failed with it."""
         err = classify(exc)
+        if probe == "race":
+            self.store.record_race(
+                RaceResult(
+                    target=target.name,
+                    started=time.time(),
+                    winner_family=None,
+                    winner_address=None,
+                    connect_seconds=None,
+                    ipv6_penalty_seconds=None,
+                    attempts=(),
+                    error=err,
+                )
+            )
+            return
         results = [not_run(target, probe, f, error=err) for f in FAMILIES]
         self._record(target, probe, results)
 

@@ -257,6 +257,54 @@ def _failures(results: list[Mapping[str, Any]], limit: int) -> str:
     )
 
 
+_WINNER_TEXT = {"ipv6": "IPv6", "ipv4": "IPv4"}
+
+
+def _races(races: list[Mapping[str, Any]]) -> str:
+    """Who won each Happy Eyeballs race, and what IPv6 cost the client."""
+    if not races:
+        return ""
+    rows = []
+    for r in races:
+        family = r.get("winner_family")
+        winner = _WINNER_TEXT.get(str(family), "nobody")
+        cls = {"ipv6": "good", "ipv4": "warn"}.get(str(family), "bad")
+        connect, penalty = r.get("connect_seconds"), r.get("ipv6_penalty_seconds")
+        err = r.get("error")
+        err = err if isinstance(err, Mapping) else {}
+        tried = ", ".join(
+            f"{a.get('family')} {a.get('address')} {a.get('outcome')}"
+            + (
+                f" at {_ms(a.get('started_seconds'))}"
+                if a.get("started_seconds") is not None
+                else ""
+            )
+            for a in _as_list(r.get("attempts"))
+        )
+        rows.append(
+            f'<tr data-target="{_e(r.get("target"))}" data-winner="{_e(family or "none")}">'
+            f"<td>{_e(r.get('target'))}</td>"
+            f'<td class="winner {cls}">{_e(winner)}</td>'
+            f"<td>{_e(r.get('winner_address') or '-')}</td>"
+            f"<td>{_e(_ms(connect) if connect is not None else '-')}</td>"
+            f"<td>{_e(_ms(penalty) if penalty is not None else '-')}</td>"
+            f'<td class="msg">{_e(tried)}'
+            + (f"<br>{_e(err.get('kind'))}: {_e(err.get('message'))}" if err else "")
+            + "</td></tr>"
+        )
+    return (
+        "<section><h2>Happy Eyeballs races</h2>"
+        '<table id="races"><thead><tr>'
+        '<th scope="col">target</th><th scope="col">winner</th><th scope="col">address</th>'
+        '<th scope="col">connect</th><th scope="col">IPv6 cost</th>'
+        '<th scope="col">attempts</th>'
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        '<p class="more">What an RFC 8305 client (a browser, curl) connecting now gets: IPv6 '
+        "is tried first and IPv4 after the connection attempt delay. IPv6 cost: the winner's "
+        "connect time less a direct IPv4 connect, when IPv4 won.</p></section>\n"
+    )
+
+
 def _css() -> str:
     verdicts = "".join(
         f".v-{v}{{background:{bg};border-left-color:{accent}}}"
@@ -305,6 +353,13 @@ def _css() -> str:
         "#last-failures th{white-space:nowrap}"
         "#last-failures thead th{background:#eef1f4}"
         "#last-failures .kind{font-weight:600;color:#8e0000;white-space:nowrap}"
+        "#races{border-spacing:0;max-width:1200px;font-size:13px}"
+        "#races th,#races td{padding:5px 10px;border-bottom:1px solid #dde1e5;text-align:left;"
+        "vertical-align:top}"
+        "#races thead th{background:#eef1f4}"
+        "#races .winner{font-weight:700}#races .good{color:#1b5e20}#races .warn{color:#8a5a00}"
+        "#races .bad{color:#8e0000}"
+        "#races .msg{overflow-wrap:anywhere;font-size:12px}"
         "#last-failures .msg{overflow-wrap:anywhere;font-family:ui-monospace,'DejaVu Sans Mono',"
         "monospace;font-size:12px}"
         ".empty,.more,.notes{color:#5f6770}"
@@ -386,6 +441,7 @@ def render_status_page(
         f"{''.join(banners)}</header>\n"
         "<main>\n<section><h2>Parity matrix</h2>"
         f"{_summary(parity)}{_matrix(results, parity)}{_legend()}</section>\n"
+        f"{_races(_as_list(doc.get('races')))}"
         f"<section><h2>Last failures</h2>{_failures(results, max_failures)}</section>\n"
         f"{notes_html}</main>\n"
         f"<footer>dualstack-monitor · page refreshes every {_REFRESH_SECONDS} s</footer>\n"

@@ -48,8 +48,9 @@ def namespace(prefix: str = "ds") -> Iterator[Netns]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=30)
 
 
-def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> None:
-    """A veth pair between two namespaces with the given addresses (CIDR), both ends up."""
+def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> tuple[str, str]:
+    """A veth pair between two namespaces with the given addresses (CIDR), both ends up; the
+    names of its ends in `a` and in `b`."""
     tag = uuid.uuid4().hex[:6]
     ea, eb = f"va{tag}", f"vb{tag}"
     ip("link", "add", ea, "netns", a.name, "type", "veth", "peer", "name", eb, "netns", b.name)
@@ -57,6 +58,7 @@ def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> None:
         for addr in addrs:
             ip("addr", "add", addr, "dev", dev, *(("nodad",) if ":" in addr else ()), netns=ns.name)
         ip("link", "set", dev, "up", netns=ns.name)
+    return ea, eb
 
 
 CLONE_NEWNET = 0x40000000

@@ -1,0 +1,287 @@
+"""Path MTU: naming an IPv6 path-MTU black hole, and measuring the path MTU with ICMP echoes.
+
+An IPv6 router never fragments: a full-size packet on a path with a smaller link is dropped,
+and only the router's Packet Too Big tells the sender. When that ICMPv6 message is filtered,
+small exchanges (the TCP handshake, DNS, ping) work and a large TLS certificate chain hangs.
+The tls and http2 probes cut such a stalled IPv6 attempt at half their timeout and try once
+more announcing MSS 1220, which keeps every segment coming back within 1280 bytes (the IPv6
+minimum MTU); if that one works, the failure is named `pmtu_blackhole`, not `timeout`.
+The echoes forbid fragmentation (IPV6_DONTFRAG, IP_PMTUDISC_DO) on a socket of their own, which
+icmplib cannot configure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import random
+import socket
+import struct
+import termios
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.details import Details
+from probes.errors import error
+
+PMTU_MSS = 1220
+"""1280 (the IPv6 minimum MTU) less a 40-byte IPv6 header and a 20-byte TCP header."""
+
+
+class Stalled(Exception):
+    """The TCP handshake completed, then nothing more did before the cut (half the timeout)."""
+
+    def __init__(
+        self, *, mss: int | None, phases: Mapping[str, float], details: Details | None
+    ) -> None:
+        super().__init__("no progress after the TCP handshake")
+        self.mss = mss
+        """The MSS the stalled connection announced (None when unknown)."""
+        self.phases = dict(phases)
+        self.details = details
+
+
+def unread_bytes(writer: asyncio.StreamWriter) -> int:
+    """Bytes the kernel has received on this connection that nobody has read yet."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+LATE = 0.05
+"""A check running this much after it was due means the event loop is behind."""
+
+
+@contextlib.asynccontextmanager
+async def cut_if_stalled(
+    writer: asyncio.StreamWriter, delay: float | None
+) -> AsyncIterator[asyncio.Timeout]:
+    """Like asyncio.timeout(delay), except that it does not cut while this event loop is
+    behind: when the peer's bytes wait unread in the kernel, or the check itself ran late (the
+    loop may have read the bytes without resuming the handshake yet), it looks again LATE
+    seconds on. A black hole leaves nothing to read. `expired()` says whether it cut."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None) as cut:
+        handle: asyncio.TimerHandle | None = None
+
+        def check(due: float) -> None:
+            nonlocal handle
+            now = loop.time()
+            if unread_bytes(writer) > 0 or now - due > LATE:
+                handle = loop.call_at(now + LATE, check, now + LATE)
+            else:
+                cut.reschedule(now)
+
+        if delay is not None:
+            handle = loop.call_at(loop.time() + delay, check, loop.time() + delay)
+        try:
+            yield cut
+        finally:
+            if handle is not None:
+                handle.cancel()
+
+
+Attempt = Callable[[int | None, float | None], Awaitable[Outcome]]
+"""One try of a probe: (the MSS to announce or None, the clock time to cut a connection that
+stalls after its TCP handshake or None); raises Stalled when cut."""
+
+
+async def with_blackhole_retry(req: ProbeRequest, attempt: Attempt, what: str) -> Outcome:
+    """Run `attempt`; over IPv6, one stalled after its TCP handshake is cut at half the timeout
+    and retried once announcing MSS 1220 in the other half. The retry working means large
+    packets are lost on the path: `pmtu_blackhole`. `what` names the exchange in the message."""
+    if req.family != "ipv6":
+        return await attempt(None, None)
+    half = req.timeout / 2
+    try:
+        return await attempt(None, req.env.clock() + half)
+    except Stalled as exc:
+        stalled = exc
+    retry = await attempt(PMTU_MSS, None)
+    default = f"MSS {stalled.mss}" if stalled.mss else "the default MSS"
+    if retry.success:
+        return Outcome(
+            success=False,
+            error=error(
+                ErrorKind.PMTU_BLACKHOLE,
+                f"{what} completed announcing MSS {PMTU_MSS} after {default} made no progress "
+                f"in {half:g} s: full-size IPv6 packets are lost on the path and no Packet Too "
+                "Big comes back (ICMPv6 type 2 filtered)",
+            ),
+            phases=retry.phases,
+            details=retry.details,
+        )
+    why = f"{retry.error.kind}: {retry.error.message}" if retry.error else "failed"
+    return Outcome(
+        success=False,
+        error=error(
+            ErrorKind.TIMEOUT,
+            f"no progress in {half:g} s after the TCP handshake ({default}); a retry "
+            f"announcing MSS {PMTU_MSS} failed too ({why})",
+        ),
+        phases=stalled.phases,
+        details=stalled.details,
+    )
+
+
+# --- echoes with fragmentation forbidden ----------------------------------------------------
+
+# linux/in.h and linux/in6.h; Python exports some of these only on some versions.
+_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
+_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+# The IP and ICMP headers inside a packet of a given size.
+OVERHEAD = {"ipv4": 20 + 8, "ipv6": 40 + 8}
+_ECHO_REQUEST = {"ipv4": 8, "ipv6": 128}
+_ECHO_REPLY = {"ipv4": 0, "ipv6": 129}
+_ICMP = struct.Struct("!BBHHH")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SizeEchoes:
+    answered: tuple[int, ...]
+    """Sizes (whole IP packets) that got an echo reply, ascending."""
+    unanswered: tuple[int, ...]
+    """Sizes that got none in time, or could not leave this host unfragmented."""
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def echo_request(family: str, ident: int, seq: int, size: int) -> bytes:
+    """An echo request whose IP packet is `size` bytes (ICMPv6's checksum is the kernel's)."""
+    payload = bytes(i & 0xFF for i in range(size - OVERHEAD[family]))
+    header = _ICMP.pack(_ECHO_REQUEST[family], 0, 0, ident, seq)
+    if family == "ipv4":
+        header = _ICMP.pack(8, 0, _checksum(header + payload), ident, seq)
+    return header + payload
+
+
+def _open(family: str) -> tuple[socket.socket, bool]:
+    """An unprivileged ICMP socket, else (as root) a raw one; (socket, raw?)."""
+    af = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    proto = socket.IPPROTO_ICMPV6 if family == "ipv6" else socket.IPPROTO_ICMP
+    try:
+        return socket.socket(af, socket.SOCK_DGRAM, proto), False
+    except PermissionError:
+        if getattr(os, "geteuid", lambda: -1)() != 0:
+            raise
+    return socket.socket(af, socket.SOCK_RAW, proto), True
+
+
+def _forbid_fragmentation(sock: socket.socket, family: str) -> None:
+    if family == "ipv6":
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
+        # Honour a Packet Too Big already learnt: such a size fails here with EMSGSIZE.
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+
+
+def _parse_reply(data: bytes, family: str, raw: bool, ident: int) -> int | None:
+    """The sequence number of an echo reply meant for us, else None."""
+    if raw and family == "ipv4":
+        if not data:
+            return None
+        data = data[(data[0] & 0x0F) * 4 :]  # a raw IPv4 socket hands over the IP header too
+    if len(data) < _ICMP.size:
+        return None
+    kind, _code, _sum, their_ident, seq = _ICMP.unpack_from(data)
+    if kind != _ECHO_REPLY[family]:
+        return None
+    # An unprivileged socket's identifier is the kernel's, and the kernel already filtered.
+    if raw and their_ident != ident:
+        return None
+    return int(seq)
+
+
+async def echo_sizes(
+    req: ProbeRequest, sizes: Sequence[int], *, budget: float, rounds: int, spacing: float
+) -> SizeEchoes:
+    """Echo each size with fragmentation forbidden, up to `rounds` times `spacing` apart,
+    until each is answered or `budget` seconds have passed. Raises OSError (PermissionError
+    without an ICMP socket allowed) when no socket can be opened or bound."""
+    family = req.family
+    usable = sorted({s for s in sizes if s >= OVERHEAD[family]})
+    sock, raw = _open(family)
+    try:
+        sock.setblocking(False)
+        _forbid_fragmentation(sock, family)
+        source = req.env.source_addresses.get(family)
+        if source:
+            sock.bind((source, 0))
+        return await _exchange(sock, req, usable, raw, budget, rounds, spacing)
+    finally:
+        sock.close()
+
+
+async def _exchange(
+    sock: socket.socket,
+    req: ProbeRequest,
+    sizes: list[int],
+    raw: bool,
+    budget: float,
+    rounds: int,
+    spacing: float,
+) -> SizeEchoes:
+    loop = asyncio.get_running_loop()
+    family = req.family
+    ident = random.randrange(1, 0xFFFF)
+    answered: set[int] = set()
+    by_seq: dict[int, int] = {}
+    peer = (req.address, 0, 0, 0) if family == "ipv6" else (req.address, 0)
+    target_ip = socket.inet_pton(
+        socket.AF_INET6 if family == "ipv6" else socket.AF_INET, req.address
+    )
+
+    async def receive() -> None:
+        while len(answered) < len(sizes):
+            data, addr = await loop.sock_recvfrom(sock, 65535)
+            if socket.inet_pton(sock.family, str(addr[0]).split("%")[0]) != target_ip:
+                continue
+            seq = _parse_reply(data, family, raw, ident)
+            if seq is not None and seq in by_seq:
+                answered.add(by_seq[seq])
+
+    async def send() -> None:
+        seq = 0
+        for n in range(rounds):
+            if n:
+                await asyncio.sleep(spacing)
+            for size in sizes:
+                if size in answered:
+                    continue
+                seq += 1
+                by_seq[seq] = size
+                # EMSGSIZE: larger than the path MTU this host knows; it cannot leave whole.
+                with contextlib.suppress(OSError):
+                    sock.sendto(echo_request(family, ident, seq, size), peer)
+
+    receiver = asyncio.ensure_future(receive())
+    sender = asyncio.ensure_future(send())
+    try:
+        await asyncio.wait({receiver}, timeout=max(0.0, budget))
+    finally:
+        for task in (receiver, sender):
+            task.cancel()
+        await asyncio.gather(receiver, sender, return_exceptions=True)
+    return SizeEchoes(
+        answered=tuple(s for s in sizes if s in answered),
+        unanswered=tuple(s for s in sizes if s not in answered),
+    )

@@ -1,0 +1,382 @@
+"""The `race` probe: connect to a target as an RFC 8305 (Happy Eyeballs v2) client does, and say
+which family won and what IPv6 cost that client.
+
+AAAA and A are asked together, AAAA first; an AAAA answer starts the race at once, an A answer
+first waits `resolution_delay` for the AAAA one, and a late answer joins the race (section 3).
+Addresses alternate by family, IPv6 first (section 4). Attempts start `connection_attempt_delay`
+apart, or as soon as the latest one failed; the first completed TCP connect wins and the others
+are cancelled (section 5). When the target also has a tls or http2 probe, the winner's TLS
+handshake follows, as a browser's would (section 6 leaves it after the race). One race is one
+client: it adds nothing to the per-family results or to parity, only a RaceResult.
+Limits: TCP only (no QUIC in the race), and NAT64-synthesized AAAA are not raced (the question
+is native IPv6 against IPv4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from probes.base import (
+    FAMILIES,
+    ErrorKind,
+    Family,
+    ProbeEnv,
+    ProbeError,
+    ProbeRequest,
+    RaceAttempt,
+    RaceOutcome,
+    RaceResult,
+    Resolution,
+    Target,
+    make_client_context,
+)
+from probes.errors import classify, error
+from probes.netutil import abort_stream, close_stream, connect_seconds, open_stream
+
+log = logging.getLogger(__name__)
+
+TLS_KINDS = frozenset({"tls", "http2"})
+"""The probes whose presence makes the race's winner shake hands in TLS too."""
+
+
+class Resolves(Protocol):
+    """What the race needs of a resolver (probes/resolve.py's Resolver; tests script one)."""
+
+    async def resolve(self, host: str, family: Family) -> Resolution: ...
+
+
+@dataclass(slots=True)
+class _Try:
+    """One address's attempt while the race runs (mutable; frozen into a RaceAttempt)."""
+
+    family: Family
+    address: str
+    started: float | None = None
+    outcome: RaceOutcome = "not_started"
+    error: ProbeError | None = None
+    connected_after: float | None = None
+    """Its TCP handshake as the kernel timed it, when it connected."""
+    writer: asyncio.StreamWriter | None = None
+
+    def frozen(self) -> RaceAttempt:
+        return RaceAttempt(
+            family=self.family,
+            address=self.address,
+            started_seconds=self.started,
+            outcome=self.outcome,
+            error=self.error,
+        )
+
+
+class _Queue:
+    """Addresses not tried yet, per family; `next` interleaves them, IPv6 first (section 4,
+    First Address Family Count 1). Late answers join at the back of their family."""
+
+    def __init__(self) -> None:
+        self.by_family: dict[Family, list[_Try]] = {"ipv6": [], "ipv4": []}
+        self._last: Family | None = None
+
+    def __bool__(self) -> bool:
+        return any(self.by_family.values())
+
+    def add(self, tries: Sequence[_Try]) -> None:
+        for t in tries:
+            self.by_family[t.family].append(t)
+
+    def next(self) -> _Try:
+        order: tuple[Family, ...] = ("ipv4", "ipv6") if self._last == "ipv6" else FAMILIES[::-1]
+        for family in order:
+            if self.by_family[family]:
+                self._last = family
+                return self.by_family[family].pop(0)
+        raise IndexError("no address left")
+
+    def drain(self) -> list[_Try]:
+        out = []
+        while self:
+            out.append(self.next())
+        return out
+
+
+def raced_addresses(res: Resolution, limit: int) -> tuple[str, ...]:
+    """What a client would dial of one answer: its addresses (not-native AAAA are already
+    gone), none when DNS64 made them up, at most `limit`."""
+    if res.nat64_synthesized:
+        return ()
+    return res.addresses[:limit]
+
+
+async def race(
+    target: Target,
+    resolver: Resolves,
+    env: ProbeEnv,
+    *,
+    families: Sequence[Family] = FAMILIES,
+) -> RaceResult:
+    """One race against `target`'s name, over the families both `families` and the target
+    allow; never raises for the network, and a bug becomes an internal_error result."""
+    started = time.time()
+    try:
+        return await _Race(target, resolver, env, families, started).run()
+    except Exception as exc:  # the isolation boundary, as in probes/handler.py
+        log.exception("race crashed on %s", target.name)
+        return RaceResult(
+            target=target.name,
+            started=started,
+            winner_family=None,
+            winner_address=None,
+            connect_seconds=None,
+            ipv6_penalty_seconds=None,
+            attempts=(),
+            error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+        )
+
+
+class _Race:
+    def __init__(
+        self,
+        target: Target,
+        resolver: Resolves,
+        env: ProbeEnv,
+        families: Sequence[Family],
+        started: float,
+    ) -> None:
+        self.target = target
+        self.resolver = resolver
+        self.env = env
+        self.clock = env.clock
+        self.families = [f for f in ("ipv6", "ipv4") if f in families and f in target.families]
+        self.started = started
+        self.queue = _Queue()
+        self.order: list[_Try] = []
+        """Attempts in the order they started."""
+        self.dns_errors: list[ProbeError] = []
+        self.lookups: dict[asyncio.Future[Any], Family] = {}
+        """Lookups still running (futures of Resolution)."""
+        self.t0 = 0.0
+
+    def _take(self, task: asyncio.Future[Any]) -> None:
+        family = self.lookups.pop(task)
+        try:
+            res: Resolution = task.result()
+        except Exception as exc:  # the resolver returns errors as data; this is a bug
+            log.exception("resolution crashed in the race for %s", self.target.name)
+            self.dns_errors.append(error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            return
+        addresses = raced_addresses(res, self.target.max_addresses)
+        if not addresses:
+            rtype = "AAAA" if family == "ipv6" else "A"
+            self.dns_errors.append(
+                res.error
+                or error(ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no {rtype} record")
+            )
+        self.queue.add([_Try(family=family, address=a) for a in addresses])
+
+    async def _resolve(self) -> None:
+        """Section 3: wait for the first answer with addresses; an A answer waits up to the
+        resolution delay for the AAAA one. The slower lookup keeps running (`self.lookups`)."""
+        for family in self.families:  # AAAA first
+            lookup = asyncio.ensure_future(self.resolver.resolve(self.target.host, family))
+            self.lookups[lookup] = family
+        while self.lookups and not self.queue:
+            done, _ = await asyncio.wait(set(self.lookups), return_when=asyncio.FIRST_COMPLETED)
+            for answered in done:
+                self._take(answered)
+            aaaa_pending = "ipv6" in self.lookups.values()
+            if self.queue.by_family["ipv4"] and not self.queue.by_family["ipv6"] and aaaa_pending:
+                done, _ = await asyncio.wait(
+                    set(self.lookups), timeout=self.target.race.resolution_delay
+                )
+                for answered in done:
+                    self._take(answered)
+
+    async def _connect(self, t: _Try) -> None:
+        req = ProbeRequest(
+            target=self.target,
+            family=t.family,
+            address=t.address,
+            timeout=self.target.timeout,
+            env=self.env,
+        )
+        begun = self.clock()
+        _reader, writer = await open_stream(req)
+        t.writer = writer
+        t.connected_after = connect_seconds(writer, self.clock() - begun)
+
+    async def run(self) -> RaceResult:
+        q_start = self.clock()
+        try:
+            await self._resolve()
+            self.t0 = self.clock()
+            deadline = self.t0 + self.target.timeout
+            winner, timed_out = await self._attempts(deadline)
+            direct = tls = None
+            err: ProbeError | None = None
+            if winner is not None and winner.family == "ipv4":
+                direct = await self._direct(winner.address, deadline)
+            if winner is not None and TLS_KINDS & set(self.target.probes):
+                tls, err = await self._tls(winner, deadline)
+        finally:
+            await self._cleanup()
+        attempts = [*self.order, *self.queue.drain()]
+        connect = None
+        penalty = None
+        if winner is not None:
+            assert winner.started is not None and winner.connected_after is not None
+            connect = winner.started + winner.connected_after
+            if winner.family == "ipv6":
+                penalty = 0.0
+            elif direct is not None:
+                penalty = max(0.0, connect - direct)
+        elif err is None:
+            err = self._no_winner(timed_out)
+        return RaceResult(
+            target=self.target.name,
+            started=self.started,
+            winner_family=winner.family if winner else None,
+            winner_address=winner.address if winner else None,
+            connect_seconds=connect,
+            ipv6_penalty_seconds=penalty,
+            attempts=tuple(t.frozen() for t in attempts),
+            resolution_seconds=self.t0 - q_start if self.t0 else self.clock() - q_start,
+            direct_ipv4_seconds=direct,
+            tls_seconds=tls,
+            error=err,
+        )
+
+    async def _attempts(self, deadline: float) -> tuple[_Try | None, bool]:
+        """Section 5. Returns (the winner or None, whether the deadline ended the race)."""
+        running: dict[asyncio.Future[Any], _Try] = {}
+        next_start = self.t0
+        try:
+            while True:
+                now = self.clock()
+                if now >= deadline:
+                    return None, True
+                if self.queue and (not running or now >= next_start):
+                    t = self.queue.next()
+                    t.started = now - self.t0
+                    running[asyncio.ensure_future(self._connect(t))] = t
+                    self.order.append(t)
+                    next_start = now + self.target.race.connection_attempt_delay
+                    continue
+                if not running and not self.lookups:
+                    return None, False  # every address failed
+                wait = deadline - now
+                if self.queue:
+                    wait = min(wait, next_start - now)
+                waiting: set[asyncio.Future[Any]] = {*running, *self.lookups}
+                done, _ = await asyncio.wait(
+                    waiting, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
+                )
+                connected: list[_Try] = []
+                for finished in done:
+                    if finished in self.lookups:
+                        self._take(finished)
+                        continue
+                    t = running.pop(finished)
+                    exc = finished.exception()
+                    if exc is None:
+                        connected.append(t)
+                    else:
+                        t.outcome = "failed"
+                        t.error = classify(exc)
+                        next_start = self.clock()  # the next address need not wait
+                if connected:
+                    winner = min(connected, key=_connected_at)
+                    winner.outcome = "connected"
+                    return winner, False
+        finally:
+            for attempt, t in running.items():
+                t.outcome = "cancelled"
+                attempt.cancel()
+            if running:
+                await asyncio.wait(set(running))
+                for attempt in running:  # a connect that failed as it was cancelled: retrieved
+                    if not attempt.cancelled():
+                        attempt.exception()
+
+    async def _direct(self, address: str, deadline: float) -> float | None:
+        """A plain IPv4 connect to the winning address: what the connect costs without the
+        race, to subtract. None when it fails or the deadline leaves no time."""
+        t = _Try(family="ipv4", address=address)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.clock())):
+                await self._connect(t)
+        except OSError:  # TimeoutError included
+            return None
+        finally:
+            if t.writer is not None:
+                await close_stream(t.writer)
+        return t.connected_after
+
+    async def _tls(self, winner: _Try, deadline: float) -> tuple[float | None, ProbeError | None]:
+        """The winner's TLS handshake, as the tls probe makes it: (seconds, or the error)."""
+        assert winner.writer is not None
+        spec = self.target.tls
+        try:
+            ctx = make_client_context(self.env.ssl_cafile, spec.alpn, spec)
+        except (OSError, ssl.SSLError) as exc:
+            return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}")
+        t1 = self.clock()
+        budget = max(0.0, deadline - t1)
+        try:
+            async with asyncio.timeout(budget):
+                await winner.writer.start_tls(
+                    ctx, server_hostname=self.target.sni, ssl_handshake_timeout=self.target.timeout
+                )
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            abort_stream(winner.writer)
+            winner.writer = None
+            found = classify(exc)
+            if isinstance(exc, TimeoutError):
+                return None, error(
+                    ErrorKind.TIMEOUT, f"winner's TLS handshake: no answer within {budget:.3g} s"
+                )
+            return None, ProbeError(kind=found.kind, message=f"winner's TLS: {found.message}")
+        return self.clock() - t1, None
+
+    def _no_winner(self, timed_out: bool) -> ProbeError:
+        if not self.order:
+            return (
+                self.dns_errors[0]
+                if self.dns_errors
+                else error(ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no address to race")
+            )
+        failed = [t for t in self.order if t.outcome == "failed"]
+        which = ", ".join(f"{t.address} {t.error.kind if t.error else 'failed'}" for t in failed)
+        if timed_out:
+            return error(
+                ErrorKind.TIMEOUT,
+                f"no connection within {self.target.timeout:g} s"
+                + (f" ({len(failed)} failed: {which})" if failed else ""),
+            )
+        first = failed[0].error if failed and failed[0].error else None
+        return ProbeError(
+            kind=first.kind if first else ErrorKind.SOCKET_ERROR,
+            message=f"every address failed: {which}",
+        )
+
+    async def _cleanup(self) -> None:
+        """Close what the race opened and stop lookups still running (a late AAAA)."""
+        for lookup in self.lookups:
+            lookup.cancel()
+        if self.lookups:
+            await asyncio.wait(set(self.lookups))
+        self.lookups.clear()
+        for t in self.order:
+            if t.writer is not None:
+                writer, t.writer = t.writer, None
+                if t.outcome != "connected":
+                    t.outcome = "cancelled"  # connected, but after the winner
+                await close_stream(writer)
+
+
+def _connected_at(t: _Try) -> float:
+    return (t.started or 0.0) + (t.connected_after or 0.0)

@@ -1,0 +1,126 @@
+"""The race probe against the lab's real servers and DNS (loopback, unprivileged): its
+`v6_timeout` endpoint (IPv6 accept queue full: SYNs vanish) makes IPv4 win and costs the client
+about the connection attempt delay; `healthy` is won by IPv6 at no cost. Through `probe run`'s
+round (the JSON report and its schema) and `probe run` itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from monitor.cli import main
+from monitor.config import load_config
+from monitor.engine.report import Report, report_json
+from monitor.engine.round import run_round
+from monitor.lab import Lab
+from monitor.lab.run import RACE_WINNERS
+from probes.base import RaceResult
+
+SCHEMA = json.loads(
+    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
+)
+
+
+@pytest.fixture(scope="module")
+def report(lab_config_file: Path) -> Report:
+    cfg = load_config(lab_config_file)
+    # The lab's DNS answers A and AAAA within milliseconds; on a loaded machine a gap over the
+    # 50 ms resolution delay would let IPv4 start first (as RFC 8305 says it should). What is
+    # measured here is the connection attempt delay, so the resolution delay is made long.
+    targets = [
+        dataclasses.replace(t, race=dataclasses.replace(t.race, resolution_delay=1.0))
+        for t in cfg.targets
+        if t.name in RACE_WINNERS
+    ]
+    return asyncio.run(run_round(cfg, targets))
+
+
+def races(report: Report) -> dict[str, RaceResult]:
+    return {r.target: r for r in report.races}
+
+
+def test_the_lab_config_races_healthy_and_v6_timeout(lab_config_file: Path) -> None:
+    cfg = load_config(lab_config_file)
+    racing = {t.name for t in cfg.targets if "race" in t.probes}
+    assert racing == set(RACE_WINNERS) == {"healthy", "v6_timeout"}
+
+
+def test_v6_timeout_ipv4_wins_and_ipv6_costs_the_attempt_delay(
+    report: Report, lab_config_file: Path
+) -> None:
+    cfg = load_config(lab_config_file)
+    delay = next(t for t in cfg.targets if t.name == "v6_timeout").race.connection_attempt_delay
+    assert delay == 0.25  # the default: RFC 8305's recommendation
+    r = races(report)["v6_timeout"]
+    assert (r.winner_family, r.winner_address) == ("ipv4", "127.0.0.1")
+    assert r.ipv6_penalty_seconds is not None
+    assert 0.8 * delay <= r.ipv6_penalty_seconds <= 1.6 * delay, r
+    assert [(a.family, a.address, a.outcome) for a in r.attempts] == [
+        ("ipv6", "::1", "cancelled"),
+        ("ipv4", "127.0.0.1", "connected"),
+    ]
+    assert r.attempts[0].started_seconds == pytest.approx(0.0, abs=0.05)
+    started = r.attempts[1].started_seconds
+    assert started is not None and 0.8 * delay <= started <= 1.6 * delay
+    # The winner's TLS handshake ran (the lab targets list tls) and verified.
+    assert r.tls_seconds is not None and r.error is None
+
+
+def test_healthy_ipv6_wins_at_no_cost(report: Report) -> None:
+    r = races(report)["healthy"]
+    assert (r.winner_family, r.winner_address) == ("ipv6", "::1")
+    assert r.ipv6_penalty_seconds == 0.0
+    first, *others = [(a.family, a.outcome) for a in r.attempts]
+    assert first == ("ipv6", "connected")
+    # 127.0.0.1 never dialled: listed, or not even answered before the race was over
+    assert others in ([("ipv4", "not_started")], [])
+    assert r.tls_seconds is not None and r.error is None
+
+
+def test_the_race_adds_nothing_to_results_or_parity(report: Report) -> None:
+    assert all(r.probe != "race" for r in report.results)
+    assert all(p.probe != "race" for p in report.parity)
+    assert {r.target for r in report.races} == set(RACE_WINNERS)
+
+
+def test_races_in_the_json_report_follow_the_schema(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report)))
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    by = {r["target"]: r for r in doc["races"]}
+    assert by["v6_timeout"]["winner_family"] == "ipv4"
+    assert by["healthy"]["ipv6_penalty_seconds"] == 0
+    assert {a["outcome"] for r in doc["races"] for a in r["attempts"]} <= {
+        "connected",
+        "failed",
+        "cancelled",
+        "not_started",
+    }
+    broken = json.loads(json.dumps(doc))
+    broken["races"][0]["attempts"][0]["outcome"] = "won"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
+
+
+def test_probe_run_race_only(lab_session: Lab, lab_config_file: Path) -> None:
+    """`--probe race`: the JSON has the race and no result; the table says who won."""
+    out = io.StringIO()
+    args = ["run", "--config", str(lab_config_file), "--target", "v6_timeout"]
+    with contextlib.redirect_stdout(out):
+        rc = main([*args, "--probe", "race", "--format", "json"])
+    doc = json.loads(out.getvalue())
+    assert rc == 0  # a race is no verdict: nothing regressed
+    assert doc["results"] == [] and doc["parity"] == []
+    [race] = doc["races"]
+    assert race["target"] == "v6_timeout" and race["winner_family"] == "ipv4"
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        main([*args, "--probe", "race", "--no-progress"])
+    assert "race v6_timeout: IPv4 won (127.0.0.1)" in table.getvalue()
+    assert "IPv6 cost this client" in table.getvalue()
