@@ -22,6 +22,8 @@ Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3"]
 PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
+NO_REGION = "none"
+"""The region of a target that has none: one spelling in JSON, metrics, tables and pages."""
 Clock = Callable[[], float]
 
 
@@ -118,7 +120,7 @@ class Target:
     """Unique, from configuration; the `target` label."""
     service: str
     region: str
-    """"" when not regional; exported as region="none"."""
+    """An AWS region, `global`, or NO_REGION ("none") when the configuration gives none."""
     host: str
     port: int = 443
     probes: tuple[ProbeKind, ...] = PROBE_KINDS

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.engine.parity import Verdict
-from probes.base import FAMILIES, PROBE_KINDS
+from probes.base import FAMILIES, NO_REGION, PROBE_KINDS
 
 PROBES = PROBE_KINDS
 # verdict: (background, accent, short meaning). The background is what a cell is painted with.
@@ -74,13 +74,9 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days ago"
 
 
-def _clock(epoch: Any) -> str:
-    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
-        return "?"
-    try:
-        return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return "?"
+def _clock(value: Any) -> str:
+    when = _parse_started(value)
+    return when.astimezone(UTC).strftime("%H:%M:%S") if when is not None else "?"
 
 
 def _family_value(r: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -160,7 +156,7 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
     rows = []
     for t in targets:
         info = where.get(t, {})
-        place = " · ".join(_e(x) for x in (info.get("service"), info.get("region") or "global"))
+        place = " · ".join(_e(x) for x in (info.get("service"), info.get("region") or NO_REGION))
         cells = [
             f'<th scope="row"><span class="tname">{_e(t)}</span>'
             f'<span class="tmeta">{place}</span>'
@@ -221,10 +217,8 @@ def _failures(results: list[Mapping[str, Any]], limit: int) -> str:
     failed = [r for r in results if not r.get("success") and not r.get("skipped")]
 
     def started(r: Mapping[str, Any]) -> float:
-        value = r.get("started")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return 0.0
+        when = _parse_started(r.get("started"))
+        return when.timestamp() if when is not None else 0.0
 
     failed.sort(key=started, reverse=True)
     shown = failed[: max(0, limit)]
