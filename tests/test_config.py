@@ -43,15 +43,13 @@ INVALID = {
     "invalid-missing-host.yml": "targets[0].host: required key is missing",
     "invalid-bad-host.yml": "targets[0].host: 'bad host!' is not a host name or IP address",
     "invalid-top-level-list.yml": "the top level must be a mapping of keys",
-    "invalid-bad-port.yml": "targets[0].port: 70000: input should be less than or equal to 65535",
+    "invalid-bad-port.yml": "targets[0].port: 70000: must be at most 65535",
     "invalid-reserved-name.yml": (
         "targets[0].name: 'route53-ns-mine': names starting with 'route53-ns-' are reserved for "
         "the name servers of route53.zones"
     ),
     "invalid-source-family.yml": "source.ipv4: '2001:db8::1' is not an IPv4 address",
-    "invalid-empty-families.yml": (
-        "families: []: list should have at least 1 item after validation, not 0"
-    ),
+    "invalid-empty-families.yml": "families: []: must not be empty",
 }
 
 

@@ -26,6 +26,8 @@ from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Reso
 from probes.resolve import Resolver
 
 Progress = Callable[[int, int], None]
+Pick = Callable[[Target], Target | None]
+"""A selection: the target as it is to be probed (its probe kinds narrowed), or None."""
 LIGHT: frozenset[ProbeKind] = frozenset({"dns", "icmp", "tcp"})
 HEAVY: frozenset[ProbeKind] = frozenset({"tls", "http2", "http3"})
 STAGES: tuple[frozenset[ProbeKind], ...] = (LIGHT, HEAVY)
@@ -41,11 +43,16 @@ async def run_round(
     resolver: Resolver | None = None,
     progress: Progress | None = None,
     samples: int = 1,
+    pick: Pick | None = None,
 ) -> Report:
+    """One round over `targets` and the name servers of `cfg.zones`, which `pick` (the
+    command line's filters) narrows once they are known."""
     env = dataclasses.replace(env or make_env(cfg), samples=samples)
     resolver = resolver or make_resolver(cfg, env)
     started = time.time()
     ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
+    if pick is not None:
+        ns_targets = [p for t in ns_targets if (p := pick(t)) is not None]
     all_targets = [*targets, *ns_targets]
     sem = asyncio.Semaphore(cfg.concurrency)
 
@@ -111,4 +118,5 @@ async def run_round(
         results=tuple(results),
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
+        families=tuple(families),
     )
