@@ -262,8 +262,12 @@ def test_table_output(lab_config_file: Path, capsys: pytest.CaptureFixture[str])
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "ipv6_failed" in out and "connect_refused" in out
-    assert "warning" in out and "missing dns: both_failed" in out
-    assert "summary:" in out
+    closing = out[out.index("worst verdict per target:") :].splitlines()
+    assert "  ipv6_failed  v4_only" in closing
+    assert "  both_failed  missing" in closing
+    assert "  ok           healthy" in closing
+    assert any(line.startswith("summary: 5 verdicts for 3 targets:") for line in closing)
+    assert any(line.startswith("exit status 1: IPv6 is worse") for line in closing)
 
 
 def test_family_filter_skips_the_other(
@@ -323,3 +327,98 @@ def test_an_ipv4_mapped_aaaa_is_never_dialled(report: Report) -> None:
     assert details(dns, DnsAnswer).records == ()
     verdicts = {p.probe: p.verdict for p in report.parity if p.target == "v4_mapped"}
     assert set(verdicts.values()) == {"ipv6_missing"}
+
+
+def test_table_on_80_columns_not_a_terminal(lab_config_file: Path) -> None:
+    """Acceptance (issue 16): the whole lab, COLUMNS=80, stdout a pipe: no line longer than
+    80 or ending in a space, no escape code, each target one run down the first column
+    (problems first), and the closing block with the real exit status."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "run", "--config", str(lab_config_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert all(line == line.rstrip() for line in lines)
+    assert "\x1b" not in proc.stdout
+    start = lines.index("") + 1
+    table = lines[start : lines.index("", start)]
+    names = [line.split()[0] for line in table if line and not line.startswith(" ")]
+    report_targets = {name for name in EXPECTED} | {
+        "route53-ns-example.com-1",
+        "route53-ns-example.com-2",
+    }
+    assert sorted(names) == sorted(report_targets)  # each target once: one run, never split
+    from monitor.engine.parity import WORST_FIRST
+
+    rank = {str(v): i for i, v in enumerate(WORST_FIRST)}
+    permitted = icmp_permitted()
+    worst = {
+        n: min(rank[expected(n, p, icmp_permitted=permitted)] for p in probes)
+        for n, probes in EXPECTED.items()
+    }
+    worst |= {n: rank["ok"] if permitted else rank["both_failed"] for n in names if n not in worst}
+    assert [worst[n] for n in names] == sorted(worst[n] for n in names)  # problems first
+    assert names[0] in ("v4_only", "expired_v6", "v6_reset", "v6_timeout")
+    block = lines[lines.index("worst verdict per target:") :]
+    assert any(line.startswith("exit status 1:") for line in block)
+    assert any(line.startswith("next:") for line in block)
+
+
+def test_json_counts_exit_status_places_and_times(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """counts (every verdict, zeros too, summing to the parity entries), exit_status (the
+    real one), each parity entry's service/region/host equal to its results', `none` for no
+    region, and every time ISO 8601 UTC with Z."""
+    import re
+
+    from monitor.engine.parity import VERDICTS
+
+    argv = ["run", "--config", str(lab_config_file), "--format", "json", "--probe", "tcp"]
+    status = main(argv)
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert doc["exit_status"] == status == 1
+    assert list(doc["counts"]) == [str(v) for v in VERDICTS]
+    assert sum(doc["counts"].values()) == len(doc["parity"])
+    assert doc["counts"]["ipv4_failed"] == 0  # zeros are keys too
+    for p in doc["parity"]:
+        mine = [r for r in doc["results"] if r["target"] == p["target"]]
+        assert mine and all(
+            (r["service"], r["region"], r["host"]) == (p["service"], p["region"], p["host"])
+            for r in mine
+        )
+    regions = {p["target"]: p["region"] for p in doc["parity"]}
+    assert regions["alias"] == "none" and regions["healthy"] == "us-east-1"
+    assert regions["route53-ns-example.com-1"] == "global"
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
+    times = [doc["started"], *(r["started"] for r in doc["results"])]
+    assert all(isinstance(t, str) and iso.match(t) for t in times), times
+
+
+def test_schema_requires_the_new_keys(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report), default=str))
+    jsonschema.validate(doc, SCHEMA)
+    assert "exit_status" not in doc  # only probe run adds it
+    for broken in (
+        lambda d: d.pop("counts"),
+        lambda d: d["counts"].pop("skipped"),
+        lambda d: d["parity"][0].pop("region"),
+        lambda d: d["results"][0].update(started=1747215000.0),
+        lambda d: d["results"][0].update(region=""),
+    ):
+        bad = json.loads(json.dumps(doc))
+        broken(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMA)
