@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -221,7 +222,7 @@ def test_every_option_of_every_subcommand_has_a_description() -> None:
 
 def run_json(
     lab_config_file: Path, capsys: pytest.CaptureFixture[str], *argv: str
-) -> tuple[int, dict[str, object], str]:
+) -> tuple[int, dict[str, Any], str]:
     status = main(["run", "--config", str(lab_config_file), "--format", "json", *argv])
     out, err = capsys.readouterr()
     return status, json.loads(out), err
@@ -234,8 +235,8 @@ def test_a_nameserver_target_is_probed_alone_by_name(
     name = "route53-ns-example.com-1"
     status, doc, _ = run_json(lab_config_file, capsys, "--target", name, "--probe", "dns")
     assert status == 0
-    assert {r["target"] for r in doc["results"]} == {name}  # type: ignore[index]
-    assert [(p["target"], p["probe"], p["service"], p["region"]) for p in doc["parity"]] == [  # type: ignore[index]
+    assert {r["target"] for r in doc["results"]} == {name}
+    assert [(p["target"], p["probe"], p["service"], p["region"]) for p in doc["parity"]] == [
         (name, "dns", "route53", "global")
     ]
 
@@ -256,7 +257,7 @@ def test_filters_apply_to_nameservers_too(
     lab_config_file: Path, capsys: pytest.CaptureFixture[str], argv: list[str], targets: set[str]
 ) -> None:
     _, doc, _ = run_json(lab_config_file, capsys, *argv)
-    assert {r["target"] for r in doc["results"]} == targets  # type: ignore[index]
+    assert {r["target"] for r in doc["results"]} == targets
 
 
 def test_one_family_warns_once_and_notes_it(
@@ -268,8 +269,8 @@ def test_one_family_warns_once_and_notes_it(
     assert status == 0
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("probe: warning: only ipv4 is probed")
-    assert lines[0].removeprefix("probe: warning: ") in doc["notes"]  # type: ignore[operator]
-    assert {p["verdict"] for p in doc["parity"]} == {"skipped"}  # type: ignore[index]
+    assert lines[0].removeprefix("probe: warning: ") in doc["notes"]
+    assert {p["verdict"] for p in doc["parity"]} == {"skipped"}
     # and in the table, the vantage's IPv6 is not called unknown: it was not selected
     main(
         [
