@@ -423,3 +423,27 @@ def test_schema_requires_the_new_keys(report: Report) -> None:
         broken(bad)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, SCHEMA)
+
+
+def test_lab_banner_never_cuts_words(lab_session: Lab) -> None:
+    """`probe lab up`'s banner: each description and expected verdict whole, wrapped between
+    words in its column, no line ending in a space."""
+    from monitor.lab.run import describe, expected_text
+
+    text = describe(lab_session)
+    assert all(line == line.rstrip() for line in text.splitlines())
+    what_at = text.splitlines()[0].index("what is wrong")
+    verdicts_at = text.splitlines()[0].index("expected verdicts")
+    rows: dict[str, tuple[list[str], list[str]]] = {}
+    for line in text.splitlines()[1:]:
+        if not line.startswith(" "):
+            name = line.split()[0]
+        what, verdicts = rows.setdefault(name, ([], []))
+        what.extend(line[what_at:verdicts_at].split())
+        verdicts.extend(line[verdicts_at:].split())
+    for ep in lab_session.endpoints:
+        what, verdicts = rows[ep.name]
+        assert what == ep.description.split()  # every word whole, in order, in its column
+        assert " ".join(verdicts) == expected_text(EXPECTED[ep.name])
+    assert expected_text(EXPECTED["v4_only"]) == "ipv6_failed: tcp tls http2 http3"
+    assert expected_text(EXPECTED["no_aaaa"]) == "all ipv6_missing"
