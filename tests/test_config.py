@@ -135,3 +135,30 @@ def test_dry_run_and_targets_send_nothing() -> None:
         )
         assert proc.returncode == 0, proc.stderr
         assert "s3" in proc.stdout or argv == ["--help"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("families: []", "families: []: must not be empty"),
+        ("concurrency: 0", "concurrency: 0: must be at least 1"),
+        ("concurrency: x", "concurrency: 'x': must be a whole number"),
+        ("parity: {slower_ratio: 1}", "parity.slower_ratio: 1: must be more than 1.0"),
+        ("targets: {}", "targets: {}: must be a list, e.g. [a, b]"),
+        ("resolver: 5", "resolver: 5: must be a mapping of keys"),
+        ("vantage: 5", "vantage: 5: must be text (quote it if it looks like a number)"),
+        ("route53: {max_nameservers: 99}", "route53.max_nameservers: 99: must be at most 16"),
+        (
+            "targets: [{name: a, host: a.example, port: 1.5}]",
+            "targets[0].port: 1.5: must be a whole number",
+        ),
+    ],
+)
+def test_errors_in_plain_words(tmp_path: Path, text: str, message: str) -> None:
+    """Not the validation library's words ("input should be", "after validation")."""
+    path = tmp_path / "c.yml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {message}"
+    assert "after validation" not in str(info.value) and "input should" not in str(info.value)

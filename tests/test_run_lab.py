@@ -447,3 +447,9 @@ def test_lab_banner_never_cuts_words(lab_session: Lab) -> None:
         assert " ".join(verdicts) == expected_text(EXPECTED[ep.name])
     assert expected_text(EXPECTED["v4_only"]) == "ipv6_failed: tcp tls http2 http3"
     assert expected_text(EXPECTED["no_aaaa"]) == "all ipv6_missing"
+
+
+def test_an_expired_certificate_is_said_once(report: Report) -> None:
+    """Not 'certificate has expired (certificate has expired)'."""
+    tls = next(p for p in report.parity if (p.target, p.probe) == ("expired_v6", "tls"))
+    assert tls.reason.count("expired") == 1, tls.reason
