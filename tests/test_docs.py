@@ -445,3 +445,20 @@ def test_stack_md_check_command_compares_both_families() -> None:
     assert check
     assert "--config /etc/dualstack/vantage.yml" in check.group(1)
     assert "--family" not in check.group(1)
+
+
+def test_json_changes_are_said_in_the_schema_and_the_readme() -> None:
+    import json
+
+    schema = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
+    readme = " ".join(README.read_text(encoding="utf-8").split())
+    for said in (
+        "`counts`",
+        "`exit_status`",
+        "`service`, `region` and `host`",
+        "`none`",
+        "ISO 8601",
+    ):
+        assert said in schema["$comment"], said
+        assert said in readme, said
+    assert "counts" in schema["required"] and "exit_status" not in schema["required"]
