@@ -13,7 +13,7 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from monitor.engine.parity import REGRESSIONS, VERDICTS, WORST_FIRST, Parity, Verdict
 from monitor.engine.report import Report, iso_utc, report_json
@@ -42,8 +42,10 @@ class ExitStatus:
     meaning: str
     """One line, the same in `--help`, the README and the table's closing block."""
     next_step: str
-    """What to run or read next. `{rerun}` is the command as given (config, resolver, CA
-    file), `{target}` the target with the worst verdict, `{config}` the --config argument."""
+    """What to run or read next, in one line. `{rerun}` is the command as given (config,
+    resolver, CA file), `{target}` the target with the worst verdict, `{config}` the --config
+    argument. Statuses 0, 1 and 3 print a fuller block (commands on lines of their own, the
+    vantage's reason) that says the same; any other status prints this line."""
 
 
 # In precedence order: the first that applies is the status. A new status is one line here
@@ -238,7 +240,7 @@ def _pad(cells: Sequence[str], widths: Sequence[int], paint: Sequence[str]) -> s
 # --- the run table --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Row:
     probe: str
     v4: tuple[str, str | None]
@@ -335,8 +337,7 @@ def _table_lines(
                 lines.extend((" " * why_at + more).rstrip() for more in why[1:])
         return lines
     # Too narrow for a row per line: each target's name on a line of its own, its probes
-    # indented below it, the reason under the probe's cells.
-    # A short reason still goes on the row, in a column of its own; a long one below it.
+    # indented below it; a short reason on the probe's line, a long one under its cells.
     indent = "  "
     inner = widths[1:]
     why_at = len(indent) + sum(inner) + len(_GAP) * len(inner)
@@ -475,13 +476,13 @@ def write_table(
     out: IO[str],
     *,
     color: bool | None = None,
-    width: int | None = -1,
+    width: int | Literal["auto"] | None = "auto",
     rerun: Sequence[str] = ("probe", "run"),
     config: str | None = None,
 ) -> None:
-    """The table for people, then the closing block. `width` -1: from the environment
-    (output_width); `color` None: only when `out` is a terminal and NO_COLOR is unset."""
-    if width == -1:
+    """The table for people, then the closing block. `width` "auto": output_width(out), None:
+    no wrapping; `color` None: only when `out` is a terminal and NO_COLOR is unset."""
+    if width == "auto":
         width = output_width(out)
     if color is None:
         color = _is_tty(out) and not os.environ.get("NO_COLOR")
@@ -537,14 +538,14 @@ def write_plan(
     *,
     fmt: str,
     title: str,
-    width: int | None = -1,
+    width: int | Literal["auto"] | None = "auto",
     footer: Sequence[str] = (),
 ) -> None:
     if fmt == "json":
         json.dump(rows, out, indent=2)
         out.write("\n")
         return
-    if width == -1:
+    if width == "auto":
         width = output_width(out)
     cells = [_plan_cells(r) for r in rows]
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(PLAN_COLUMNS)]
