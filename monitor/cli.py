@@ -408,9 +408,11 @@ async def _run_with_progress(
         return await run_round(
             cfg, targets, families=families, samples=samples, pick=selection.pick
         )
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr, which is a terminal here: stdout may be a pipe and gets the table only.
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("probing", total=None)
 
         def progress(done: int, total: int) -> None:

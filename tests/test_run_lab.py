@@ -453,3 +453,46 @@ def test_an_expired_certificate_is_said_once(report: Report) -> None:
     """Not 'certificate has expired (certificate has expired)'."""
     tls = next(p for p in report.parity if (p.target, p.probe) == ("expired_v6", "tls"))
     assert tls.reason.count("expired") == 1, tls.reason
+
+
+def test_progress_on_a_terminal_stderr_leaves_piped_stdout_plain(lab_config_file: Path) -> None:
+    """stderr a terminal, stdout a pipe: the progress bar is on the terminal, the table has no
+    escape code and is not wrapped."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    leader, follower = os.openpty()
+    seen: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    argv = ["run", "--config", str(lab_config_file), "--target", "v4_only", "--probe", "tcp"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    os.close(follower)
+    reader.join(5)
+    os.close(leader)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "\x1b" not in out and "exit status 1:" in out
+    assert any(line.startswith("v4_only ") for line in out.splitlines())  # a line per row
+    assert b"probing" in b"".join(seen)  # and the progress bar was on the terminal
