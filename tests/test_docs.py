@@ -462,3 +462,11 @@ def test_json_changes_are_said_in_the_schema_and_the_readme() -> None:
         assert said in schema["$comment"], said
         assert said in readme, said
     assert "counts" in schema["required"] and "exit_status" not in schema["required"]
+
+
+def test_readme_says_how_often_a_failure_is_logged() -> None:
+    from monitor.serve.vantage import FAILURE_REMINDER_SECONDS
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert f"a reminder every {FAILURE_REMINDER_SECONDS / 60:g} minutes while it lasts" in text
+    assert "only with `--log-level debug`" in text
