@@ -243,7 +243,10 @@ def test_exit_status_per_fault(
     assert {r["target"] for r in doc["results"]} == {target}  # zones filtered out too
 
 
-def test_table_output(lab_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # captured stdout: a line per row
     argv = [
         "run",
         "--config",

@@ -261,8 +261,9 @@ def test_filters_apply_to_nameservers_too(
 
 
 def test_one_family_warns_once_and_notes_it(
-    lab_config_file: Path, capsys: pytest.CaptureFixture[str]
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
     status, doc, err = run_json(
         lab_config_file, capsys, "--family", "ipv4", "--target", "healthy", "--probe", "tcp"
     )
