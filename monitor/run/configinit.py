@@ -40,8 +40,8 @@ catalog:
 targets: []
 # targets:
 #   # A load balancer (ALB or NLB) whose IP address type is dualstack. Use its `dualstack.`
-#   # name: the plain my-lb-123.<region>.elb.amazonaws.com has only A records, so its IPv6
-#   # would be ipv6_missing whatever the load balancer does.
+#   # name, the one AWS says to point AAAA records at: probed by the name without the
+#   # prefix, its IPv6 may well be ipv6_missing whatever the load balancer does.
 #   - name: my-alb
 #     service: alb
 #     region: ap-northeast-1
