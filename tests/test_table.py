@@ -277,6 +277,7 @@ def test_ipv6_not_selected_is_not_ipv6_unknown() -> None:
     )
     text = render(rep, None)
     assert "IPv6 was not selected" in text and "unknown" not in text
+    assert "    probe run --family both" in text  # what to run next: compare them
     rep = report([("t", "tcp", Verdict.IPV6_MISSING, "no AAAA")], check=VantageCheck(ipv6=None))
     assert "own IPv6 is unknown" in render(rep, None)
 

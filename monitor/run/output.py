@@ -451,6 +451,11 @@ def _next_lines(
             *_wrap(VERDICT_HELP, width, "  ", "    "),
         ]
     if status == EXIT_OK:
+        if len(report.families) == 1:
+            return [
+                *_wrap("compare IPv6 with IPv4, both families:", width, "next: ", "  "),
+                *_command([*rerun, "--family", "both"], width, "    "),
+            ]
         if config is None:
             return [
                 *_wrap("your own endpoints, watched all the time:", width, "next: ", "  "),
