@@ -2,10 +2,12 @@
 # The vantage point: `probe serve` exporting Prometheus metrics on :9851 (docs/stack.md).
 #
 #   docker build -t dualstack-monitor:0.2.0 .
-#   docker run --rm -p 9851:9851 dualstack-monitor:0.2.0        # the shipped AWS catalog
-#   docker run --rm -v "$PWD/my.yml:/etc/dualstack/vantage.yml:ro" -p 9851:9851 \
-#       dualstack-monitor:0.2.0 serve --config /etc/dualstack/vantage.yml --listen '[::]:9851' \
-#       --vantage my-site
+#   docker run -d --network host -v "$PWD/dualstack.yml:/etc/dualstack/vantage.yml:ro" \
+#       dualstack-monitor:0.2.0 serve --config /etc/dualstack/vantage.yml --listen 127.0.0.1:9851
+#
+# The host's network, because Docker's default bridge has no IPv6: there every IPv6 probe is
+# `skipped` (no route). Then listen on loopback, not on every address of the host. The
+# README's "One container" says more; docker-compose.yml builds dual-stack networks instead.
 #
 # ICMP: as a non-root user (this image's), the icmp probe opens unprivileged ICMP "ping"
 # sockets, which the kernel allows to the groups in net.ipv4.ping_group_range. Docker sets it to

@@ -1,9 +1,9 @@
-"""The `probe` command: run (one round, table or JSON, exit status), targets, lab up,
-ip-ranges update.
+"""The `probe` command: run (one round, table or JSON, exit status), targets, serve, config
+init, lab up, ip-ranges update.
 
-Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, 2 usage or configuration error,
-3 this vantage has no working IPv6 (no route, or broken beyond it).
-`--dry-run` and `targets` send no packet.
+The exit statuses of `probe run` and their meanings: monitor/run/output.py, EXIT_STATUSES.
+`--dry-run`, `targets` and `config init` send no packet. A closed pipe (`| head`) ends any
+command quietly, with status 0.
 """
 
 from __future__ import annotations
@@ -14,22 +14,26 @@ import dataclasses
 import importlib.resources
 import ipaddress
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__
 from monitor.catalog import shipped
-from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, load_config, parse_duration
+from monitor.config import Config, ConfigError, load_config, parse_duration
 from monitor.engine.report import Report
 from monitor.run.output import (
     EXIT_USAGE,
+    exit_help,
     exit_status,
     plan_rows,
     write_json,
     write_plan,
     write_table,
 )
+from monitor.run.select import Selection, from_args
 from probes.base import ALL_PROBE_KINDS, FAMILIES, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
@@ -58,11 +62,18 @@ def parse_resolver(text: str) -> tuple[str, int]:
     return host, port
 
 
+_SECONDS = re.compile(r"\d+(\.\d+)?")
+
+
 def _duration(text: str) -> float:
+    """A duration on the command line: 5 is seconds, as a number in a config file is (a
+    config file's quoted "5" stays an error: there a string needs its unit)."""
     try:
-        return parse_duration(text)
+        return parse_duration(float(text) if _SECONDS.fullmatch(text) else text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+        raise argparse.ArgumentTypeError(
+            str(exc).replace("use e.g.", "use seconds (5, 0.5) or e.g.")
+        ) from None
 
 
 def _samples(text: str) -> int:
@@ -77,21 +88,53 @@ def _samples(text: str) -> int:
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", metavar="FILE", help="YAML config (default: the shipped AWS catalog)"
+        "--config",
+        metavar="FILE",
+        help="YAML config (default: the shipped AWS catalog; `probe config init` writes one)",
     )
-    p.add_argument("--target", action="append", default=[], metavar="NAME")
-    p.add_argument("--service", action="append", default=[], metavar="S")
-    p.add_argument("--region", action="append", default=[], metavar="R")
+    p.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="only this target (repeatable); name servers of route53.zones are "
+        "route53-ns-<zone>-<n>",
+    )
+    p.add_argument(
+        "--service",
+        action="append",
+        default=[],
+        metavar="S",
+        help="only targets of this service (repeatable), e.g. s3, alb, route53",
+    )
+    p.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        metavar="R",
+        help="only targets in this region (repeatable); `global` for global endpoints, "
+        "`none` for targets without one",
+    )
     p.add_argument(
         "--probe",
         action="append",
         default=[],
         choices=ALL_PROBE_KINDS,
         metavar="KIND",
-        help=f"one of {', '.join(ALL_PROBE_KINDS)}",
+        help=f"only this probe kind (repeatable): one of {', '.join(ALL_PROBE_KINDS)}",
     )
-    p.add_argument("--family", choices=("ipv4", "ipv6", "both"), default="both")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--family",
+        choices=("ipv4", "ipv6", "both"),
+        default="both",
+        help="probe one family only (nothing is then compared) or both (default)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="a table for people (default) or one JSON document",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,18 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="probe",
         description="Compare AWS endpoints over IPv6 and IPv4 from this vantage point.",
     )
-    parser.add_argument("--version", action="version", version=f"dualstack-monitor {__version__}")
     parser.add_argument(
-        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+        "--version",
+        action="version",
+        version=f"dualstack-monitor {__version__}",
+        help="print the version and exit",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="what is logged to stderr (default warning; serve: info); debug also shows "
+        "the libraries' own warnings",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
         "run",
         help="probe every target once and judge IPv6 against IPv4",
-        description="Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, "
-        "2 usage or configuration error, 3 this vantage has no working IPv6 "
-        "(no route, or every target fails over IPv6 here while IPv4 works).",
+        description=exit_help() + ".",
     )
     _add_selection(run)
     run.add_argument(
@@ -120,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS server to use instead of the configured or system one",
     )
     run.add_argument("--ca-file", metavar="PEM", help="extra trust anchors for TLS")
-    run.add_argument("--timeout", type=_duration, metavar="S", help="per-probe timeout")
+    run.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="S",
+        help="each probe's deadline, for every target: seconds (5) or a duration (500ms, 1m)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -139,19 +194,34 @@ def build_parser() -> argparse.ArgumentParser:
     targets = sub.add_parser("targets", help="list the expanded targets; sends no packet")
     _add_selection(targets)
 
+    config = sub.add_parser("config", help="configuration files")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    init = config_sub.add_parser(
+        "init",
+        help="write a commented starting configuration",
+        description="Write a commented starting configuration: this host's name as the "
+        "vantage, the AWS catalog, and commented examples of your own load balancer, "
+        "CloudFront distribution and Route 53 zones. Without FILE it goes to stdout.",
+    )
+    init.add_argument("file", nargs="?", metavar="FILE", help="where to write it (default stdout)")
+    init.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+
     serve = sub.add_parser(
         "serve",
         help="a long-running vantage point exporting Prometheus metrics",
         description="Probe on a schedule and serve /metrics, /healthz, /readyz, "
         "/api/v1/results and a status page. SIGHUP reloads the config; SIGTERM drains and exits.",
     )
-    serve.add_argument("--config", required=True, metavar="FILE")
+    serve.add_argument(
+        "--config", required=True, metavar="FILE", help="YAML config; SIGHUP reloads it"
+    )
     serve.add_argument(
         "--listen",
         default=None,
         metavar="ADDR:PORT",
-        help="[::1]:9851, [::]:9851, 127.0.0.1:9851 or 0.0.0.0:9851 "
-        "(default [::]:9851: every address, both families)",
+        help="an IP address of this host and a port, IPv6 in brackets: e.g. "
+        "127.0.0.1:9851, [::1]:9851, [2001:db8::5]:9851; [::] and 0.0.0.0 for every "
+        "address (default [::]:9851: every address, both families)",
     )
     serve.add_argument("--vantage", metavar="NAME", help="overrides `vantage` of the config")
     serve.add_argument(
@@ -166,13 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="enable POST /-/reload",
     )
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text lines for people (default) or JSON lines for log pipelines",
+    )
     serve.add_argument(
         "--drain-timeout",
         type=_duration,
         default=10.0,
         metavar="S",
-        help="on SIGTERM, how long probes in flight may finish (default 10s)",
+        help="on SIGTERM, how long probes in flight may finish: seconds (5) or a duration "
+        "(default 10s)",
     )
 
     lab = sub.add_parser("lab", help="a local dual-stack lab of real servers on loopback")
@@ -207,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_duration,
         default=30.0,
         metavar="S",
-        help="give up on the download after this long (default 30s)",
+        help="give up on the download after this long: seconds or a duration (default 30s)",
     )
     return parser
 
@@ -222,43 +298,26 @@ def _load(args: argparse.Namespace) -> Config:
 
 def _families(args: argparse.Namespace, cfg: Config) -> tuple[Family, ...]:
     chosen: tuple[Family, ...] = FAMILIES if args.family == "both" else (args.family,)
-    return tuple(f for f in chosen if f in cfg.families)
+    families = tuple(f for f in chosen if f in cfg.families)
+    if not families:
+        raise ConfigError(
+            f"--family {args.family}: {cfg.path} probes only {', '.join(cfg.families)}"
+        )
+    return families
 
 
-def select(cfg: Config, args: argparse.Namespace) -> list[Target]:
-    names = {t.name for t in cfg.targets}
-    for name in args.target:
-        if name not in names:
-            raise ConfigError(f"--target {name}: no such target in {cfg.path}")
-    picked = [
-        t
-        for t in cfg.targets
-        if (not args.target or t.name in args.target)
-        and (not args.service or t.service in args.service)
-        and (not args.region or t.region in args.region)
-    ]
-    if args.probe:
-        picked = [
-            dataclasses.replace(t, probes=tuple(p for p in t.probes if p in args.probe))
-            for t in picked
-        ]
-    return picked
+def _selection(args: argparse.Namespace) -> Selection:
+    return from_args(args.target, args.service, args.region, args.probe)
 
 
-def select_zones(cfg: Config, args: argparse.Namespace) -> Config:
-    """The filters apply to the name servers of route53.zones too (service route53, region
-    global, names route53-ns-<zone>-<n>)."""
-    keep = (
-        (not args.service or "route53" in args.service)
-        and (not args.region or "global" in args.region)
-        and (not args.target or any(n.startswith(NAMESERVER_PREFIX) for n in args.target))
+def single_family_warning(families: Sequence[Family]) -> str | None:
+    """One family selected: every verdict is `skipped`, which deserves a word."""
+    if len(families) != 1:
+        return None
+    return (
+        f"only {families[0]} is probed (--family or `families`): every verdict is skipped, "
+        "nothing is compared; --family both compares IPv6 with IPv4"
     )
-    route53 = cfg.route53
-    if args.probe:
-        probes = [p for p in route53.probes if p in args.probe]
-        keep = keep and bool(probes)
-        route53 = route53.model_copy(update={"probes": probes})
-    return dataclasses.replace(cfg, zones=cfg.zones if keep else (), route53=route53)
 
 
 def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
@@ -278,8 +337,11 @@ def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_targets(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     cfg = _apply_overrides(_load(args), args)
-    targets = select(cfg, args)
-    rows = plan_rows(targets, _families(args, cfg))
+    targets, cfg = _selection(args).apply(cfg)
+    families = _families(args, cfg)
+    if dry_run and (warning := single_family_warning(families)):
+        print(f"probe: warning: {warning}", file=sys.stderr)
+    rows = plan_rows(targets, families)
     title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage})"
     write_plan(rows, sys.stdout, fmt=args.format, title=title)
     if cfg.zones:
@@ -290,38 +352,80 @@ def cmd_targets(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     return 0
 
 
+def _rerun(args: argparse.Namespace) -> list[str]:
+    """`probe run` with what the user gave that decides how it probes: the next command."""
+    words = ["probe", "run"]
+    if args.config:
+        words += ["--config", args.config]
+    if args.resolver:
+        host, port = args.resolver
+        words += ["--resolver", f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    if args.ca_file:
+        words += ["--ca-file", args.ca_file]
+    if args.timeout:
+        words += ["--timeout", f"{args.timeout:g}"]
+    return words
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_targets(args, dry_run=True)
+    from monitor.engine.check import check_sources  # the probe stack: only when probing
+
     cfg = _apply_overrides(_load(args), args)
-    targets = select(cfg, args)
-    cfg = select_zones(cfg, args)
+    check_sources(cfg)
+    selection = _selection(args)
+    targets, cfg = selection.apply(cfg)
     families = _families(args, cfg)
+    warning = single_family_warning(families)
+    if warning:
+        print(f"probe: warning: {warning}", file=sys.stderr)
     show_progress = args.format == "table" and sys.stderr.isatty() and not args.no_progress
-    report = asyncio.run(_run_with_progress(cfg, targets, families, show_progress, args.samples))
+    report = asyncio.run(
+        _run_with_progress(cfg, targets, families, show_progress, args.samples, selection)
+    )
+    status = exit_status(report)
     if args.format == "json":
-        write_json(report, sys.stdout)
+        if warning:
+            report = dataclasses.replace(report, notes=(*report.notes, warning))
+        write_json(report, sys.stdout, status=status)
     else:
-        write_table(report, sys.stdout)
-    return exit_status(report)
+        write_table(report, sys.stdout, rerun=_rerun(args), config=args.config)
+    return status
 
 
 async def _run_with_progress(
-    cfg: Config, targets: Sequence[Target], families: Sequence[Family], show: bool, samples: int
+    cfg: Config,
+    targets: Sequence[Target],
+    families: Sequence[Family],
+    show: bool,
+    samples: int,
+    selection: Selection,
 ) -> Report:
     from monitor.engine.round import run_round  # imports the probe stack only when probing
 
     if not show:
-        return await run_round(cfg, targets, families=families, samples=samples)
+        return await run_round(
+            cfg, targets, families=families, samples=samples, pick=selection.pick
+        )
+    from rich.console import Console
     from rich.progress import Progress
 
-    with Progress(transient=True) as bar:
+    # On stderr, which is a terminal here: stdout may be a pipe and gets the table only.
+    with Progress(transient=True, console=Console(stderr=True)) as bar:
         task = bar.add_task("probing", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        return await run_round(cfg, targets, families=families, progress=progress, samples=samples)
+        return await run_round(
+            cfg,
+            targets,
+            families=families,
+            progress=progress,
+            samples=samples,
+            pick=selection.pick,
+        )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -364,28 +468,47 @@ def cmd_ip_ranges(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from monitor.run.configinit import init_config
+
+    return init_config(args.file, force=args.force, out=sys.stdout)
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "targets": cmd_targets,
+    "serve": cmd_serve,
+    "ip-ranges": cmd_ip_ranges,
+    "config": cmd_config,
+    "lab": cmd_lab,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
+        from monitor.serve.logs import LibraryFilter
+
         logging.basicConfig(
             level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
         )
         # aioquic logs each failed handshake itself; the result already says it, as data.
-        logging.getLogger("quic").setLevel(max(logging.ERROR, logging.getLogger().level))
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(LibraryFilter(debug=args.log_level == "debug"))
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "targets":
-            return cmd_targets(args)
-        if args.command == "serve":
-            return cmd_serve(args)
-        if args.command == "ip-ranges":
-            return cmd_ip_ranges(args)
-        return cmd_lab(args)
+        status = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
     except ConfigError as exc:
         print(f"probe: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`| head`): what it wanted it has. Point stdout at /dev/null
+        # so the interpreter's last flush finds no pipe to complain about.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

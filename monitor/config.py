@@ -30,6 +30,7 @@ from monitor.catalog import CatalogError, expand_catalog, user_target_defaults
 from probes import ipranges
 from probes.base import (
     FAMILIES,
+    NO_REGION,
     PROBE_KINDS,
     Family,
     HttpSpec,
@@ -317,7 +318,37 @@ def _message(err: Any) -> str:
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
         return msg.removeprefix("Value error, ")
+    ctx = err.get("ctx", {})
+    said = "must not be empty" if kind == "too_short" and ctx.get("min_length") == 1 else None
+    said = said or _PLAIN.get(kind)
+    if said is not None:
+        return f"{err['input']!r}: {said.format(**ctx)}"
+    # anything else in the validation library's words, without its jargon
+    msg = msg.replace(" after validation", "")
     return f"{err['input']!r}: {msg[:1].lower()}{msg[1:]}"
+
+
+# The validation library's error types, as a person would say them (ctx fills the blanks).
+_PLAIN: dict[str, str] = {
+    "too_short": "needs at least {min_length} item(s)",
+    "too_long": "takes at most {max_length} item(s)",
+    "greater_than_equal": "must be at least {ge}",
+    "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}",
+    "less_than": "must be less than {lt}",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be text (quote it if it looks like a number)",
+    "list_type": "must be a list, e.g. [a, b]",
+    "dict_type": "must be a mapping of keys",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -412,7 +443,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
             Target(
                 name=t.name,
                 service=t.service,
-                region=t.region or "",
+                region=t.region or NO_REGION,
                 host=t.host,
                 port=t.port,
                 probes=tuple(dict.fromkeys(t.probes)),
@@ -465,6 +496,25 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         slower_margin=model.parity.slower_margin,
         sources=sources,
         site=model.site,
+    )
+
+
+def nameserver_target(cfg: Config, zone: str, n: int, host: str) -> Target:
+    """The n-th (from 1) name server of `zone`, as the target `route53-ns-<zone>-<n>`."""
+    return Target(
+        name=f"{NAMESERVER_PREFIX}{zone}-{n}",
+        service="route53",
+        region="global",
+        host=host,
+        port=cfg.route53.port,
+        probes=tuple(cfg.route53.probes),
+        plane="data",
+        interval=cfg.interval,
+        timeout=cfg.timeout,
+        max_addresses=cfg.max_addresses,
+        zone=zone,
+        families=cfg.families,
+        source="route53-zone",
     )
 
 

@@ -26,6 +26,8 @@ PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "htt
 ALL_PROBE_KINDS: tuple[ProbeKind, ...] = (*PROBE_KINDS, "race")
 """Every kind a target may list. `race` (Happy Eyeballs, probes/race.py) races the families
 in one client instead, so it adds nothing to results or parity and is never a default."""
+NO_REGION = "none"
+"""The region of a target that has none: one spelling in JSON, metrics, tables and pages."""
 Clock = Callable[[], float]
 
 
@@ -142,7 +144,7 @@ class Target:
     """Unique, from configuration; the `target` label."""
     service: str
     region: str
-    """"" when not regional; exported as region="none"."""
+    """An AWS region, `global`, or NO_REGION ("none") when the configuration gives none."""
     host: str
     port: int = 443
     probes: tuple[ProbeKind, ...] = PROBE_KINDS

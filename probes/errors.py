@@ -35,6 +35,11 @@ def error(kind: ErrorKind, message: str) -> ProbeError:
     return ProbeError(kind=kind, message=message)
 
 
+def _said(what: str, reason: str) -> str:
+    """`what (reason)`, unless OpenSSL's reason already says just that (no echo)."""
+    return reason if what.lower() in reason.lower() else f"{what} ({reason})"
+
+
 def classify(exc: BaseException) -> ProbeError:
     """Map an exception raised by I/O to the closed set of error kinds."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -42,11 +47,11 @@ def classify(exc: BaseException) -> ProbeError:
         code = getattr(exc, "verify_code", None)
         reason = getattr(exc, "verify_message", None) or str(exc)
         if code == _X509_EXPIRED:
-            return error(ErrorKind.TLS_CERT_EXPIRED, f"certificate has expired ({reason})")
+            return error(ErrorKind.TLS_CERT_EXPIRED, _said("certificate has expired", reason))
         if code == _X509_HOSTNAME_MISMATCH:
             return error(ErrorKind.TLS_HOSTNAME_MISMATCH, reason)
         if code == _X509_NOT_YET_VALID:
-            return error(ErrorKind.TLS_UNTRUSTED, f"certificate is not yet valid ({reason})")
+            return error(ErrorKind.TLS_UNTRUSTED, _said("certificate is not yet valid", reason))
         return error(ErrorKind.TLS_UNTRUSTED, reason)
     if isinstance(exc, ssl.SSLError):
         # an SSLError raised by Python itself (not OpenSSL) has no `reason`

@@ -147,7 +147,7 @@ def test_monitor_package_init_loads_no_protocol_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("argv", [["targets"], ["run", "--dry-run"]])
+@pytest.mark.parametrize("argv", [["targets"], ["run", "--dry-run"], ["config", "init"]])
 def test_commands_that_send_nothing_load_no_protocol_library(argv: list[str]) -> None:
     code = (
         "import sys, contextlib, io\n"

@@ -243,7 +243,10 @@ def test_exit_status_per_fault(
     assert {r["target"] for r in doc["results"]} == {target}  # zones filtered out too
 
 
-def test_table_output(lab_config_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # captured stdout: a line per row
     argv = [
         "run",
         "--config",
@@ -262,8 +265,12 @@ def test_table_output(lab_config_file: Path, capsys: pytest.CaptureFixture[str])
     assert main(argv) == 1
     out = capsys.readouterr().out
     assert "ipv6_failed" in out and "connect_refused" in out
-    assert "warning" in out and "missing dns: both_failed" in out
-    assert "summary:" in out
+    closing = out[out.index("worst verdict per target:") :].splitlines()
+    assert "  ipv6_failed  v4_only" in closing
+    assert "  both_failed  missing" in closing
+    assert "  ok           healthy" in closing
+    assert any(line.startswith("summary: 5 verdicts for 3 targets:") for line in closing)
+    assert any(line.startswith("exit status 1: IPv6 is worse") for line in closing)
 
 
 def test_family_filter_skips_the_other(
@@ -323,3 +330,172 @@ def test_an_ipv4_mapped_aaaa_is_never_dialled(report: Report) -> None:
     assert details(dns, DnsAnswer).records == ()
     verdicts = {p.probe: p.verdict for p in report.parity if p.target == "v4_mapped"}
     assert set(verdicts.values()) == {"ipv6_missing"}
+
+
+def test_table_on_80_columns_not_a_terminal(lab_config_file: Path) -> None:
+    """Acceptance (issue 16): the whole lab, COLUMNS=80, stdout a pipe: no line longer than
+    80 or ending in a space, no escape code, each target one run down the first column
+    (problems first), and the closing block with the real exit status."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "run", "--config", str(lab_config_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert all(line == line.rstrip() for line in lines)
+    assert "\x1b" not in proc.stdout
+    start = lines.index("") + 1
+    table = lines[start : lines.index("", start)]
+    names = [line.split()[0] for line in table if line and not line.startswith(" ")]
+    report_targets = {name for name in EXPECTED} | {
+        "route53-ns-example.com-1",
+        "route53-ns-example.com-2",
+    }
+    assert sorted(names) == sorted(report_targets)  # each target once: one run, never split
+    from monitor.engine.parity import WORST_FIRST
+
+    rank = {str(v): i for i, v in enumerate(WORST_FIRST)}
+    permitted = icmp_permitted()
+    worst = {
+        n: min(rank[expected(n, p, icmp_permitted=permitted)] for p in probes)
+        for n, probes in EXPECTED.items()
+    }
+    worst |= {n: rank["ok"] if permitted else rank["both_failed"] for n in names if n not in worst}
+    assert [worst[n] for n in names] == sorted(worst[n] for n in names)  # problems first
+    assert names[0] in ("v4_only", "expired_v6", "v6_reset", "v6_timeout")
+    block = lines[lines.index("worst verdict per target:") :]
+    assert any(line.startswith("exit status 1:") for line in block)
+    assert any(line.startswith("next:") for line in block)
+
+
+def test_json_counts_exit_status_places_and_times(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """counts (every verdict, zeros too, summing to the parity entries), exit_status (the
+    real one), each parity entry's service/region/host equal to its results', `none` for no
+    region, and every time ISO 8601 UTC with Z."""
+    import re
+
+    from monitor.engine.parity import VERDICTS
+
+    argv = ["run", "--config", str(lab_config_file), "--format", "json", "--probe", "tcp"]
+    status = main(argv)
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, SCHEMA, format_checker=jsonschema.FormatChecker())
+    assert doc["exit_status"] == status == 1
+    assert list(doc["counts"]) == [str(v) for v in VERDICTS]
+    assert sum(doc["counts"].values()) == len(doc["parity"])
+    assert doc["counts"]["ipv4_failed"] == 0  # zeros are keys too
+    for p in doc["parity"]:
+        mine = [r for r in doc["results"] if r["target"] == p["target"]]
+        assert mine and all(
+            (r["service"], r["region"], r["host"]) == (p["service"], p["region"], p["host"])
+            for r in mine
+        )
+    regions = {p["target"]: p["region"] for p in doc["parity"]}
+    assert regions["alias"] == "none" and regions["healthy"] == "us-east-1"
+    assert regions["route53-ns-example.com-1"] == "global"
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z$")
+    times = [doc["started"], *(r["started"] for r in doc["results"])]
+    assert all(isinstance(t, str) and iso.match(t) for t in times), times
+
+
+def test_schema_requires_the_new_keys(report: Report) -> None:
+    doc = json.loads(json.dumps(report_json(report), default=str))
+    jsonschema.validate(doc, SCHEMA)
+    assert "exit_status" not in doc  # only probe run adds it
+    breakers: list[typing.Callable[[dict[str, typing.Any]], object]] = [
+        lambda d: d.pop("counts"),
+        lambda d: d["counts"].pop("skipped"),
+        lambda d: d["parity"][0].pop("region"),
+        lambda d: d["results"][0].update(started=1747215000.0),
+        lambda d: d["results"][0].update(region=""),
+    ]
+    for broken in breakers:
+        bad = json.loads(json.dumps(doc))
+        broken(bad)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMA)
+
+
+def test_lab_banner_never_cuts_words(lab_session: Lab) -> None:
+    """`probe lab up`'s banner: each description and expected verdict whole, wrapped between
+    words in its column, no line ending in a space."""
+    from monitor.lab.run import describe, expected_text
+
+    text = describe(lab_session)
+    assert all(line == line.rstrip() for line in text.splitlines())
+    what_at = text.splitlines()[0].index("what is wrong")
+    verdicts_at = text.splitlines()[0].index("expected verdicts")
+    rows: dict[str, tuple[list[str], list[str]]] = {}
+    for line in text.splitlines()[1:]:
+        if not line.startswith(" "):
+            name = line.split()[0]
+        what, verdicts = rows.setdefault(name, ([], []))
+        what.extend(line[what_at:verdicts_at].split())
+        verdicts.extend(line[verdicts_at:].split())
+    for ep in lab_session.endpoints:
+        what, verdicts = rows[ep.name]
+        assert what == ep.description.split()  # every word whole, in order, in its column
+        assert " ".join(verdicts) == expected_text(EXPECTED[ep.name])
+    assert expected_text(EXPECTED["v4_only"]) == "ipv6_failed: tcp tls http2 http3"
+    assert expected_text(EXPECTED["no_aaaa"]) == "all ipv6_missing"
+
+
+def test_an_expired_certificate_is_said_once(report: Report) -> None:
+    """Not 'certificate has expired (certificate has expired)'."""
+    tls = next(p for p in report.parity if (p.target, p.probe) == ("expired_v6", "tls"))
+    assert tls.reason.count("expired") == 1, tls.reason
+
+
+def test_progress_on_a_terminal_stderr_leaves_piped_stdout_plain(lab_config_file: Path) -> None:
+    """stderr a terminal, stdout a pipe: the progress bar is on the terminal, the table has no
+    escape code and is not wrapped."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    leader, follower = os.openpty()
+    seen: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            seen.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    argv = ["run", "--config", str(lab_config_file), "--target", "v4_only", "--probe", "tcp"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    os.close(follower)
+    reader.join(5)
+    os.close(leader)
+    assert proc.returncode == 1
+    out = proc.stdout.decode()
+    assert "\x1b" not in out and "exit status 1:" in out
+    assert any(line.startswith("v4_only ") for line in out.splitlines())  # a line per row
+    assert b"probing" in b"".join(seen)  # and the progress bar was on the terminal

@@ -4,10 +4,13 @@ and SIGTERM behave."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -248,6 +251,8 @@ def test_api_and_status_page_agree_with_metrics(served: Served, config: Path) ->
     doc = json.loads(body)
     jsonschema.validate(doc, SCHEMA)
     assert doc["vantage"] == "lab-serve" and doc["vantage_ipv6"] is True
+    assert "exit_status" not in doc  # a service has none; `probe run` adds it
+    assert sum(doc["counts"].values()) == len(doc["parity"])
     # The lab's verdicts are stable, so the API and /metrics agree on every one of them.
     disagree = [
         (p["target"], p["probe"], p["verdict"])
@@ -279,6 +284,37 @@ def test_api_and_status_page_agree_with_metrics(served: Served, config: Path) ->
     assert cells[("no_aaaa", "http2")] == "ipv6_missing"
 
 
+def test_no_region_is_none_everywhere(served: Served, config: Path) -> None:
+    """The alias target has no region: `none` in the JSON, the metrics, the status page and
+    `probe targets`' table, never "", "-" or "global"."""
+    _, m = scrape(served)
+    doc = json.loads(served.get("/api/v1/results")[1])
+    assert {r["region"] for r in doc["results"] if r["target"] == "alias"} == {"none"}
+    assert {p["region"] for p in doc["parity"] if p["target"] == "alias"} == {"none"}
+    assert value(m, "dualstack_parity", target="alias", probe="tcp", verdict="ok", region="none")
+    page = served.get("/")[1]
+    row = page[page.index('<span class="tname">alias</span>') :]
+    assert row.split("</th>")[0].count("custom · none") == 1
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "monitor.cli",
+            "targets",
+            "--config",
+            str(config),
+            "--target",
+            "alias",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},  # a line per target
+    )
+    assert proc.stdout.splitlines()[3].split()[:3] == ["alias", "custom", "none"]
+
+
 def test_health_endpoints(served: Served) -> None:
     assert served.get("/healthz") == (200, "ok\n")
     assert served.get("/readyz") == (200, "ready\n")
@@ -291,6 +327,30 @@ def test_logs_one_line_per_failure_and_flip(served: Served) -> None:
     failures = served.events("probe_failed")
     assert failures and all(e["level"] == "warning" for e in failures)
     assert not any(e.get("target") == "healthy" for e in failures)
+    # A persistent failure is one line when it starts, not one per interval (3 s here).
+    deadline = time.monotonic() + 30
+    labels = {"target": "v4_only", "probe": "tcp", "family": "ipv6"}
+    while (value(scrape(served)[1], "dualstack_probe_runs_total", **labels) or 0) < 3:
+        assert time.monotonic() < deadline, "v4_only/tcp did not run three times"
+        time.sleep(0.5)
+    said = [
+        (e["event"], e.get("kind"))
+        for e in list(served.logs)
+        if e.get("event") in ("probe_failed", "probe_still_failing", "probe_recovered")
+        and labels.items() <= e.items()
+    ]
+    # never the same failure twice in a row (a busy machine may turn a refusal into a
+    # timeout: that is a change, said once)
+    assert said and all(a != b for a, b in itertools.pairwise(said)), said
+    assert ("probe_still_failing", "connect_refused") not in said  # 10 minutes: not yet
+    # The libraries' own warnings (aioquic, aiohttp, asyncio) are not in the log at info.
+    ours = ("dualstack", "monitor", "probes")
+    strangers = [
+        e
+        for e in list(served.logs)
+        if str(e.get("logger", "dualstack")).split(".")[0] not in ours and e.get("level") != "error"
+    ]
+    assert strangers == []
 
 
 def test_reload_adds_removes_and_survives_bad_config(served: Served, config: Path) -> None:

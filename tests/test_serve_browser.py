@@ -1,5 +1,6 @@
-"""The status page of a running `probe serve` on the lab, in a real headless Chromium: the
-matrix shows the faulty targets marked, no console errors, nothing fetched from other hosts."""
+"""The status page of a running `probe serve` on the lab, in a real headless Chromium at
+1366x768: the matrix shows the faulty targets marked, the page fits the window's width, no
+console errors, nothing fetched from other hosts."""
 
 from __future__ import annotations
 
@@ -30,7 +31,16 @@ async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None
     shot = ARTIFACTS / "serve-status-page.png"
     with serve(cfg) as served:
         served.wait_ready()
-        report = await load_page(served.url + "/", shot)
+        # A 1366x768 laptop: the page never scrolls sideways (the matrix would, in its box).
+        report = await load_page(
+            served.url + "/",
+            shot,
+            viewport=(1366, 768),
+            evaluate={
+                "page": "document.documentElement.scrollWidth",
+                "box": "document.querySelector('.matrix-box').clientWidth",
+            },
+        )
     assert report.status == 200
     assert report.console_errors == [] and report.page_errors == []
     assert report.blocked_requests == [] and report.dialogs == []
@@ -44,4 +54,6 @@ async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None
     # each verdict is painted in its own colour from the page's legend
     assert faulty["background"] == css_colour(VERDICT_STYLE["ipv6_failed"][0])
     assert "lab-browser" in report.html
+    assert report.evaluated["page"] <= 1366, report.evaluated
+    assert report.evaluated["box"] <= 1366
     assert shot.stat().st_size > 10_000

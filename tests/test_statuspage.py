@@ -148,6 +148,16 @@ def test_vantage_ipv6_unknown(doc: dict[str, Any]) -> None:
     assert "IPv6 unknown" in text and 'id="no-ipv6-warning"' not in text
 
 
+def test_ipv6_not_selected_is_not_unknown(doc: dict[str, Any]) -> None:
+    doc["vantage_ipv6"] = None
+    for r in doc["results"]:
+        if r["family"] == "ipv6":
+            r.update(skipped="ipv6 not selected", success=False, error=None, address=None)
+    text = page(doc)
+    assert "IPv6 not probed" in text and "IPv6 is not probed from this vantage" in text
+    assert "IPv6 unknown" not in text and "No target has an IPv6 address" not in text
+
+
 def test_not_ready_says_so() -> None:
     text = page({}, ready=False)
     assert "first round not done yet" in text.lower()
@@ -240,7 +250,9 @@ async def test_status_page_in_headless_chromium(served: str) -> None:
     report = await load_page(
         served,
         shot,
+        viewport=(1366, 768),
         evaluate={
+            "width": "document.documentElement.scrollWidth",
             "scripts": "document.querySelectorAll('script').length",
             "images": "document.querySelectorAll('img').length",
             "handlers": "document.querySelectorAll('[onerror],[onload],[onclick]').length",
@@ -259,6 +271,7 @@ async def test_status_page_in_headless_chromium(served: str) -> None:
     assert all(line.split()[0] in ("CONNECT", "GET", "POST") for line in report.background)
     assert not [line for line in report.background if "127.0.0.1" in line]
     assert report.dialogs == []
+    assert report.evaluated.pop("width") <= 1366
     assert report.evaluated == {
         "scripts": 0,
         "images": 0,
@@ -302,6 +315,34 @@ async def test_warnings_in_headless_chromium(doc: dict[str, Any]) -> None:
         "readiness": "first round not done yet",
     }
     assert report.cell("v4_only", "tcp")["verdict"] == "ipv6_failed"
+
+
+@pytest.mark.browser
+async def test_a_wide_document_scrolls_in_its_box_not_the_page(doc: dict[str, Any]) -> None:
+    """Twelve probe kinds, a 63-character target name, a long unbroken note: at 1366 px the
+    page does not scroll sideways; the matrix scrolls inside its own box."""
+    long_name = "t" * 63
+    doc["results"] += [{**r, "probe": f"extra{n}"} for n in range(6) for r in doc["results"][:2]]
+    doc["parity"] += [{**doc["parity"][0], "probe": f"extra{n}"} for n in range(6)]
+    for r in doc["results"]:
+        if r["target"] == "healthy":
+            r["target"] = long_name
+    doc["notes"].append("x" * 400)
+    shot = ARTIFACTS / "status-page-wide.png"
+    async with serve(render_status_page(doc, ready=True, now=NOW)) as url:
+        report = await load_page(
+            url,
+            shot,
+            viewport=(1366, 768),
+            evaluate={
+                "page": "document.documentElement.scrollWidth",
+                "box": "[document.querySelector('.matrix-box').clientWidth,"
+                " document.querySelector('.matrix-box').scrollWidth]",
+            },
+        )
+    assert report.evaluated["page"] <= 1366
+    client, scroll = report.evaluated["box"]
+    assert client <= 1366 < scroll  # the box scrolls: its matrix is wider than the window
 
 
 async def test_a_missing_chromium_is_an_error_not_a_skip(tmp_path: Path) -> None:

@@ -100,8 +100,10 @@ def test_table_says_the_vantage_has_no_ipv6() -> None:
     import io
 
     out = io.StringIO()
-    write_table(report, out)
-    assert "no IPv6 route to any target" in out.getvalue()
+    write_table(report, out, width=None)  # whatever $COLUMNS says
+    text = out.getvalue()
+    assert "This vantage has no working IPv6 (no_route: no route to any target's IPv6" in text
+    assert "exit status 3: this vantage has no working IPv6" in text
 
 
 pytestmark = pytest.mark.netns

@@ -5,17 +5,33 @@ target's probes run together, and each (target, probe) judged."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable, Sequence
 
 import dns.exception
 
-from monitor.config import NAMESERVER_PREFIX, Config
+from monitor.config import Config, ConfigError, nameserver_target
 from monitor.engine.parity import Parity, Thresholds, judge
 from monitor.engine.vantage import VantageCheck
 from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
 from probes.resolve import Resolver
+
+
+def check_sources(cfg: Config) -> None:
+    """Each `source` address must be one of this host's, or every probe of its family would
+    fail and the vantage would look like it has no route: binding to it says (no packet)."""
+    for family, address in sorted(cfg.sources.items()):
+        kind = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+        try:
+            with socket.socket(kind, socket.SOCK_DGRAM) as sock:
+                sock.bind((address, 0))
+        except OSError as exc:
+            raise ConfigError(
+                f"{cfg.path}: source.{family}: {address} is not an address of this host "
+                f"({exc.strerror or exc})"
+            ) from None
 
 
 def make_env(cfg: Config) -> ProbeEnv:
@@ -45,24 +61,9 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
         except dns.exception.DNSException as exc:
             notes.append(f"route53 zone {zone}: cannot get its NS set: {exc}")
             continue
-        for n, host in enumerate(names, start=1):
-            targets.append(
-                Target(
-                    name=f"{NAMESERVER_PREFIX}{zone}-{n}",
-                    service="route53",
-                    region="global",
-                    host=host,
-                    port=cfg.route53.port,
-                    probes=tuple(cfg.route53.probes),
-                    plane="data",
-                    interval=cfg.interval,
-                    timeout=cfg.timeout,
-                    max_addresses=cfg.max_addresses,
-                    zone=zone,
-                    families=cfg.families,
-                    source="route53-zone",
-                )
-            )
+        targets.extend(
+            nameserver_target(cfg, zone, n, host) for n, host in enumerate(names, start=1)
+        )
     return targets, notes
 
 

@@ -39,6 +39,17 @@ class Verdict(enum.StrEnum):
 VERDICTS: tuple[Verdict, ...] = tuple(Verdict)
 # What makes `probe run` exit 1: IPv6 is worse than IPv4 somewhere.
 REGRESSIONS = frozenset({Verdict.IPV6_FAILED, Verdict.IPV6_MISSING, Verdict.MISMATCH})
+WORST_FIRST: tuple[Verdict, ...] = (
+    Verdict.IPV6_FAILED,
+    Verdict.IPV6_MISSING,
+    Verdict.MISMATCH,
+    Verdict.IPV6_SLOWER,
+    Verdict.BOTH_FAILED,
+    Verdict.IPV4_FAILED,
+    Verdict.SKIPPED,
+    Verdict.OK,
+)
+"""Every verdict, worst for IPv6 first: the order of the table and of the dashboards' colours."""
 _MISSING_KINDS = frozenset(
     {ErrorKind.DNS_NO_ADDRESS, ErrorKind.DNS_NAT64_SYNTHESIZED, ErrorKind.DNS_NOT_NATIVE_IPV6}
 )
@@ -457,6 +468,7 @@ __all__ = [
     "COMPARED",
     "REGRESSIONS",
     "VERDICTS",
+    "WORST_FIRST",
     "Compared",
     "Difference",
     "Parity",

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.engine.parity import Parity
+from monitor.engine.parity import VERDICTS, Parity
 from monitor.engine.vantage import VantageCheck
-from probes.base import ProbeResult, RaceResult, Target
+from probes.base import FAMILIES, NO_REGION, Family, ProbeResult, RaceResult, Target
 from probes.details import details_json
 
 
@@ -33,21 +35,32 @@ class Report:
     """What a person should know about the round (a zone whose NS set could not be read)."""
     races: tuple[RaceResult, ...] = ()
     """One Happy Eyeballs race per target whose probes list `race` (not in results)."""
+    families: tuple[Family, ...] = FAMILIES
+    """The families this round was asked to probe (`--family`, `families`)."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
 
 
-def iso_utc(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def iso_utc(epoch: float, *, ms: bool = False) -> str:
+    """Unix time as ISO 8601 UTC with `Z`, to the second (or the millisecond)."""
+    when = datetime.fromtimestamp(epoch, UTC)
+    return when.isoformat(timespec="milliseconds" if ms else "seconds").replace("+00:00", "Z")
+
+
+def _place(t: Target | None) -> dict[str, Any]:
+    """What the configuration says of a target, the same in results and parity entries."""
+    return {
+        "service": t.service if t else "",
+        "region": (t.region if t else "") or NO_REGION,
+        "host": t.host if t else "",
+    }
 
 
 def result_json(r: ProbeResult, t: Target | None) -> dict[str, Any]:
     return {
         "target": r.target,
-        "service": t.service if t else "",
-        "region": t.region if t else "",
-        "host": t.host if t else "",
+        **_place(t),
         "port": t.port if t else 0,
         "probe": r.probe,
         "family": r.family,
@@ -57,7 +70,7 @@ def result_json(r: ProbeResult, t: Target | None) -> dict[str, Any]:
         "skipped": r.skipped,
         "duration_seconds": r.duration_seconds,
         "duration_min_seconds": r.duration_min_seconds,
-        "started": r.started,
+        "started": iso_utc(r.started, ms=True),
         "phases": dict(r.phases),
         "error": r.error.to_json() if r.error else None,
         "details": details_json(r.details),
@@ -66,16 +79,32 @@ def result_json(r: ProbeResult, t: Target | None) -> dict[str, Any]:
     }
 
 
-def report_json(report: Report) -> dict[str, Any]:
+def parity_json(p: Parity, t: Target | None) -> dict[str, Any]:
+    doc = p.to_json()
+    return {"target": doc.pop("target"), **_place(t), **doc}
+
+
+def counts(parity: Iterable[Parity]) -> dict[str, int]:
+    """Every verdict, zeros included: they sum to the number of parity entries."""
+    seen = Counter(str(p.verdict) for p in parity)
+    return {str(v): seen[str(v)] for v in VERDICTS}
+
+
+def report_json(report: Report, *, exit_status: int | None = None) -> dict[str, Any]:
+    """The document; `exit_status` only from `probe run` (a service has none)."""
     targets = report.target_map()
-    return {
+    doc: dict[str, Any] = {
         "vantage": report.vantage,
         "started": iso_utc(report.started),
         "vantage_ipv6": report.vantage_check.ipv6,
         "vantage_ipv6_reason": report.vantage_check.reason,
         "vantage_routes": report.vantage_check.routes,
         "notes": list(report.notes),
-        "results": [result_json(r, targets.get(r.target)) for r in report.results],
-        "parity": [p.to_json() for p in report.parity],
-        "races": [r.to_json() for r in report.races],
+        "counts": counts(report.parity),
     }
+    if exit_status is not None:
+        doc["exit_status"] = exit_status
+    doc["results"] = [result_json(r, targets.get(r.target)) for r in report.results]
+    doc["parity"] = [parity_json(p, targets.get(p.target)) for p in report.parity]
+    doc["races"] = [r.to_json() for r in report.races]
+    return doc

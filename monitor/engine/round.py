@@ -36,6 +36,8 @@ from probes.race import race
 from probes.resolve import Resolver
 
 Progress = Callable[[int, int], None]
+Pick = Callable[[Target], Target | None]
+"""A selection: the target as it is to be probed (its probe kinds narrowed), or None."""
 LIGHT: frozenset[ProbeKind] = frozenset({"dns", "icmp", "tcp"})
 HEAVY: frozenset[ProbeKind] = frozenset({"tls", "http2", "http3"})
 STAGES: tuple[frozenset[ProbeKind], ...] = (LIGHT, HEAVY)
@@ -51,11 +53,16 @@ async def run_round(
     resolver: Resolver | None = None,
     progress: Progress | None = None,
     samples: int = 1,
+    pick: Pick | None = None,
 ) -> Report:
+    """One round over `targets` and the name servers of `cfg.zones`, which `pick` (the
+    command line's filters) narrows once they are known."""
     env = dataclasses.replace(env or make_env(cfg), samples=samples)
     resolver = resolver or make_resolver(cfg, env)
     started = time.time()
     ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
+    if pick is not None:
+        ns_targets = [p for t in ns_targets if (p := pick(t)) is not None]
     all_targets = [*targets, *ns_targets]
     sem = asyncio.Semaphore(cfg.concurrency)
 
@@ -133,4 +140,5 @@ async def run_round(
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
         races=tuple(races),
+        families=tuple(families),
     )

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +111,52 @@ def write_config(lab: Lab, path: Path, *, vantage: str = "lab", interval: str = 
     return path
 
 
+WHAT_WIDTH = 38
+VERDICTS_WIDTH = 34
+
+
+def expected_text(verdicts: dict[str, str]) -> str:
+    """`all ok`, `all ipv6_missing`, or each verdict but ok with its probe kinds."""
+    if len(set(verdicts.values())) == 1 and len(verdicts) == len(PROBE_KINDS):
+        return f"all {next(iter(verdicts.values()))}"
+    by: dict[str, list[str]] = {}
+    for probe, verdict in verdicts.items():
+        if verdict != "ok":
+            by.setdefault(verdict, []).append(probe)
+    return "; ".join(f"{v}: {' '.join(ps)}" for v, ps in by.items()) or "all ok"
+
+
 def describe(lab: Lab) -> str:
-    lines = ["endpoint          port   what is wrong                          expected verdicts"]
-    for ep in lab.endpoints:
-        bad = {p: v for p, v in EXPECTED[ep.name].items() if v != "ok"}
-        shown = ", ".join(f"{p}={v}" for p, v in bad.items()) or "all ok"
-        lines.append(f"{ep.name:<17} {ep.port:<6} {ep.description[:38]:<38} {shown}")
-    for name, family in RACE_WINNERS.items():
-        lines.append(f"{name:<17} {'':<6} {'Happy Eyeballs race (probe race)':<38} {family} wins")
-    lines.append(f"{'alias':<17} {'':<6} {'CNAME to healthy':<38} all ok")
-    lines.append(f"{'missing':<17} {'':<6} {'NXDOMAIN':<38} dns=both_failed")
-    lines.append(
-        f"{'route53-ns-*':<17} {lab.dns_port:<6} {'the zone ' + ZONE + ' NS set':<38} all ok"
-    )
+    """The banner: each endpoint, what is wrong with it and the verdicts it should get, in
+    columns whose text wraps between words, never inside one."""
+    rows: list[tuple[str, str, str, str]] = [
+        (ep.name, str(ep.port), ep.description, expected_text(EXPECTED[ep.name]))
+        for ep in lab.endpoints
+    ]
+    rows += [
+        *(
+            (f"{name}:race", "", "Happy Eyeballs race (probe race)", f"{family} wins")
+            for name, family in RACE_WINNERS.items()
+        ),
+        ("alias", "", "CNAME to healthy", "all ok"),
+        ("missing", "", "NXDOMAIN", "dns: both_failed"),
+        ("route53-ns-*", str(lab.dns_port), f"the zone {ZONE} NS set", "all ok"),
+    ]
+    lines = [f"{'endpoint':<17} {'port':<6} {'what is wrong':<{WHAT_WIDTH}} expected verdicts"]
+    for name, port, what, verdicts in rows:
+        left = textwrap.wrap(what, WHAT_WIDTH, break_long_words=False, break_on_hyphens=False)
+        right = textwrap.wrap(
+            verdicts, VERDICTS_WIDTH, break_long_words=False, break_on_hyphens=False
+        )
+        for i in range(max(len(left), len(right))):
+            cells = (
+                name if i == 0 else "",
+                port if i == 0 else "",
+                left[i] if i < len(left) else "",
+                right[i] if i < len(right) else "",
+            )
+            line = f"{cells[0]:<17} {cells[1]:<6} {cells[2]:<{WHAT_WIDTH}} {cells[3]}"
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 

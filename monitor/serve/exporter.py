@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
 from monitor.serve.state import Store
-from probes.base import FAMILIES, Target
+from probes.base import FAMILIES, NO_REGION, Target
 from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
 
 PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
@@ -29,7 +29,7 @@ HTTP_VERSIONS = ("1.1", "2", "3")
 
 
 def _region(t: Target | None) -> str:
-    return (t.region if t else "") or "none"
+    return (t.region if t else "") or NO_REGION
 
 
 class StoreCollector(Collector):

@@ -1,6 +1,8 @@
 """Logging setup for `probe serve`: text for people or JSON lines for log pipelines.
 
-Structured fields travel in `extra={"fields": {...}}` and become top-level JSON keys.
+Structured fields travel in `extra={"fields": {...}}` and become top-level JSON keys. The
+libraries' own records (aioquic, aiohttp, asyncio) below ERROR are dropped unless the level is
+debug; what is kept is written in the same format as ours.
 """
 
 from __future__ import annotations
@@ -10,6 +12,23 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+OUR_LOGGERS = frozenset({"dualstack", "monitor", "probes"})
+
+
+class LibraryFilter(logging.Filter):
+    """Keeps our records, and the libraries' from ERROR up (or all of them at debug)."""
+
+    def __init__(self, *, debug: bool) -> None:
+        super().__init__()
+        self.debug = debug
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (
+            self.debug
+            or record.levelno >= logging.ERROR
+            or record.name.split(".")[0] in OUR_LOGGERS
+        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -43,8 +62,10 @@ def setup(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    debug = level.lower() == "debug"
+    handler.addFilter(LibraryFilter(debug=debug))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aioquic logs every connection at INFO: one line per probe is not what operators want.
-    logging.getLogger("quic").setLevel(max(logging.WARNING, root.level))
+    # aioquic makes a record per connection at INFO: not even built, unless debugging.
+    logging.getLogger("quic").setLevel(logging.NOTSET if debug else logging.ERROR)

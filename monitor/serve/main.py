@@ -12,6 +12,7 @@ import socket
 from aiohttp import web
 
 from monitor.config import Config, load_config
+from monitor.engine.check import check_sources
 from monitor.serve.exporter import make_registry
 from monitor.serve.vantage import Vantage
 from monitor.web.server import make_app, parse_listen
@@ -51,6 +52,7 @@ async def serve_forever(
 
     def load() -> Config:
         cfg = load_config(config_path)
+        check_sources(cfg)
         return dataclasses.replace(cfg, vantage=vantage) if vantage else cfg
 
     host, port = parse_listen(listen)

@@ -41,6 +41,8 @@ from probes.race import race
 from probes.resolve import Resolver
 
 log = logging.getLogger("dualstack.vantage")
+FAILURE_REMINDER_SECONDS = 600.0
+"""A probe that keeps failing the same way is logged when it starts, then at most this often."""
 
 
 class ResolutionCache:
@@ -83,6 +85,8 @@ class Vantage:
         )
         self.store.before_scrape = self._sync_scheduler_stats
         self._frozen = False
+        self._failing: dict[tuple[str, ProbeKind, Family], tuple[str, float]] = {}
+        """(target, probe, family) failing now -> its error kind and when that was logged."""
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -177,21 +181,36 @@ class Vantage:
         ):
             self.check_vantage()  # a target works over IPv6 again: clear at once
         for r in results:
-            if r.error is not None and not r.skipped:
-                log.warning(
-                    "probe failed",
-                    extra={
-                        "fields": {
-                            "event": "probe_failed",
-                            "target": r.target,
-                            "probe": r.probe,
-                            "family": r.family,
-                            "kind": str(r.error.kind),
-                            "error": r.error.message,
-                        }
-                    },
-                )
+            self._log_failure(r)
         self._log_flip(previous, parity)
+
+    def _log_failure(self, r: ProbeResult) -> None:
+        """A failure is logged when it starts or changes kind, then reminded at most every
+        FAILURE_REMINDER_SECONDS, and its end once: not one line per probe per interval."""
+        if r.skipped:
+            return
+        key = (r.target, r.probe, r.family)
+        now = self.scheduler.clock.now()
+        seen = self._failing.get(key)
+        fields: dict[str, object] = {"target": r.target, "probe": r.probe, "family": r.family}
+        if r.error is None:
+            if seen is not None:
+                del self._failing[key]
+                log.info(
+                    "probe recovered", extra={"fields": {"event": "probe_recovered", **fields}}
+                )
+            return
+        kind = str(r.error.kind)
+        fields |= {"kind": kind, "error": r.error.message}
+        if seen is None or seen[0] != kind:
+            log.warning("probe failed", extra={"fields": {"event": "probe_failed", **fields}})
+        elif now - seen[1] >= FAILURE_REMINDER_SECONDS:
+            log.warning(
+                "probe still failing", extra={"fields": {"event": "probe_still_failing", **fields}}
+            )
+        else:
+            return
+        self._failing[key] = (kind, now)
 
     def _judge(
         self, target: Target, probe: ProbeKind, v4: ProbeResult | None, v6: ProbeResult | None

@@ -26,7 +26,8 @@ UNAUTHENTICATED = ("/healthz",)  # liveness probes carry no credentials
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """'[::1]:9851', '[::]:9851', '127.0.0.1:9851', '0.0.0.0:9851' -> (host, port)."""
+    """ADDR:PORT -> (host, port): any IP address (IPv6 in brackets), e.g. '[::1]:9851',
+    '127.0.0.1:9851', '[2001:db8::5]:9851'; '[::]' and '0.0.0.0' are every address."""
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
     else:
@@ -36,7 +37,8 @@ def parse_listen(text: str) -> tuple[str, int]:
         number = int(port)
     except ValueError:
         raise ValueError(
-            f"bad --listen {text!r}: use [::1]:9851, [::]:9851, 127.0.0.1:9851 or 0.0.0.0:9851"
+            f"bad --listen {text!r}: use an IP address of this host and a port, IPv6 in "
+            "brackets, e.g. 127.0.0.1:9851, [::1]:9851 or [::]:9851 (every address)"
         ) from None
     if not sep or not 0 <= number < 65536:
         raise ValueError(f"bad --listen {text!r}: the port must be 0 to 65535")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.engine.parity import Verdict
-from probes.base import FAMILIES, PROBE_KINDS
+from probes.base import FAMILIES, NO_REGION, PROBE_KINDS
 
 PROBES = PROBE_KINDS
 # verdict: (background, accent, short meaning). The background is what a cell is painted with.
@@ -74,13 +74,9 @@ def _age(seconds: float) -> str:
     return f"{seconds / 86400:.0f} days ago"
 
 
-def _clock(epoch: Any) -> str:
-    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
-        return "?"
-    try:
-        return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")
-    except (OverflowError, OSError, ValueError):
-        return "?"
+def _clock(value: Any) -> str:
+    when = _parse_started(value)
+    return when.astimezone(UTC).strftime("%H:%M:%S") if when is not None else "?"
 
 
 def _family_value(r: Mapping[str, Any] | None) -> tuple[str, str]:
@@ -160,7 +156,7 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
     rows = []
     for t in targets:
         info = where.get(t, {})
-        place = " · ".join(_e(x) for x in (info.get("service"), info.get("region") or "global"))
+        place = " · ".join(_e(x) for x in (info.get("service"), info.get("region") or NO_REGION))
         cells = [
             f'<th scope="row"><span class="tname">{_e(t)}</span>'
             f'<span class="tmeta">{place}</span>'
@@ -174,7 +170,9 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
                 for fam in FAMILIES:
                     text, cls = _family_value(by_key.get((t, k, fam)))
                     label = "v4" if fam == "ipv4" else "v6"
-                    fams.append(f'<span class="fam {cls}"><b>{label}</b> {_e(text)}</span>')
+                    # an error kind may wrap after an underscore, never inside a word
+                    shown_text = _e(text).replace("_", "_<wbr>")
+                    fams.append(f'<span class="fam {cls}"><b>{label}</b> {shown_text}</span>')
             shown = verdict.replace("_", " ") if p is not None else "not probed"
             # line breaks as character references: one cell stays on one line of the page
             title = _e(_title(p, verdict, [(f, by_key.get((t, k, f))) for f in FAMILIES]))
@@ -187,12 +185,14 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
                 f'<div class="verdict">{_e(shown)}</div></td>'
             )
         rows.append(f"<tr>{''.join(cells)}</tr>")
+    # The box scrolls sideways if the matrix is wider than the window (many probe kinds, a
+    # narrow screen): the page itself never does.
     return (
-        '<table id="parity-matrix">'
+        '<div class="matrix-box"><table id="parity-matrix">'
         "<caption>Each cell: IPv4 and IPv6 latency or error, then the verdict. "
         "Hover a cell for the reason.</caption>"
         f'<thead><tr><th scope="col">target</th>{head}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -221,10 +221,8 @@ def _failures(results: list[Mapping[str, Any]], limit: int) -> str:
     failed = [r for r in results if not r.get("success") and not r.get("skipped")]
 
     def started(r: Mapping[str, Any]) -> float:
-        value = r.get("started")
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        return 0.0
+        when = _parse_started(r.get("started"))
+        return when.timestamp() if when is not None else 0.0
 
     failed.sort(key=started, reverse=True)
     shown = failed[: max(0, limit)]
@@ -314,7 +312,8 @@ def _css() -> str:
     return (
         ":root{color-scheme:light}"
         "body{font:15px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,'Liberation Sans',"
-        "Arial,sans-serif;color:#1d2125;background:#fafbfc;margin:0;padding:20px 28px}"
+        "Arial,sans-serif;color:#1d2125;background:#fafbfc;margin:0;padding:20px 24px;"
+        "overflow-wrap:break-word}"
         "h1{font-size:22px;margin:0 0 6px}h2{font-size:18px;margin:26px 0 8px}"
         "header .facts{display:flex;flex-wrap:wrap;gap:8px 22px;margin:0;color:#3c4248}"
         "header .facts span b{color:#1d2125}"
@@ -331,12 +330,16 @@ def _css() -> str:
         "th{text-align:left;font-weight:600}"
         "#parity-matrix thead th{padding:4px 8px;color:#3c4248;text-transform:uppercase;"
         "font-size:12px;letter-spacing:.05em}"
-        "#parity-matrix tbody th{padding:6px 12px 6px 0;vertical-align:middle;min-width:200px}"
+        ".matrix-box{max-width:100%;overflow-x:auto}"
+        "#parity-matrix tbody th{padding:6px 10px 6px 0;vertical-align:middle;min-width:120px;"
+        "max-width:200px}"
         ".tname{display:block;font-size:15px}"
         ".tmeta,.thost{display:block;font-weight:400;font-size:12px;color:#5f6770}"
-        ".cell{min-width:150px;padding:6px 8px;border-left:5px solid;border-radius:4px;"
-        "vertical-align:top}"
-        ".fams{display:flex;gap:10px;font-size:13px;white-space:nowrap}"
+        ".thost,.notes li{overflow-wrap:anywhere}"
+        # families stacked, an error kind may wrap: a cell is as wide as its longest kind
+        ".cell{min-width:110px;max-width:180px;padding:5px 7px;border-left:5px solid;"
+        "border-radius:4px;vertical-align:top}"
+        ".fams{display:flex;flex-direction:column;font-size:13px}"
         ".fam b{font-weight:600;color:#5f6770;margin-right:2px}"
         ".fam.bad{color:#8e0000;font-weight:600}.fam.skip,.fam.na{color:#6d747b}"
         ".verdict{font-weight:700;font-size:13px;margin-top:2px}"
@@ -387,12 +390,19 @@ def render_status_page(
     else:
         when = "no round yet"
     v6 = doc.get("vantage_ipv6")
+    v6_results = [r for r in results if r.get("family") == "ipv6"]
+    # every IPv6 result skipped as "ipv6 not selected": not unknown, deliberately not probed
+    v6_off = bool(v6_results) and all(
+        str(r.get("skipped") or "").endswith("not selected") for r in v6_results
+    )
     if v6 is True:
         v6_badge = '<span class="badge good" id="vantage-ipv6">IPv6 available</span>'
     elif v6 is False and doc.get("vantage_ipv6_reason") == "ipv6_broken":
         v6_badge = '<span class="badge bad" id="vantage-ipv6">IPv6 broken here</span>'
     elif v6 is False:
         v6_badge = '<span class="badge bad" id="vantage-ipv6">no IPv6 route</span>'
+    elif v6_off:
+        v6_badge = '<span class="badge unknown" id="vantage-ipv6">IPv6 not probed</span>'
     else:
         v6_badge = '<span class="badge unknown" id="vantage-ipv6">IPv6 unknown</span>'
     state = (
@@ -411,6 +421,11 @@ def render_status_page(
         banners.append(
             '<p class="banner alarm" role="alert" id="no-ipv6-warning">This vantage has no IPv6 '
             "route to any target: IPv6 failures here say nothing about the endpoints.</p>"
+        )
+    elif v6_off:
+        banners.append(
+            '<p class="banner warn">IPv6 is not probed from this vantage (its `families`): '
+            "nothing is compared.</p>"
         )
     elif v6 is None and results:
         banners.append(

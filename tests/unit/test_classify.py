@@ -143,10 +143,14 @@ def test_a_handshake_error_raised_by_openssl() -> None:
 
 
 def test_messages_keep_what_the_peer_or_kernel_said() -> None:
+    # OpenSSL's reason already says it: said once, not "expired (certificate has expired)"
     expired = classify(cert_error(X509_CERT_HAS_EXPIRED, "certificate has expired"))
-    assert expired.message == "certificate has expired (certificate has expired)"
+    assert expired.message == "certificate has expired"
     not_yet = classify(cert_error(X509_CERT_NOT_YET_VALID, "certificate is not yet valid"))
-    assert not_yet.message.startswith("certificate is not yet valid")
+    assert not_yet.message == "certificate is not yet valid"
+    # a reason that adds something keeps both
+    other = classify(cert_error(X509_CERT_HAS_EXPIRED, "notAfter=Jan  1 00:00:00 2020 GMT"))
+    assert other.message == "certificate has expired (notAfter=Jan  1 00:00:00 2020 GMT)"
     assert classify(OSError(errno.EHOSTUNREACH, "No route to host")).message == "No route to host"
     assert classify(ValueError("a bug")).message == "ValueError: a bug"
     assert classify(TimeoutError()).message == "timed out"
