@@ -62,7 +62,7 @@ def test_race_falls_back_key_by_key() -> None:
         (one(race={"happy": True}), "race.yml: targets[0].race.happy: unknown key"),
         (
             one(icmp={"sizes": [1280, 20]}),
-            "race.yml: targets[0].icmp.sizes[1]: 20: input should be greater than or equal to 48",
+            "race.yml: targets[0].icmp.sizes[1]: 20: must be at least 48",
         ),
         (one(icmp={"count": 3}), "race.yml: targets[0].icmp.count: unknown key"),
     ],
