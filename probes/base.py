@@ -17,6 +17,7 @@ from typing import Literal
 
 from probes.details import Details
 from probes.ipranges import Attribution, IpRanges
+from probes.text import peer_text
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
@@ -68,7 +69,11 @@ class ProbeError:
     kind: ErrorKind
     """What went wrong, from the closed set."""
     message: str
-    """A human sentence; may quote what a remote peer sent, so escape it before showing it."""
+    """A human sentence; may quote what a remote peer sent. Made safe here, once: control
+    characters escaped (`\\n`, `\\x1b`), at most 512 characters (probes/text.py)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", peer_text(self.message))
 
     def to_json(self) -> dict[str, str]:
         return {"kind": str(self.kind), "message": self.message}

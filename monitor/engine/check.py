@@ -15,6 +15,7 @@ from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
 from probes.resolve import Resolver
+from probes.text import peer_text
 
 
 def make_env(cfg: Config) -> ProbeEnv:
@@ -42,7 +43,7 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
         try:
             names = (await resolver.nameservers_of(zone))[: cfg.route53.max_nameservers]
         except dns.exception.DNSException as exc:
-            notes.append(f"route53 zone {zone}: cannot get its NS set: {exc}")
+            notes.append(peer_text(f"route53 zone {zone}: cannot get its NS set: {exc}"))
             continue
         for n, host in enumerate(names, start=1):
             targets.append(
