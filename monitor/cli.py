@@ -19,7 +19,14 @@ from pathlib import Path
 
 from monitor import __version__
 from monitor.catalog import shipped
-from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, load_config, parse_duration
+from monitor.config import (
+    NAMESERVER_PREFIX,
+    Config,
+    ConfigError,
+    load_config,
+    parse_duration,
+    parse_period,
+)
 from monitor.engine.report import Report
 from monitor.run.output import (
     EXIT_USAGE,
@@ -60,6 +67,14 @@ def parse_resolver(text: str) -> tuple[str, int]:
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _period(text: str) -> float:
+    """A duration of at most a day, like the configuration's `timeout`."""
+    try:
+        return parse_period(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
@@ -108,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="DNS server to use instead of the configured or system one",
     )
     run.add_argument("--ca-file", metavar="PEM", help="extra trust anchors for TLS")
-    run.add_argument("--timeout", type=_duration, metavar="S", help="per-probe timeout")
+    run.add_argument("--timeout", type=_period, metavar="S", help="per-probe timeout")
     run.add_argument(
         "--dry-run",
         action="store_true",
