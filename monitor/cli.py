@@ -163,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-format", choices=("text", "json"), default="text")
     serve.add_argument(
+        "--web.read-header-timeout",
+        dest="header_timeout",
+        type=_duration,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose first request's headers (TLS handshake included) "
+        "are not in within S (default 10s)",
+    )
+    serve.add_argument(
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        type=_duration,
+        default=30.0,
+        metavar="S",
+        help="close a kept-alive connection without a complete request for S (default 30s)",
+    )
+    serve.add_argument(
         "--drain-timeout",
         type=_duration,
         default=10.0,
@@ -340,6 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             web_config=web_config,
             lifecycle=args.lifecycle,
             drain_timeout=args.drain_timeout,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
         )
     )
 

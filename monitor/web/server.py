@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
@@ -49,9 +50,11 @@ def make_app(
     *,
     web_config: WebConfig | None = None,
     reload: Callable[[], Awaitable[bool]] | None = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
+    """The app; `middlewares` go outside the web config's (the connection gate's tracking)."""
     cfg = web_config or WebConfig()
-    app = web.Application(middlewares=web_middlewares(cfg, exempt=UNAUTHENTICATED))
+    app = web.Application(middlewares=(*middlewares, *web_middlewares(cfg, exempt=UNAUTHENTICATED)))
 
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
