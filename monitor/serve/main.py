@@ -140,6 +140,14 @@ async def serve_forever(
         },
     )
 
+    if web_config is not None and web_config.users and web_config.ssl_context is None:
+        log.warning(
+            "basic auth over plain HTTP: passwords cross the network in clear text; "
+            "set tls_server_config in %s",
+            web_config.path,
+            extra={"fields": {"event": "basic_auth_without_tls"}},
+        )
+
     await service.apply(cfg)
     scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
     housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")

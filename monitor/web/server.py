@@ -44,6 +44,22 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, number
 
 
+def cross_site(request: web.Request) -> str | None:
+    """Why a state-changing request looks sent by a page of another site, or None.
+
+    A browser adds `Origin` (and `Sec-Fetch-Site`) to a cross-site POST, even to one it may
+    send without asking (a form); curl and Prometheus send neither. Without this guard any page
+    a user of the vantage's network opens could reload it, with or without basic auth (a
+    browser would replay cached credentials)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return "cross-site request refused (Origin is not this server)"
+    return None
+
+
 def make_app(
     store: Store,
     registry: CollectorRegistry,
@@ -96,7 +112,10 @@ def make_app(
     app.router.add_get("/", status)
     if reload is not None:
 
-        async def do_reload(_: web.Request) -> web.Response:
+        async def do_reload(request: web.Request) -> web.Response:
+            refused = cross_site(request)
+            if refused is not None:
+                return web.Response(status=403, text=f"403: {refused}\n")
             ok = await reload()
             if ok:
                 return web.Response(text="reloaded\n")
