@@ -2,7 +2,8 @@
 ip-ranges update.
 
 Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, 2 usage or configuration error,
-3 this vantage has no IPv6 at all. `--dry-run` and `targets` send no packet.
+3 this vantage has no IPv6 at all, 4 this vantage cannot probe at all (no DNS server answered).
+`--dry-run` and `targets` send no packet.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="probe every target once and judge IPv6 against IPv4",
         description="Exit status: 0 fine, 1 IPv6 worse than IPv4 somewhere, "
-        "2 usage or configuration error, 3 this vantage has no IPv6.",
+        "2 usage or configuration error, 3 this vantage has no IPv6, "
+        "4 this vantage cannot probe at all (no DNS server answered any query).",
     )
     _add_selection(run)
     run.add_argument(
@@ -311,6 +313,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     families = _families(args, cfg)
     show_progress = args.format == "table" and sys.stderr.isatty() and not args.no_progress
     report = asyncio.run(_run_with_progress(cfg, targets, families, show_progress))
+    if report.offline is not None:
+        # Every row would say the same nothing (both_failed): one line instead, on stderr,
+        # so that a JSON document (which carries it too, as vantage_offline) stays parseable.
+        print(f"probe: {report.offline}", file=sys.stderr)
+        if args.format == "json":
+            write_json(report, sys.stdout)
+        return exit_status(report)
     if args.format == "json":
         write_json(report, sys.stdout)
     else:

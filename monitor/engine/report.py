@@ -31,6 +31,9 @@ class Report:
     """One per (target, probe)."""
     notes: tuple[str, ...] = ()
     """What a person should know about the round (a zone whose NS set could not be read)."""
+    offline: str | None = None
+    """Why this vantage cannot probe at all (no DNS server answered any query), in one line;
+    None when it can."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
@@ -68,6 +71,7 @@ def report_json(report: Report) -> dict[str, Any]:
         "started": iso_utc(report.started),
         "vantage_ipv6": report.vantage_check.ipv6,
         "vantage_routes": report.vantage_check.routes,
+        "vantage_offline": report.offline,
         "notes": list(report.notes),
         "results": [result_json(r, targets.get(r.target)) for r in report.results],
         "parity": [p.to_json() for p in report.parity],

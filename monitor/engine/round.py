@@ -107,4 +107,5 @@ async def run_round(
         results=tuple(results),
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check.ipv6)),
         notes=tuple(notes),
+        offline=reach.summary() if (reach := resolver.reach()).offline else None,
     )

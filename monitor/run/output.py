@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_IPV6_WORSE = 1
 EXIT_USAGE = 2
 EXIT_NO_IPV6 = 3
+EXIT_OFFLINE = 4
 
 _COLOURS = {
     Verdict.OK: "green",
@@ -34,7 +35,10 @@ _COLOURS = {
 
 
 def exit_status(report: Report) -> int:
-    """First match wins: 3 no IPv6 at this vantage; 1 IPv6 worse somewhere; 0 otherwise."""
+    """First match wins (2, usage, is decided before any report): 4 this vantage cannot probe
+    at all; 3 no IPv6 at this vantage; 1 IPv6 worse somewhere; 0 otherwise."""
+    if report.offline is not None:
+        return EXIT_OFFLINE
     if report.vantage_check.ipv6 is False:
         return EXIT_NO_IPV6
     if any(p.verdict in REGRESSIONS for p in report.parity):

@@ -85,6 +85,8 @@ class Store:
     reload_time: float = field(default_factory=time.time)
     started: float = field(default_factory=time.time)
     notes: tuple[str, ...] = ()
+    offline: str | None = None
+    """Why this vantage cannot probe at all (no DNS server answered in the last window)."""
     configured: bool = False
     """A configuration has been applied (until then nothing is ready, however empty)."""
     before_scrape: Callable[[], None] | None = None
@@ -152,4 +154,5 @@ class Store:
             results=tuple(r for _, r in sorted(self.latest.items())),
             parity=tuple(p for _, p in sorted(self.parity.items())),
             notes=self.notes,
+            offline=self.offline,
         )

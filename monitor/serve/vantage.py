@@ -237,8 +237,27 @@ class Vantage:
                 extra={"fields": {"event": "vantage_ipv6_changed", "ipv6": check.ipv6}},
             )
 
+    def check_dns(self) -> None:
+        """Did any DNS server answer since the last look? None at all (and some query made)
+        means this vantage cannot probe: said once when it starts and once when it ends
+        (logs, /readyz, the report's vantage_offline), not at every query."""
+        reach = self.resolver.take_reach()
+        if reach.answered:
+            state = None
+        elif reach.unanswered:
+            state = reach.summary()
+        else:
+            return  # no query in this window: nothing learnt
+        was = self.store.offline
+        self.store.offline = state
+        if state is not None and was is None:
+            log.warning(state, extra={"fields": {"event": "dns_unreachable"}})
+        elif state is None and was is not None:
+            log.info("a DNS server answers again", extra={"fields": {"event": "dns_reachable"}})
+
     async def housekeeping(self, every: float = 10.0) -> None:
         while True:
             self.check_vantage()
+            self.check_dns()
             self._sync_scheduler_stats()
             await asyncio.sleep(every)

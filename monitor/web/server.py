@@ -81,6 +81,8 @@ def make_app(
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        if store.offline is not None:
+            return web.Response(status=503, text=f"not ready: {store.offline}\n")
         if store.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="first round not done yet\n")
