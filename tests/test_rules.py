@@ -187,11 +187,15 @@ def test_prometheus_config() -> None:
     assert [t for am in ams for sc in am["static_configs"] for t in sc["targets"]] == [
         "alertmanager:9093"
     ]
-    [job] = cfg["scrape_configs"]
+    # The vantages it scrapes, and the pushed ones it federates from the receiver (issue 13:
+    # the remote-write receiver is a service of its own, on the internal network only).
+    job, pushed = cfg["scrape_configs"]
     targets = [t for sc in job["static_configs"] for t in sc["targets"]]
     assert targets == ["vantage-a:9851", "vantage-b:9851"]
+    assert pushed["metrics_path"] == "/federate" and pushed["honor_labels"] is True
     # A `vantage` target label would rename the exporter's own to `exported_vantage`.
-    assert all("vantage" not in (sc.get("labels") or {}) for sc in job["static_configs"])
+    for j in (job, pushed):
+        assert all("vantage" not in (sc.get("labels") or {}) for sc in j["static_configs"])
 
 
 # --- conventions of the rules ------------------------------------------------------------------
