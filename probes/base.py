@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -229,14 +230,42 @@ class ProbeResult:
 ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]
 
 
-@functools.lru_cache(maxsize=256)
+FileStamp = tuple[str, int, int, int] | None
+"""A file's identity for caching what was read from it: (path, size, mtime ns, inode)."""
+
+
+def file_stamp(path: str | None) -> FileStamp:
+    """Changes whenever the file is rewritten or replaced, so a cache keyed on it re-reads the
+    file then (a CA bundle rotated in place, a restarted lab's new CA); None without a path or
+    when it cannot be read (loading it will then say why)."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def make_client_context(
     cafile: str | None, alpn: tuple[str, ...], spec: TlsSpec, *, verify: bool = True
 ) -> ssl.SSLContext:
     """A client context trusting the system store plus `cafile`, offering `alpn`.
 
-    Cached: loading the system store costs milliseconds of CPU, and a context is reusable.
-    """
+    Cached (loading the system store costs milliseconds of CPU, and a context is reusable), by
+    the identity of every file it reads: a file changed in place is read again."""
+    stamps = (file_stamp(cafile), file_stamp(spec.client_cert), file_stamp(spec.client_key))
+    return _client_context(cafile, alpn, spec, verify, stamps)
+
+
+@functools.lru_cache(maxsize=256)
+def _client_context(
+    cafile: str | None,
+    alpn: tuple[str, ...],
+    spec: TlsSpec,
+    verify: bool,
+    stamps: tuple[FileStamp, ...],
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if cafile:
         ctx.load_verify_locations(cafile=cafile)

@@ -31,7 +31,15 @@ from aioquic.quic.events import (
 )
 from aioquic.tls import AlertDescription
 
-from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.base import (
+    Clock,
+    ErrorKind,
+    FileStamp,
+    Outcome,
+    ProbeError,
+    ProbeRequest,
+    file_stamp,
+)
 from probes.details import QuicExchange
 from probes.errors import classify, error
 from probes.httpbase import (
@@ -245,8 +253,13 @@ class _H3Client(QuicConnectionProtocol):
             self.done.set_result(None)
 
 
-@functools.cache
 def _read(path: str) -> bytes:
+    """The file's bytes, cached until it changes (probes.base.file_stamp)."""
+    return _read_stamped(path, file_stamp(path))
+
+
+@functools.lru_cache(maxsize=64)
+def _read_stamped(path: str, stamp: FileStamp) -> bytes:
     return Path(path).read_bytes()
 
 

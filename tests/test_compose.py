@@ -642,9 +642,7 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
 PUBLIC_ENV = ("GRAFANA_ADMIN_PASSWORD", "DUALSTACK_BIND_ADDRESS")
 
 
-def compose_config(
-    profile: str | None = None, **env_vars: str
-) -> subprocess.CompletedProcess[str]:
+def compose_config(profile: str | None = None, **env_vars: str) -> subprocess.CompletedProcess[str]:
     """`docker-compose config` with exactly the given stack variables set."""
     compose = tool("docker-compose")
     env = {k: v for k, v in os.environ.items() if k not in PUBLIC_ENV} | env_vars
