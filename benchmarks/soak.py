@@ -769,6 +769,7 @@ def soak_loop(
     next_scrape = start
     next_sample = start
     next_report = start + 60
+    told = 0  # problems already logged
     cycle = 0
     expected_reloads = 1  # the configuration applied at start
     while (now := time.monotonic()) < end:
@@ -846,11 +847,15 @@ def soak_loop(
             got = vantage.rss_and_fds()
             if got is not None:
                 f.samples.append((now - start, *got))
+        found = problems(f)
+        for problem in found[told:]:
+            opts.log(f"soak: {now - start:5.0f} s: {problem}")
+        told = len(found)
         if now >= next_report:
             next_report = now + 60
             opts.log(
                 f"soak: {now - start:5.0f} s, {f.toggles} faults, {f.reloads} reloads, "
-                f"{f.restarts} restarts, {f.scrapes} scrapes, {len(problems(f))} problems"
+                f"{f.restarts} restarts, {f.scrapes} scrapes, {len(found)} problems"
             )
         wake = min(next_fault, next_reload, next_restart, next_scrape, next_sample, end)
         time.sleep(max(0.0, min(0.2, wake - time.monotonic())))
@@ -982,6 +987,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir=Path(args.keep) if args.keep else None,
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    # Stopped early (SIGTERM, or SIGINT, which a shell ignores in background jobs otherwise):
+    # the lab and the vantage are still stopped on the way out.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     t0 = time.monotonic()
     findings = run_soak(opts)
     print(report(opts, findings, time.monotonic() - t0))
