@@ -55,9 +55,12 @@ COPY --from=build /src/configs/default.yml /etc/dualstack/vantage.yml
 USER 10001:10001
 WORKDIR /var/lib/dualstack
 EXPOSE 9851
-# Liveness, no curl needed. Both loopbacks: `[::]:9851` may accept IPv6 only, `0.0.0.0:9851`
-# IPv4 only. HEALTHCHECK_PORT follows a --listen on another port (vantage-host uses 9853).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request as u\nport = os.environ.get('HEALTHCHECK_PORT', '9851')\nfor host in ('127.0.0.1', '[::1]'):\n    try:\n        u.urlopen(f'http://{host}:{port}/healthz', timeout=4)\n        sys.exit(0)\n    except OSError:\n        pass\nsys.exit(1)"]
+# Liveness, no curl needed: /healthz over HTTPS, then over plain HTTP (whichever the web
+# config serves; the certificate is not checked, it is this container's own server), on both
+# loopbacks: `[::]:9851` may accept IPv6 only, `0.0.0.0:9851` IPv4 only. HEALTHCHECK_PORT
+# follows a --listen on another port (vantage-host uses 9853). /healthz is never behind basic
+# auth; a web config that requires client certificates fails this check.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, ssl, sys, urllib.request as u\nport = os.environ.get('HEALTHCHECK_PORT', '9851')\ntls = ssl.create_default_context()\ntls.check_hostname = False\ntls.verify_mode = ssl.CERT_NONE\nfor scheme, ctx in (('https', tls), ('http', None)):\n    for host in ('127.0.0.1', '[::1]'):\n        try:\n            u.urlopen(f'{scheme}://{host}:{port}/healthz', timeout=2, context=ctx)\n            sys.exit(0)\n        except OSError:\n            pass\nsys.exit(1)"]
 ENTRYPOINT ["probe"]
 CMD ["serve", "--config", "/etc/dualstack/vantage.yml", "--listen", "[::]:9851"]

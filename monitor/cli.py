@@ -22,7 +22,7 @@ from pathlib import Path
 
 from monitor import __version__
 from monitor.catalog import shipped
-from monitor.config import Config, ConfigError, load_config, parse_duration
+from monitor.config import Config, ConfigError, load_config, parse_duration, parse_period
 from monitor.engine.report import Report
 from monitor.run.output import (
     EXIT_USAGE,
@@ -84,6 +84,14 @@ def _samples(text: str) -> int:
     if not 1 <= n <= 20:
         raise argparse.ArgumentTypeError(f"bad --samples {text!r}: a whole number from 1 to 20")
     return n
+
+
+def _period(text: str) -> float:
+    """A duration of at most a day, like the configuration's `timeout` (bare seconds too)."""
+    try:
+        return parse_period(float(text) if _SECONDS.fullmatch(text) else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -172,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ca-file", metavar="PEM", help="extra trust anchors for TLS")
     run.add_argument(
         "--timeout",
-        type=_duration,
+        type=_period,
         metavar="S",
         help="each probe's deadline, for every target: seconds (5) or a duration (500ms, 1m)",
     )
@@ -241,6 +249,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("text", "json"),
         default="text",
         help="text lines for people (default) or JSON lines for log pipelines",
+    )
+    serve.add_argument(
+        "--web.read-header-timeout",
+        dest="header_timeout",
+        type=_duration,
+        default=10.0,
+        metavar="S",
+        help="close a connection whose first request's headers (TLS handshake included) "
+        "are not in within S (default 10s)",
+    )
+    serve.add_argument(
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        type=_duration,
+        default=30.0,
+        metavar="S",
+        help="close a kept-alive connection without a complete request for S (default 30s)",
     )
     serve.add_argument(
         "--drain-timeout",
@@ -385,6 +410,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         _run_with_progress(cfg, targets, families, show_progress, args.samples, selection)
     )
     status = exit_status(report)
+    if report.offline is not None:
+        # Every row would say the same nothing (both_failed): one line instead, on stderr,
+        # so that a JSON document (which carries it too, as vantage_offline) stays parseable.
+        print(f"probe: {report.offline}", file=sys.stderr)
+        if args.format == "json":
+            write_json(report, sys.stdout, status=status)
+        return status
     if args.format == "json":
         if warning:
             report = dataclasses.replace(report, notes=(*report.notes, warning))
@@ -449,6 +481,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             web_config=web_config,
             lifecycle=args.lifecycle,
             drain_timeout=args.drain_timeout,
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
         )
     )
 

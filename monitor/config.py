@@ -1,12 +1,14 @@
 """Load and validate the YAML configuration; expand it into concrete Targets.
 
 Unknown keys are rejected and every error names the file, the key path and what is wrong, on
-one line. Durations are strings like 500ms, 5s, 1m30s (a bare number is seconds).
+one line. Durations are strings like 500ms, 5s, 1m30s, 1d (a bare number is seconds); every
+number is finite, and `interval` and `timeout` are at most a day.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Sequence
@@ -42,8 +44,10 @@ from probes.base import (
 )
 from probes.ipranges import IpRanges
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_PERIOD = 86400.0
+"""The longest `interval` or `timeout`: a day (a probe's deadline must end, a job must run)."""
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$"
 HOST_RE = re.compile(
     r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
@@ -79,12 +83,23 @@ def parse_duration(value: object) -> float:
             raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 1m")
     else:
         raise ValueError(f"bad duration {value!r}: use e.g. 500ms, 5s, 1m")
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
     if seconds <= 0:
         raise ValueError(f"bad duration {value!r}: must be more than zero")
     return seconds
 
 
+def parse_period(value: object) -> float:
+    """A duration of at most MAX_PERIOD (a day): what `interval` and `timeout` take."""
+    seconds = parse_duration(value)
+    if seconds > MAX_PERIOD:
+        raise ValueError(f"bad duration {value!r}: at most a day (24h)")
+    return seconds
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Period = Annotated[float, BeforeValidator(parse_period)]
 
 
 def _check_attempt_delay(seconds: float) -> float:
@@ -115,7 +130,8 @@ def _check_ipv6(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan: YAML's .nan and .inf (and 1.0e+400, which is inf) are no numbers here.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class ResolverConfig(_Strict):
@@ -183,8 +199,8 @@ class TargetConfig(_Strict):
     families: list[Family] | None = Field(None, min_length=1)
     http: HttpConfig = Field(default_factory=HttpConfig)
     tls: TargetTlsConfig = Field(default_factory=TargetTlsConfig)
-    interval: Duration | None = None
-    timeout: Duration | None = None
+    interval: Period | None = None
+    timeout: Period | None = None
     max_addresses: int | None = Field(None, ge=1, le=64)
     zone: str | None = None
     race: TargetRaceConfig = Field(default_factory=TargetRaceConfig)
@@ -233,8 +249,8 @@ class SourceConfig(_Strict):
 class ConfigModel(_Strict):
     vantage: Annotated[str, Field(pattern=NAME_RE)] | None = None
     site: Annotated[str, Field(pattern=NAME_RE)] | None = None
-    interval: Duration = 30.0
-    timeout: Duration = 5.0
+    interval: Period = 30.0
+    timeout: Period = 5.0
     concurrency: int = Field(32, ge=1, le=4096)
     max_addresses: int = Field(8, ge=1, le=64)
     families: list[Family] = Field(default_factory=lambda: list(FAMILIES), min_length=1)
@@ -407,6 +423,10 @@ def load_config(path: str | Path) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: cannot read: not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     model = validate(load_yaml(text, str(p)), str(p))
     return build(model, str(p), base_dir=p.parent)
 

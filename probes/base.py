@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,6 +18,7 @@ from typing import Literal
 
 from probes.details import Details
 from probes.ipranges import Attribution, IpRanges
+from probes.text import peer_text
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
@@ -76,7 +78,11 @@ class ProbeError:
     kind: ErrorKind
     """What went wrong, from the closed set."""
     message: str
-    """A human sentence; may quote what a remote peer sent, so escape it before showing it."""
+    """A human sentence; may quote what a remote peer sent. Made safe here, once: control
+    characters escaped (`\\n`, `\\x1b`), at most 512 characters (probes/text.py)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", peer_text(self.message))
 
     def to_json(self) -> dict[str, str]:
         return {"kind": str(self.kind), "message": self.message}
@@ -366,14 +372,42 @@ class RaceResult:
         }
 
 
-@functools.lru_cache(maxsize=256)
+FileStamp = tuple[str, int, int, int] | None
+"""A file's identity for caching what was read from it: (path, size, mtime ns, inode)."""
+
+
+def file_stamp(path: str | None) -> FileStamp:
+    """Changes whenever the file is rewritten or replaced, so a cache keyed on it re-reads the
+    file then (a CA bundle rotated in place, a restarted lab's new CA); None without a path or
+    when it cannot be read (loading it will then say why)."""
+    if not path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
 def make_client_context(
     cafile: str | None, alpn: tuple[str, ...], spec: TlsSpec, *, verify: bool = True
 ) -> ssl.SSLContext:
     """A client context trusting the system store plus `cafile`, offering `alpn`.
 
-    Cached: loading the system store costs milliseconds of CPU, and a context is reusable.
-    """
+    Cached (loading the system store costs milliseconds of CPU, and a context is reusable), by
+    the identity of every file it reads: a file changed in place is read again."""
+    stamps = (file_stamp(cafile), file_stamp(spec.client_cert), file_stamp(spec.client_key))
+    return _client_context(cafile, alpn, spec, verify, stamps)
+
+
+@functools.lru_cache(maxsize=256)
+def _client_context(
+    cafile: str | None,
+    alpn: tuple[str, ...],
+    spec: TlsSpec,
+    verify: bool,
+    stamps: tuple[FileStamp, ...],
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     if cafile:
         ctx.load_verify_locations(cafile=cafile)

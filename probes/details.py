@@ -2,7 +2,9 @@
 
 These are the typed contract every reader (parity, exporter, JSON report, status page) relies on;
 `mypy --strict` checks each access. The JSON keys of `details` are the field names below.
-Values quoted from a peer (server header, certificate names) are data: escape them to show them.
+Values quoted from a peer (server header, certificate names, DNS names) are made safe where
+they are created (probes/text.py: control characters escaped, 512 characters at most), so
+every reader may show them as they are.
 """
 
 from __future__ import annotations
@@ -10,6 +12,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+from probes.text import peer_text, peer_text_or_none
+
+
+def _clean(obj: object, *names: str) -> None:
+    """Escape and bound the peer-supplied string fields `names` of a frozen dataclass."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, tuple):
+            object.__setattr__(obj, name, tuple(peer_text(v) for v in value))
+        else:
+            object.__setattr__(obj, name, peer_text_or_none(value))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +46,9 @@ class DnsAnswer:
     """AAAA values that cannot carry IPv6 to the host (IPv4-mapped, IPv4-compatible, ::,
     link-local, multicast): not in `records`, never dialled."""
 
+    def __post_init__(self) -> None:
+        _clean(self, "rcode", "records", "cname_chain", "nameserver")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SoaAnswer:
@@ -47,6 +64,9 @@ class SoaAnswer:
     """The SOA serial; None when the answer held no SOA."""
     transport: str = "udp"
     """The DNS transport used."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "rcode", "zone")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +128,9 @@ class Certificate:
     trust_anchor: str | None = None
     """Subject of the root the chain verified to; None when it did not verify."""
 
+    def __post_init__(self) -> None:
+        _clean(self, "subject", "issuer", "sans")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsHandshake:
@@ -125,6 +148,9 @@ class TlsHandshake:
     """Application protocol the server selected, if any."""
     certificate: Certificate | None = None
     """The leaf presented; None when no handshake got that far."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "tls_version", "cipher", "alpn")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +172,9 @@ class HttpExchange:
     body_bytes: int
     """Body bytes read (bounded)."""
 
+    def __post_init__(self) -> None:
+        _clean(self, "tls_version", "alpn", "alt_svc", "server")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuicExchange:
@@ -163,6 +192,9 @@ class QuicExchange:
     """The Server header."""
     body_bytes: int
     """Body bytes read (bounded)."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "alpn", "alt_svc", "server")
 
 
 Details = DnsAnswer | SoaAnswer | IcmpEcho | TcpConnect | TlsHandshake | HttpExchange | QuicExchange

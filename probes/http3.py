@@ -2,6 +2,9 @@
 
 Reports handshake time, TTFB and status. Uses a socket of the probed family (not aioquic's
 dual-stack `::` socket) so an IPv4-only host works and a per-family source address can be bound.
+A hostile server cannot make it hold much: the QPACK dynamic table has capacity 0, server push
+is off, receive windows never grow past their first size, and a response header section over
+the caps of probes/httpbase.py is refused as soon as its frame header says so.
 """
 
 from __future__ import annotations
@@ -15,23 +18,144 @@ import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import certifi
+import pylsqpack
 import service_identity.cryptography
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, Setting
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+)
 from aioquic.tls import AlertDescription
 from cryptography import x509
 from OpenSSL import crypto
 
-from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.base import (
+    Clock,
+    ErrorKind,
+    FileStamp,
+    Outcome,
+    ProbeError,
+    ProbeRequest,
+    file_stamp,
+)
 from probes.details import QuicExchange
 from probes.errors import classify, error
-from probes.httpbase import MAX_BODY, USER_AGENT, authority, status_error
+from probes.httpbase import (
+    MAX_BODY,
+    MAX_HEADER_LIST_SIZE,
+    USER_AGENT,
+    ResponseRefused,
+    authority,
+    check_headers,
+    parse_status,
+    status_error,
+)
+
+STREAM_WINDOW = MAX_BODY + 4 * MAX_HEADER_LIST_SIZE
+"""Bytes the server may send on the request stream, in all: the body bound plus room for the
+header section and framing. It never grows (see _BoundedQuic)."""
+CONNECTION_WINDOW = STREAM_WINDOW + 256 * 1024
+"""Bytes the server may send on all streams together (control and QPACK streams included)."""
+_HEADERS_FRAME = 0x1
+_PUSH_PROMISE_FRAME = 0x5
+
+
+class _BoundedQuic(QuicConnection):
+    """aioquic doubles a receive window whenever half of it has been received, without end (and
+    counts out-of-order data too). A probe reads one bounded response, so its windows stay at
+    their first size: a peer can never make it buffer more than STREAM_WINDOW of a stream or
+    CONNECTION_WINDOW in all."""
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        limit = self._local_max_data
+        used = limit.used
+        limit.used = min(used, limit.value // 2)  # never "over half used": no doubling
+        try:
+            super()._write_connection_limits(builder, space)
+        finally:
+            limit.used = used
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        receiver = stream.receiver
+        highest = receiver.highest_offset
+        receiver.highest_offset = min(highest, stream.max_stream_data_local // 2)
+        try:
+            super()._write_stream_limits(builder, space, stream)
+        finally:
+            receiver.highest_offset = highest
+
+
+class _BoundedH3(H3Connection):
+    """HTTP/3 whose QPACK dynamic table has capacity 0 and no blocked streams (a reference can
+    expand to a static-table entry at most, and a server that inserts anyway is a QPACK encoder
+    stream error), without server push, announcing SETTINGS_MAX_FIELD_SECTION_SIZE."""
+
+    def _init_connection(self) -> None:
+        # Called at the end of H3Connection.__init__, before the SETTINGS frame is sent.
+        self._max_table_capacity = 0
+        self._blocked_streams = 0
+        self._decoder = pylsqpack.Decoder(0, 0)
+        self._max_push_id = None  # no MAX_PUSH_ID: a PUSH_PROMISE is a connection error
+        super()._init_connection()
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings: dict[int, int] = super()._get_local_settings()
+        settings[Setting.MAX_FIELD_SECTION_SIZE] = MAX_HEADER_LIST_SIZE
+        return settings
+
+
+def _varint(data: bytes) -> tuple[int, int] | None:
+    """A QUIC variable-length integer at the start of `data`: (value, length), or None when
+    `data` does not hold all of it yet (RFC 9000, 16)."""
+    if not data:
+        return None
+    length = 1 << (data[0] >> 6)
+    if len(data) < length:
+        return None
+    value = data[0] & 0x3F
+    for byte in data[1:length]:
+        value = (value << 8) | byte
+    return value, length
+
+
+class _FrameGuard:
+    """Follows the HTTP/3 frames of the response stream as bytes arrive, ahead of aioquic,
+    which buffers a HEADERS frame whole before decoding it: a frame announcing more than the
+    header cap is refused at its first bytes."""
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._payload_left = 0
+
+    def feed(self, data: bytes) -> None:
+        while data:
+            if self._payload_left:
+                taken = min(self._payload_left, len(data))
+                self._payload_left -= taken
+                data = data[taken:]
+                continue
+            self._head += data
+            data = b""
+            kind = _varint(self._head)
+            size = _varint(self._head[kind[1] :]) if kind else None
+            if kind is None or size is None:
+                return  # the frame header is still incomplete
+            if kind[0] in (_HEADERS_FRAME, _PUSH_PROMISE_FRAME) and size[0] > MAX_HEADER_LIST_SIZE:
+                raise ResponseRefused(
+                    f"response header block of {size[0]} bytes (at most {MAX_HEADER_LIST_SIZE})"
+                )
+            data = self._head[kind[1] + size[1] :]
+            self._head = b""
+            self._payload_left = size[0]
 
 
 class _H3Client(QuicConnectionProtocol):
@@ -40,7 +164,10 @@ class _H3Client(QuicConnectionProtocol):
         self._http: H3Connection | None = None
         self._clock = clock
         self.socket_error: OSError | None = None
+        self.refused: ResponseRefused | None = None
         self.terminated: ConnectionTerminated | None = None
+        self._stream_id: int | None = None
+        self._guard = _FrameGuard()
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self.body_bytes = 0
@@ -74,10 +201,20 @@ class _H3Client(QuicConnectionProtocol):
             elif not fut.cancelled():
                 fut.exception()
 
+    def _refuse(self, exc: ResponseRefused) -> None:
+        """The response broke a cap: stop reading it, close the connection, fail the request."""
+        if self.refused is not None:
+            return
+        self.refused = exc
+        self._quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="response refused")
+        self.transmit()
+        self._fail(exc)
+
     def request(self, path: str, authority_: str) -> asyncio.Future[None]:
         self.done = asyncio.get_running_loop().create_future()
-        self._http = H3Connection(self._quic)
+        self._http = _BoundedH3(self._quic)
         stream_id = self._quic.get_next_available_stream_id()
+        self._stream_id = stream_id
         self._http.send_headers(
             stream_id,
             [
@@ -98,18 +235,24 @@ class _H3Client(QuicConnectionProtocol):
         if isinstance(event, ConnectionTerminated):
             self.terminated = event
             self._fail(ConnectionError(event.reason_phrase or "closed"))
-        if self._http is None:
+        if self._http is None or self.refused is not None:
             return
-        for h3 in self._http.handle_event(event):
-            self._h3_event(h3)
+        try:
+            if isinstance(event, StreamDataReceived) and event.stream_id == self._stream_id:
+                self._guard.feed(event.data)
+            for h3 in self._http.handle_event(event):
+                self._h3_event(h3)
+        except ResponseRefused as exc:
+            self._refuse(exc)
 
     def _h3_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):
             if self.t_headers is None:
                 self.t_headers = self._clock()
+            check_headers(event.headers)
             for name, value in event.headers:
-                self.headers[name.decode().lower()] = value.decode("latin-1")
-            self.status = int(self.headers.get(":status", "0"))
+                self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+            self.status = parse_status(self.headers.get(":status"))
         elif isinstance(event, DataReceived):
             self.body_bytes += len(event.data)
         ended = getattr(event, "stream_ended", False)
@@ -119,13 +262,13 @@ class _H3Client(QuicConnectionProtocol):
 
 def trust_store(cafile: str | None) -> crypto.X509Store:
     """certifi's bundle plus `cafile`, like the ssl probes' system store plus `ca_file`;
-    built once per file version (a reload that rewrites the file gets a new one)."""
-    version = Path(cafile).stat().st_mtime_ns if cafile else 0
-    return _trust_store(cafile, version)
+    built once per version of the file (probes.base.file_stamp: a CA bundle rewritten in
+    place, a restarted lab or a rotation, is read again)."""
+    return _trust_store(cafile, file_stamp(cafile) if cafile else None)
 
 
 @functools.lru_cache(maxsize=8)
-def _trust_store(cafile: str | None, _version: int) -> crypto.X509Store:
+def _trust_store(cafile: str | None, _stamp: FileStamp | None) -> crypto.X509Store:
     store = crypto.X509Store()
     store.load_locations(certifi.where())
     if cafile:
@@ -213,6 +356,8 @@ async def probe(req: ProbeRequest) -> Outcome:
         alpn_protocols=list(H3_ALPN),
         server_name=req.target.sni,
         verify_mode=ssl.CERT_NONE,
+        max_stream_data=STREAM_WINDOW,
+        max_data=CONNECTION_WINDOW,
     )
     try:
         store = trust_store(req.env.ssl_cafile)
@@ -235,7 +380,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         # Connected, so the kernel reports ICMP port unreachable to us (error_received).
         sock.connect(peer)
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _H3Client(QuicConnection(configuration=config), clock), sock=sock
+            lambda: _H3Client(_BoundedQuic(configuration=config), clock), sock=sock
         )
     except OSError as exc:
         sock.close()
@@ -249,7 +394,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         client.connect(peer)
         try:
             await client.handshake
-        except ConnectionError:
+        except OSError:  # ConnectionError (the peer closed) or the socket's own error
             return Outcome(success=False, error=_handshake_error(client), phases=phases)
         handshake = clock() - t0
         tls = client._quic.tls
@@ -262,8 +407,15 @@ async def probe(req: ProbeRequest) -> Outcome:
         response = client.request(req.target.http.path, authority(req))
         try:
             await response
-        except (OSError, ConnectionError) as exc:
+        except ResponseRefused as exc:
             err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/3: {exc}")
+        except OSError as exc:
+            if client.socket_error is not None:
+                err = classify(client.socket_error)
+            elif client.refused is not None:
+                err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/3: {client.refused}")
+            else:
+                err = error(ErrorKind.PROTOCOL_ERROR, f"HTTP/3: {exc}")
         if client.t_headers is not None:
             phases["ttfb"] = client.t_headers - t1
             phases["transfer"] = max(0.0, clock() - client.t_headers)

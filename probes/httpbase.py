@@ -1,7 +1,10 @@
 """What the HTTP probes (http2 over TCP, http3 over QUIC) share: the request's identity, the
-body bound and the expected-status rule. No protocol library is imported here."""
+body bound, the caps on response headers and the expected-status rule. No protocol library is
+imported here."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from probes.base import VERSION, ErrorKind, ProbeError, ProbeRequest
 from probes.errors import error
@@ -9,6 +12,41 @@ from probes.errors import error
 MAX_BODY = 1 << 20
 """Body bytes read at most; the rest is not needed to judge the response."""
 USER_AGENT = f"dualstack-monitor/{VERSION}"
+MAX_HEADER_LIST_SIZE = 65536
+"""Response header section at most, in bytes as RFC 9113 and RFC 9114 count it (name + value +
+32 per field), decoded; HTTP/2's hpack enforces the same figure, HTTP/1.1 a tighter one."""
+MAX_HEADERS = 256
+"""Response header fields at most (a response of AWS has about twenty)."""
+FIELD_OVERHEAD = 32
+"""What RFC 9113 (6.5.2) and RFC 9114 (4.2.2) add per field when sizing a header section."""
+
+
+class ResponseRefused(Exception):
+    """The response broke a rule the probe enforces (a header cap, a malformed status): the
+    probe reports it as protocol_error."""
+
+
+def check_headers(headers: Iterable[tuple[bytes | str, bytes | str]]) -> None:
+    """Raise ResponseRefused when a decoded header section is over MAX_HEADERS fields or
+    MAX_HEADER_LIST_SIZE bytes."""
+    count = size = 0
+    for name, value in headers:
+        count += 1
+        size += len(name) + len(value) + FIELD_OVERHEAD
+    if count > MAX_HEADERS:
+        raise ResponseRefused(f"response has {count} header fields (at most {MAX_HEADERS})")
+    if size > MAX_HEADER_LIST_SIZE:
+        raise ResponseRefused(
+            f"response headers are {size} bytes decoded (at most {MAX_HEADER_LIST_SIZE})"
+        )
+
+
+def parse_status(value: bytes | str | None) -> int:
+    """The three digits of a final status (RFC 9110, 15): anything else is ResponseRefused."""
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    if text is None or len(text) != 3 or not text.isdigit() or not 100 <= int(text) <= 599:
+        raise ResponseRefused(f"malformed :status {text!r}")
+    return int(text)
 
 
 def authority(req: ProbeRequest) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
@@ -17,8 +18,9 @@ import dns.name
 import dns.rdatatype
 import dns.resolver
 
-from probes.base import Clock, ErrorKind, Family, Resolution
-from probes.errors import error
+from probes.base import Clock, ErrorKind, Family, ProbeError, Resolution
+from probes.errors import classify, error
+from probes.text import peer_text
 
 WELL_KNOWN_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 # AAAA values that cannot carry IPv6 to the named host: the connection would go out over IPv4
@@ -64,6 +66,37 @@ def nat64_prefixes_from(addresses: Sequence[str]) -> tuple[ipaddress.IPv6Network
     return tuple(found)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsReach:
+    """Whether the resolvers answer at all, over some queries: a vantage none of whose queries
+    got an answer (of any rcode) cannot probe anything, and should say so once, plainly."""
+
+    answered: int = 0
+    """Queries some server answered (NOERROR, NXDOMAIN, SERVFAIL, REFUSED alike)."""
+    unanswered: int = 0
+    """Queries no server answered: unreachable, refused by the host, timed out."""
+    errors: tuple[tuple[str, str], ...] = ()
+    """(server, what went wrong) for each server that failed, the latest error each."""
+
+    @property
+    def offline(self) -> bool:
+        return self.answered == 0 and self.unanswered > 0
+
+    def summary(self) -> str:
+        """One line: which servers, what error, and the question to ask."""
+        servers = "; ".join(f"{server}: {what}" for server, what in self.errors) or "none"
+        return peer_text(f"no DNS server answered any query ({servers}): is this machine online?")
+
+
+def _server(entry: object) -> str:
+    """dnspython's name of a server ("Do53:2001:db8::53@53") as people write it."""
+    text = str(entry).removeprefix("Do53:")
+    address, at, port = text.rpartition("@")
+    if not at:
+        return text
+    return address if port == "53" else f"{address} port {port}"
+
+
 class Resolver:
     """One resolver per run or per vantage; tests inject the lab's name server."""
 
@@ -88,6 +121,51 @@ class Resolver:
         self._clock = clock
         self._nat64: tuple[ipaddress.IPv6Network, ...] | None = None
         self._nat64_lock = asyncio.Lock()
+        self._answered = 0
+        self._unanswered = 0
+        self._errors: dict[str, str] = {}
+
+    # -- whether any server answers ----------------------------------------------------------
+
+    def reach(self) -> DnsReach:
+        """Queries answered and not, since this resolver was made (or last taken)."""
+        return DnsReach(
+            answered=self._answered,
+            unanswered=self._unanswered,
+            errors=tuple(self._errors.items()),
+        )
+
+    def take_reach(self) -> DnsReach:
+        """reach(), then start counting afresh (probe serve judges one window at a time)."""
+        reach = self.reach()
+        self._answered = self._unanswered = 0
+        self._errors = {}
+        return reach
+
+    def _unreached(self, exc: BaseException) -> bool:
+        """Count a query no server answered when `exc` says so; True if it did."""
+        if isinstance(exc, dns.resolver.NoNameservers):
+            entries = exc.kwargs.get("errors", [])
+            if not entries or not all(isinstance(e[3], OSError) for e in entries):
+                return False  # some server answered (with an rcode): reachable
+            for entry in entries:
+                self._errors[_server(entry[0])] = entry[3].strerror or str(entry[3])
+        elif isinstance(exc, dns.exception.Timeout):
+            port = "" if self._resolver.port == 53 else f" port {self._resolver.port}"
+            for ns in self.nameservers:
+                self._errors[f"{ns}{port}"] = "timed out"
+        else:
+            return False
+        self._unanswered += 1
+        return True
+
+    def _unreachable_error(self, host: str, exc: dns.resolver.NoNameservers) -> ProbeError:
+        """The socket error of the first server, as its error kind (ENETUNREACH is
+        network_unreachable, an ICMP port unreachable connect_refused), naming every server."""
+        entries = exc.kwargs.get("errors", [])
+        first: OSError = entries[0][3]
+        said = "; ".join(f"{_server(e[0])}: {e[3].strerror or e[3]}" for e in entries)
+        return error(classify(first).kind, f"{host}: no DNS server reachable ({said})")
 
     @property
     def nameservers(self) -> tuple[str, ...]:
@@ -111,7 +189,13 @@ class Resolver:
 
     async def nameservers_of(self, zone: str) -> list[str]:
         """The zone's NS names, sorted; raises dns.exception.DNSException on failure."""
-        answer = await self._resolver.resolve(zone.rstrip(".") + ".", "NS", search=False)
+        try:
+            answer = await self._resolver.resolve(zone.rstrip(".") + ".", "NS", search=False)
+        except dns.exception.DNSException as exc:
+            if not self._unreached(exc):
+                self._answered += 1
+            raise
+        self._answered += 1
         return sorted(str(r.target).rstrip(".") for r in answer)
 
     async def resolve(self, host: str, family: Family) -> Resolution:
@@ -130,15 +214,25 @@ class Resolver:
                 name, _RDTYPE[family], raise_on_no_answer=False, search=False
             )
         except dns.resolver.NXDOMAIN:
+            self._answered += 1
             return self._failed(
                 family, t0, "NXDOMAIN", ErrorKind.DNS_NXDOMAIN, f"{host}: no such name"
             )
         except dns.resolver.NoNameservers as exc:
+            if not self._unreached(exc):
+                self._answered += 1  # every server answered, with an rcode
             return self._no_nameservers(family, t0, host, exc)
-        except dns.exception.Timeout:
+        except dns.exception.Timeout as exc:
+            self._unreached(exc)
             return self._failed(family, t0, "", ErrorKind.TIMEOUT, f"{host}: DNS timed out")
         except (dns.exception.DNSException, ValueError) as exc:
             return self._failed(family, t0, "", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
+        self._answered += 1
+        return await self._resolution(host, family, t0, answer)
+
+    async def _resolution(
+        self, host: str, family: Family, t0: float, answer: dns.resolver.Answer
+    ) -> Resolution:
         seconds = self._clock() - t0
         chain = tuple(str(rrset.name).rstrip(".") for rrset in answer.chaining_result.cnames)
         nameserver = str(answer.nameserver or "")
@@ -203,7 +297,11 @@ class Resolver:
         self, family: Family, t0: float, host: str, exc: dns.resolver.NoNameservers
     ) -> Resolution:
         # Each entry is (server, tcp, port, error, response); an rcode error is its text.
-        rcodes = {str(e[3]) for e in exc.kwargs.get("errors", [])}
+        entries = exc.kwargs.get("errors", [])
+        if entries and all(isinstance(e[3], OSError) for e in entries):
+            unreachable = self._unreachable_error(host, exc)
+            return Resolution(family=family, seconds=self._clock() - t0, error=unreachable)
+        rcodes = {str(e[3]) for e in entries}
         for rcode, kind in (
             ("SERVFAIL", ErrorKind.DNS_SERVFAIL),
             ("REFUSED", ErrorKind.DNS_REFUSED),

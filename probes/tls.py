@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -51,29 +51,51 @@ class HandshakeFailed(Exception):
         self.details = details
 
 
-def describe_certificate(der: bytes, chain: Sequence[bytes] = ()) -> Certificate:
-    """The leaf, and from the verified `chain` (leaf first, root last) its intermediates and
-    the trust anchor it verified to."""
-    cert = x509.load_der_x509_certificate(der)
-    above = [x509.load_der_x509_certificate(c).subject.rfc4514_string() for c in chain[1:]]
-    orgs = cert.issuer.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+def _sans(cert: x509.Certificate) -> list[str]:
+    """DNS names and IP addresses of the subjectAltName; none when it is absent or does not
+    parse (a peer's malformed extension is what it presented, not a crash)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        sans = sorted(
-            [str(n) for n in san.get_values_for_type(x509.DNSName)]
-            + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-        )
-    except x509.ExtensionNotFound:
-        sans = []
-    not_after = cert.not_valid_after_utc
+    except (x509.ExtensionNotFound, ValueError):
+        return []
+    return sorted(
+        [str(n) for n in san.get_values_for_type(x509.DNSName)]
+        + [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    )
+
+
+def _dn(name: Callable[[], x509.Name]) -> str:
+    try:
+        return name().rfc4514_string()
+    except ValueError:  # an attribute the parser refuses
+        return "(unparsable name)"
+
+
+def _subject(der: bytes) -> str:
+    cert = x509.load_der_x509_certificate(der)
+    return _dn(lambda: cert.subject)
+
+
+def describe_certificate(der: bytes, chain: Sequence[bytes] = ()) -> Certificate | None:
+    """What a leaf says, for showing and comparing, and from the verified `chain` (leaf
+    first, root last) its intermediates and the trust anchor it verified to; None when it is
+    not a certificate at all."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        not_after = cert.not_valid_after_utc
+        serial = cert.serial_number
+        above = [_subject(c) for c in chain[1:]]
+        orgs = cert.issuer.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    except ValueError:
+        return None
     return Certificate(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        sans=tuple(sans),
+        subject=_dn(lambda: cert.subject),
+        issuer=_dn(lambda: cert.issuer),
+        sans=tuple(_sans(cert)),
         not_after=not_after.isoformat().replace("+00:00", "Z"),
         not_after_timestamp=not_after.timestamp(),
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
-        serial=format(cert.serial_number, "x"),
+        serial=format(serial, "x"),
         issuer_organization=str(orgs[0].value) if orgs else None,
         intermediates=tuple(above[:-1]),
         trust_anchor=above[-1] if above else None,
@@ -165,9 +187,10 @@ async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHa
         _reader, writer = await open_stream(req, ssl_context=ctx, server_hostname=req.target.sni)
     except (OSError, ssl.SSLError):
         return TlsHandshake(verified=False)
-    details = _session_details(writer, verified=False)
-    await close_stream(writer)
-    return details
+    try:
+        return _session_details(writer, verified=False)
+    finally:
+        await close_stream(writer)
 
 
 async def probe(req: ProbeRequest) -> Outcome:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,12 +65,20 @@ class Served:
 
 
 @contextmanager
-def serve(config: Path, *extra: str, env_extra: dict[str, str] | None = None) -> Iterator[Served]:
+def serve(
+    config: Path,
+    *extra: str,
+    env_extra: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
+    listen: str = "127.0.0.1:0",
+) -> Iterator[Served]:
+    """`probe serve` on `listen`, JSON logs; `prefix` runs it under a wrapper (prlimit)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env.update(env_extra or {})
     proc = subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "monitor.cli",
@@ -78,7 +86,7 @@ def serve(config: Path, *extra: str, env_extra: dict[str, str] | None = None) ->
             "--config",
             str(config),
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--log-format",
             "json",
             *extra,

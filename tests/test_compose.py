@@ -189,11 +189,7 @@ def test_links_in_the_stack_doc_resolve() -> None:
 
 @pytest.mark.parametrize("profile", [None, *PROFILES], ids=["default", *PROFILES])
 def test_debian_docker_compose_parses_every_profile(profile: str | None) -> None:
-    compose = tool("docker-compose")
-    args = [compose, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
-    if profile:
-        args += ["--profile", profile]
-    proc = run(*args, "config")
+    proc = compose_config(profile, GRAFANA_ADMIN_PASSWORD="x")
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)
     wanted = {n for n, s in SERVICES.items() if active(s, profile)}
@@ -270,12 +266,13 @@ def test_promtool_checks_the_mounted_prometheus_config(name: str) -> None:
     proc = run(promtool, "check", "config", *(["--agent"] if agent else []), str(config))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert "--web.enable-lifecycle" not in cmd  # nobody may stop or reload it over HTTP
     if agent:
         assert "--storage.agent.path" in cmd and "--storage.tsdb.path" not in cmd
         assert doc.get("remote_write") and not doc.get("rule_files")
-    else:
-        assert "--web.enable-remote-write-receiver" in cmd
-        assert "--web.enable-lifecycle" in cmd
+    elif "--web.enable-remote-write-receiver" in cmd:  # prometheus-receiver
+        assert not doc.get("scrape_configs") and not doc.get("rule_files")
+    else:  # the central one
         assert doc.get("rule_files"), f"{config} loads no rules"
 
 
@@ -298,9 +295,19 @@ def networks_of(name: str) -> set[str]:
     return set(service.get("networks", []))  # a list or a mapping: the names either way
 
 
+def fixed_addresses(service: Service) -> dict[str, str]:
+    """network -> the service's fixed IPv4 address there (networks in long syntax)."""
+    nets = service.get("networks", [])
+    if not isinstance(nets, dict):
+        return {}
+    return {n: str(c["ipv4_address"]) for n, c in nets.items() if c and "ipv4_address" in c}
+
+
 def listeners(host: str, port: int, client: str) -> list[str]:
     """The services answering host:port as `client` sees it: by service name on a shared
-    network (with whatever shares that service's namespace), or on the host's loopback."""
+    network (with whatever shares that service's namespace), on the host's loopback, or at a
+    fixed address on a network the client shares (or, from the host's own namespace, any
+    bridge network: Linux routes to it)."""
     loopback = host in ("127.0.0.1", "localhost", "[::1]")
     found = []
     for name, service in SERVICES.items():
@@ -310,8 +317,16 @@ def listeners(host: str, port: int, client: str) -> list[str]:
                 continue
             if mode == "host" and listen_port(service) == port:
                 found.append(name)
-            published = [str(p).split(":") for p in service.get("ports", [])]
-            if any(int(p[0]) == port for p in published if len(p) == 2):
+            # "${DUALSTACK_BIND_ADDRESS:-127.0.0.1}:9851:9851": host port before the last ":"
+            published = [str(p).rsplit(":", 2) for p in service.get("ports", [])]
+            if any(int(p[-2]) == port for p in published if len(p) >= 2):
+                found.append(name)
+            continue
+        fixed = fixed_addresses(service)
+        if host in fixed.values():
+            net = next(n for n, a in fixed.items() if a == host)
+            reachable = networks_of(client) == {"<host>"} or net in networks_of(client)
+            if reachable and listen_port(service) == port:
                 found.append(name)
             continue
         namespace = mode.removeprefix("service:") if mode.startswith("service:") else name
@@ -353,12 +368,12 @@ def test_scrape_and_remote_write_targets_are_compose_services(name: str) -> None
                 for svc in found:
                     assert SERVICES[svc].get("profiles", []) in ([], service.get("profiles"))
     vantages = [s for s in scraped if is_own_image(SERVICES[s])]
-    assert vantages, f"{name} scrapes no vantage"
+    assert vantages or not doc.get("scrape_configs"), f"{name} scrapes no vantage"
     for rw in doc.get("remote_write", []):
         url = urlsplit(rw["url"])
         assert url.path == "/api/v1/write"
         found = listeners(str(url.hostname), int(url.port or 80), name)
-        assert found == ["prometheus"], f"{name} writes to {rw['url']}: {found}"
+        assert found == ["prometheus-receiver"], f"{name} writes to {rw['url']}: {found}"
     for am in doc.get("alerting", {}).get("alertmanagers", []):
         for static in am.get("static_configs", []):
             for target in static["targets"]:
@@ -373,6 +388,10 @@ def test_central_prometheus_scrapes_vantage_a_and_b() -> None:
     doc = yaml.safe_load(config.read_text(encoding="utf-8"))
     targets = {t for j in doc["scrape_configs"] for s in j["static_configs"] for t in s["targets"]}
     assert {"vantage-a:9851", "vantage-b:9851"} <= targets
+    # and the pushed vantages, from the receiver, with the labels they were pushed with
+    (pushed,) = [j for j in doc["scrape_configs"] if j["metrics_path"] == "/federate"]
+    assert pushed["honor_labels"] is True
+    assert pushed["static_configs"] == [{"targets": ["prometheus-receiver:9090"]}]
 
 
 def test_grafana_provisioning_points_at_the_stack() -> None:
@@ -715,3 +734,71 @@ def test_build_context_builds_the_package(tmp_path: Path) -> None:
         if ins == "COPY" and args.startswith("--from=build /src/"):
             rel = args.split()[1].removeprefix("/src/")
             assert (src / rel).is_file(), args
+
+
+# -- closed by default (issue 13, finding 1) ----------------------------------------------------
+
+PUBLIC_ENV = ("GRAFANA_ADMIN_PASSWORD", "DUALSTACK_BIND_ADDRESS")
+
+
+def compose_config(profile: str | None = None, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    """`docker-compose config` with exactly the given stack variables set."""
+    compose = tool("docker-compose")
+    env = {k: v for k, v in os.environ.items() if k not in PUBLIC_ENV} | env_vars
+    args = [compose, "--project-directory", str(ROOT), "-f", str(COMPOSE_FILE)]
+    if profile:
+        args += ["--profile", profile]
+    return subprocess.run(
+        [*args, "config"], capture_output=True, text=True, timeout=120, check=False, env=env
+    )
+
+
+def published(resolved: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(service, host address, host port) of every published port, in Compose v1's short
+    syntax ("127.0.0.1:9090:9090/tcp") or v2's long one."""
+    out = []
+    for name, service in resolved["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                out.append((name, str(port.get("host_ip", "")), str(port.get("published"))))
+                continue
+            parts = str(port).split("/")[0].rsplit(":", 2)
+            host_ip = parts[0] if len(parts) == 3 else ""
+            out.append((name, host_ip.strip("[]"), parts[-2] if len(parts) >= 2 else ""))
+    return out
+
+
+def test_the_stack_refuses_to_start_without_a_grafana_password() -> None:
+    proc = compose_config()
+    assert proc.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in proc.stderr
+    grafana = SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert grafana == "${GRAFANA_ADMIN_PASSWORD:?set GRAFANA_ADMIN_PASSWORD}"
+
+
+@pytest.mark.parametrize("profile", [None, *PROFILES], ids=["default", *PROFILES])
+def test_ports_are_published_on_loopback_unless_asked(profile: str | None) -> None:
+    closed = compose_config(profile, GRAFANA_ADMIN_PASSWORD="x")
+    assert closed.returncode == 0, closed.stderr
+    ports = published(yaml.safe_load(closed.stdout))
+    assert ports, "nothing published at all"
+    assert {ip for _, ip, _ in ports} == {"127.0.0.1"}, ports
+    opened = compose_config(profile, GRAFANA_ADMIN_PASSWORD="x", DUALSTACK_BIND_ADDRESS="0.0.0.0")
+    assert {ip for _, ip, _ in published(yaml.safe_load(opened.stdout))} == {"0.0.0.0"}
+    for name, service in SERVICES.items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("${DUALSTACK_BIND_ADDRESS:-127.0.0.1}:"), (name, port)
+
+
+def test_no_lifecycle_api_and_the_receiver_is_internal() -> None:
+    """Nobody who reaches a published port can stop or reload Prometheus, or push series."""
+    receivers = []
+    for name, service in prometheus_services().items():
+        command = service["command"]
+        assert "--web.enable-lifecycle" not in command, name
+        if "--web.enable-remote-write-receiver" in command:
+            receivers.append(name)
+            assert not service.get("ports"), f"{name} publishes its remote-write receiver"
+            assert service.get("network_mode") is None, name
+    assert receivers == ["prometheus-receiver"]
+    assert "--web.enable-remote-write-receiver" not in SERVICES["prometheus"]["command"]

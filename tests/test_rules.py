@@ -204,12 +204,17 @@ def test_prometheus_config() -> None:
         j["job_name"]: [t for sc in j["static_configs"] for t in sc["targets"]]
         for j in cfg["scrape_configs"]
     }
-    # The vantages, and the watchers (their metrics feed the meta alerts).
+    # The vantages, the watchers (their metrics feed the meta alerts), and the pushed vantages
+    # it federates from the receiver (issue 13: the remote-write receiver is a service of its
+    # own, on the internal network only).
     assert jobs == {
         "dualstack": ["vantage-a:9851", "vantage-b:9851"],
         "prometheus": ["prometheus:9090"],
         "alertmanager": ["alertmanager:9093"],
+        "dualstack-pushed": ["prometheus-receiver:9090"],
     }
+    pushed = next(j for j in cfg["scrape_configs"] if j["job_name"] == "dualstack-pushed")
+    assert pushed["metrics_path"] == "/federate" and pushed["honor_labels"] is True
     # A `vantage` target label would rename the exporter's own to `exported_vantage`.
     for job in cfg["scrape_configs"]:
         assert all("vantage" not in (sc.get("labels") or {}) for sc in job["static_configs"])

@@ -3,10 +3,11 @@ own commands and the configuration files docker-compose.yml mounts, with compose
 addresses swapped for kernel-chosen loopback ports.
 
 Two vantages probe the lab. The central Prometheus (configs/prometheus/prometheus.yml, its
-rules, the flags of the `prometheus` service, remote-write receiver included) scrapes vantage-a
+rules, the flags of the `prometheus` service: no lifecycle API, no receiver) scrapes vantage-a
 directly; an agent-mode Prometheus (configs/compose/prometheus-agent.yml and the flags of the
 `prometheus-agent` service) scrapes vantage-b, as it would a vantage behind NAT, and
-remote-writes to the central one, which then holds the series of both.
+remote-writes to `prometheus-receiver` (its config and flags, the receiver among them), from
+which the central one federates: it then holds the series of both.
 """
 
 from __future__ import annotations
@@ -101,6 +102,22 @@ def env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra}  # keeps the network guard's PYTHONPATH
 
 
+def push_refused(url: str) -> bool:
+    """A remote-write request to `url` is not accepted (no receiver there)."""
+    req = urllib.request.Request(
+        url + "/api/v1/write",
+        data=b"not snappy",
+        method="POST",
+        headers={"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 404
+    return False
+
+
 def vantages_seen(prom: Prometheus) -> dict[str, float]:
     rows = prom.query("count by (vantage) (dualstack_probe_success)")
     return {r["metric"]["vantage"]: float(r["value"][1]) for r in rows}
@@ -121,7 +138,9 @@ def test_compose_stack_natively(lab_session: Lab, tmp_path: Path) -> None:
     agent_flags = compose_flags("prometheus-agent")
     assert "--enable-feature=agent" in agent_flags
     central_flags = compose_flags("prometheus")
-    assert "--web.enable-remote-write-receiver" in central_flags
+    assert "--web.enable-remote-write-receiver" not in central_flags
+    receiver_flags = compose_flags("prometheus-receiver")
+    assert "--web.enable-remote-write-receiver" in receiver_flags
 
     names = {s: flags(SERVICES[s]["command"])["--vantage"] for s in ("vantage-a", "vantage-b")}
     cfg_a = write_config(lab_session, tmp_path / "a.yml", vantage=names["vantage-a"], interval="2s")
@@ -138,12 +157,17 @@ def test_compose_stack_natively(lab_session: Lab, tmp_path: Path) -> None:
         dead = subprocess.run(check, env=env(HEALTHCHECK_PORT=str(free_port())), check=False)
         assert (live.returncode, dead.returncode) == (0, 1)
 
-        central_cfg = tmp_path / "central" / "prometheus.yml"
-        dropped = native_config(
-            mounted_config("prometheus"), central_cfg, {"vantage-a:9851": a_addr}
-        )
-        assert "vantage-b:9851" in dropped  # vantage-b reaches the central one by push only
-        with prometheus(central_cfg, tmp_path, *central_flags) as central:
+        receiver_cfg = tmp_path / "receiver" / "receiver.yml"
+        assert native_config(mounted_config("prometheus-receiver"), receiver_cfg, {}) == []
+        with prometheus(receiver_cfg, tmp_path, *receiver_flags) as receiver:
+            r_addr = f"127.0.0.1:{receiver.port}"
+            central_cfg = tmp_path / "central" / "prometheus.yml"
+            dropped = native_config(
+                mounted_config("prometheus"),
+                central_cfg,
+                {"vantage-a:9851": a_addr, "prometheus-receiver:9090": r_addr},
+            )
+            assert "vantage-b:9851" in dropped  # vantage-b reaches the central one by push only
             agent_cfg = tmp_path / "agent" / "prometheus-agent.yml"
             agent_targets = {
                 t
@@ -154,17 +178,23 @@ def test_compose_stack_natively(lab_session: Lab, tmp_path: Path) -> None:
                 for t in s["targets"]
             }
             mapping = {t: b_addr for t in agent_targets}
-            mapping["prometheus:9090"] = f"127.0.0.1:{central.port}"
+            mapping["prometheus-receiver:9090"] = r_addr
             assert native_config(mounted_config("prometheus-agent"), agent_cfg, mapping) == []
-            with prometheus(agent_cfg, tmp_path, *agent_flags):
+            with (
+                prometheus(central_cfg, tmp_path, *central_flags) as central,
+                prometheus(agent_cfg, tmp_path, *agent_flags),
+            ):
                 seen = wait_for_vantages(central, set(names.values()))
                 assert set(seen) == {"vantage-a", "vantage-b"}
 
-                # vantage-b's series came by remote write: the central one never scraped it.
+                # vantage-b's series came by remote write and federation: the central one
+                # never scraped it, and they keep the labels the agent gave them.
                 active = http_json(f"{central.url}/api/v1/targets")["data"]["activeTargets"]
-                assert {t["labels"]["instance"] for t in active} == {a_addr}
+                assert {t["labels"]["instance"] for t in active} == {a_addr, r_addr}
                 pushed = central.query('dualstack_probe_success{vantage="vantage-b"}')
                 assert {s["metric"]["instance"] for s in pushed} == {b_addr}
+                # The receiver cannot be pushed through the central one's port.
+                assert push_refused(central.url)
                 # Both vantages see IPv6 (the lab's ::1): the self-check made it through too.
                 ipv6 = central.wait_for("dualstack_vantage_ipv6_available == 1", min_results=2)
                 assert {r["metric"]["vantage"] for r in ipv6} == set(names.values())

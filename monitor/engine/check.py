@@ -17,6 +17,7 @@ from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
 from probes.resolve import Resolver
+from probes.text import peer_text
 
 
 def check_sources(cfg: Config) -> None:
@@ -59,7 +60,7 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
         try:
             names = (await resolver.nameservers_of(zone))[: cfg.route53.max_nameservers]
         except dns.exception.DNSException as exc:
-            notes.append(f"route53 zone {zone}: cannot get its NS set: {exc}")
+            notes.append(peer_text(f"route53 zone {zone}: cannot get its NS set: {exc}"))
             continue
         targets.extend(
             nameserver_target(cfg, zone, n, host) for n, host in enumerate(names, start=1)

@@ -37,6 +37,9 @@ class Report:
     """One Happy Eyeballs race per target whose probes list `race` (not in results)."""
     families: tuple[Family, ...] = FAMILIES
     """The families this round was asked to probe (`--family`, `families`)."""
+    offline: str | None = None
+    """Why this vantage cannot probe at all (no DNS server answered any query), in one line;
+    None when it can."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
@@ -99,6 +102,7 @@ def report_json(report: Report, *, exit_status: int | None = None) -> dict[str, 
         "vantage_ipv6": report.vantage_check.ipv6,
         "vantage_ipv6_reason": report.vantage_check.reason,
         "vantage_routes": report.vantage_check.routes,
+        "vantage_offline": report.offline,
         "notes": list(report.notes),
         "counts": counts(report.parity),
     }

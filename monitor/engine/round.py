@@ -141,4 +141,5 @@ async def run_round(
         notes=tuple(notes),
         races=tuple(races),
         families=tuple(families),
+        offline=reach.summary() if (reach := resolver.reach()).offline else None,
     )

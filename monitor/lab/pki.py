@@ -1,11 +1,14 @@
 """Throw-away PKI for the lab: two trusted CAs (trustme) and leaf certificates as PEM files.
-Keys are unencrypted and short-lived by design; never use these files outside the lab."""
+Keys are unencrypted and short-lived by design; never use these files outside the lab. Every
+file is written as a new one renamed into place (write_file), never through a planted link."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,12 +50,26 @@ def _safe_label(label: str) -> str:
     return label
 
 
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write `path` as a new file, never through what is there: a fresh file of its own
+    (O_EXCL, O_NOFOLLOW, created with `mode`) renamed over the name, so a symlink planted at
+    the name is replaced, not followed, and a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(tmp, flags, mode)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)  # whatever the umask
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def _write_private(path: Path, data: bytes) -> None:
-    # Created 0600 from the start, and re-chmodded in case a previous run left the file behind.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(data)
+    write_file(path, data, 0o600)
 
 
 class LabPki:
@@ -72,10 +89,11 @@ class LabPki:
         self.ca1_file = workdir / "ca.pem"
         self.ca2_file = workdir / "ca2.pem"
         self.ca_file = workdir / "ca_bundle.pem"
-        self._cas[CA1_NAME].cert_pem.write_to_path(str(self.ca1_file))
-        self._cas[CA2_NAME].cert_pem.write_to_path(str(self.ca2_file))
-        self.ca_file.write_bytes(
-            self._cas[CA1_NAME].cert_pem.bytes() + self._cas[CA2_NAME].cert_pem.bytes()
+        write_file(self.ca1_file, self._cas[CA1_NAME].cert_pem.bytes())
+        write_file(self.ca2_file, self._cas[CA2_NAME].cert_pem.bytes())
+        write_file(
+            self.ca_file,
+            self._cas[CA1_NAME].cert_pem.bytes() + self._cas[CA2_NAME].cert_pem.bytes(),
         )
         self.certs: dict[str, IssuedCert] = {}
 
@@ -122,7 +140,7 @@ class LabPki:
         )
         cert_file = self.workdir / f"{label}.pem"
         key_file = self.workdir / f"{label}.key"
-        leaf.cert_chain_pems[0].write_to_path(str(cert_file))
+        write_file(cert_file, leaf.cert_chain_pems[0].bytes())
         _write_private(key_file, leaf.private_key_pem.bytes())
         cert = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
         spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)

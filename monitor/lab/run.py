@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import stat
 import sys
 import textwrap
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 import yaml
 
 from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab
+from monitor.lab.pki import write_file
 from probes.base import PROBE_KINDS
 
 _TRANSPORT = ("tcp", "tls", "http2", "http3")
@@ -92,7 +95,9 @@ def lab_config(lab: Lab, *, vantage: str = "lab", interval: str = "15s") -> dict
         "interval": interval,
         "timeout": "2s",
         "resolver": {"nameservers": ["::1", "127.0.0.1"], "port": lab.dns_port},
-        "tls": {"ca_file": str(lab.ca_file)},
+        # Absolute: the loader reads a relative path against the config's own folder, and the
+        # lab's folder may have been given relative to the working one.
+        "tls": {"ca_file": str(lab.ca_file.resolve())},
         "parity": {"slower_ratio": 3.0, "slower_margin": "250ms"},
         "route53": {"zones": [ZONE], "port": lab.dns_port},
         "targets": targets,
@@ -104,10 +109,10 @@ def write_config(lab: Lab, path: Path, *, vantage: str = "lab", interval: str = 
         "# Written by `probe lab up` for the lab running now; it is useless once the lab stops.\n"
         f"# Try: probe run --config {path}\n"
     )
-    path.write_text(
-        header
-        + yaml.safe_dump(lab_config(lab, vantage=vantage, interval=interval), sort_keys=False)
+    text = header + yaml.safe_dump(
+        lab_config(lab, vantage=vantage, interval=interval), sort_keys=False
     )
+    write_file(path, text.encode("utf-8"))
     return path
 
 
@@ -160,15 +165,45 @@ def describe(lab: Lab) -> str:
     return "\n".join(lines)
 
 
+class LabDirError(Exception):
+    """The --dir cannot be used safely; the message is one line for a person."""
+
+
+def prepare_workdir(workdir: Path) -> Path:
+    """The lab's folder, absolute: created private (0700) when missing; an existing one must be
+    a real folder (not a symlink) of this user that nobody else may write to, since the lab
+    writes private keys into it."""
+    if not workdir.exists() and not workdir.is_symlink():
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(mode=0o700)
+        os.chmod(workdir, 0o700)  # whatever the umask
+        return workdir.resolve()
+    info = workdir.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise LabDirError(f"{workdir} is a symbolic link: give the folder itself as --dir")
+    if not stat.S_ISDIR(info.st_mode):
+        raise LabDirError(f"{workdir} is not a folder")
+    if info.st_uid != os.geteuid():
+        raise LabDirError(
+            f"{workdir} is owned by uid {info.st_uid}, not by you (uid {os.geteuid()}): "
+            "use a folder of your own as --dir"
+        )
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LabDirError(
+            f"{workdir} is writable by others (mode {stat.S_IMODE(info.st_mode):04o}): "
+            "chmod go-w it or use another --dir"
+        )
+    return workdir.resolve()
+
+
 async def _serve(workdir: Path) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows loops
             loop.add_signal_handler(sig, stop.set)
     async with Lab(workdir) as lab:
-        path = write_config(lab, workdir.resolve() / "lab.yml")
+        path = write_config(lab, workdir / "lab.yml")
         print(
             f"dualstack lab up: DNS on [::1]:{lab.dns_port} and 127.0.0.1:{lab.dns_port}, "
             f"CA bundle {lab.ca_file}"
@@ -182,6 +217,14 @@ async def _serve(workdir: Path) -> None:
 
 
 def lab_up(workdir: Path) -> int:
+    try:
+        workdir = prepare_workdir(workdir)
+    except LabDirError as exc:
+        print(f"probe lab up: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"probe lab up: {workdir}: {exc.strerror}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(_serve(workdir))
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ EXIT_OK = 0
 EXIT_IPV6_WORSE = 1
 EXIT_USAGE = 2
 EXIT_NO_IPV6 = 3
+EXIT_OFFLINE = 4
 
 
 def _either(items: Iterable[str]) -> str:
@@ -55,6 +56,13 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
         code=EXIT_USAGE,
         meaning="usage or configuration error (one line on stderr says which)",
         next_step="probe run --help; the configuration: docs/configuration.md",
+    ),
+    ExitStatus(
+        code=EXIT_OFFLINE,
+        meaning="this vantage cannot probe at all: no DNS server answered any query of the run "
+        "(one line on stderr names the servers and their errors)",
+        next_step="is this machine online? check its resolver, or name one: "
+        "{rerun} --resolver ADDR",
     ),
     ExitStatus(
         code=EXIT_NO_IPV6,
@@ -99,7 +107,10 @@ def exit_help() -> str:
 
 
 def exit_status(report: Report) -> int:
-    """First match wins: 3 no IPv6 at this vantage; 1 IPv6 worse somewhere; 0 otherwise."""
+    """First match wins (2, usage, is decided before any report): 4 this vantage cannot probe
+    at all; 3 no IPv6 at this vantage; 1 IPv6 worse somewhere; 0 otherwise."""
+    if report.offline is not None:
+        return EXIT_OFFLINE
     if report.vantage_check.ipv6 is False:
         return EXIT_NO_IPV6
     if any(p.verdict in REGRESSIONS for p in report.parity):

@@ -1,8 +1,10 @@
 """Logging setup for `probe serve`: text for people or JSON lines for log pipelines.
 
-Structured fields travel in `extra={"fields": {...}}` and become top-level JSON keys. The
-libraries' own records (aioquic, aiohttp, asyncio) below ERROR are dropped unless the level is
-debug; what is kept is written in the same format as ours.
+Structured fields travel in `extra={"fields": {...}}` and become top-level JSON keys, or
+`key="value"` pairs in text, where every string is quoted and no control character is printed
+raw: a value a peer chose cannot start a line of its own or drive the terminal. The libraries'
+own records (aioquic, aiohttp, asyncio) below ERROR are dropped unless the level is debug;
+what is kept is written in the same format as ours.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from probes.text import escape_controls
 
 OUR_LOGGERS = frozenset({"dualstack", "monitor", "probes"})
 
@@ -47,12 +51,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)
 
 
+def quote(value: object) -> str:
+    """A field value for a text line: numbers, booleans and None as they are, anything else
+    in double quotes with `"` escaped and control characters as visible escapes."""
+    if value is None or isinstance(value, bool | int | float):
+        return str(value)
+    return '"' + escape_controls(str(value)).replace('"', '\\"') + '"'
+
+
 class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # The message may quote a peer too (through %s): escaped, it stays on its line. A
+        # traceback, appended after this by format(), keeps its own lines.
+        record.message = escape_controls(record.message)
+        line = super().formatMessage(record)
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict) and fields:
-            line += " " + " ".join(f"{k}={v}" for k, v in fields.items())
+            line += " " + " ".join(f"{k}={quote(v)}" for k, v in fields.items())
         return line
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import resource
 import signal
 import socket
 
@@ -15,6 +16,7 @@ from monitor.config import Config, load_config
 from monitor.engine.check import check_sources
 from monitor.serve.exporter import make_registry
 from monitor.serve.vantage import Vantage
+from monitor.web.limits import ConnectionGate, ConnectionLimits, GatedSite, connection_cap
 from monitor.web.server import make_app, parse_listen
 from monitor.web.webconfig import WebConfig
 
@@ -39,6 +41,26 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_descriptor_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go does at start-up); returns the soft
+    limit in force. An unlimited hard limit is taken as the kernel's per-process maximum."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as f:
+                want = int(f.read())
+        except (OSError, ValueError):
+            want = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (OSError, ValueError):
+            pass  # keep what we have: the connection cap follows it
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 async def serve_forever(
     config_path: str,
     *,
@@ -47,6 +69,8 @@ async def serve_forever(
     web_config: WebConfig | None = None,
     lifecycle: bool = False,
     drain_timeout: float = 10.0,
+    header_timeout: float = 10.0,
+    idle_timeout: float = 30.0,
 ) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP (and POST /-/reload with lifecycle) reloads."""
 
@@ -77,16 +101,28 @@ async def serve_forever(
         async with lock:  # SIGHUP and POST /-/reload never interleave
             return await service.reload(load)
 
+    descriptors = raise_descriptor_limit()
+    limits = ConnectionLimits(
+        header_timeout=header_timeout,
+        idle_timeout=idle_timeout,
+        max_connections=connection_cap(descriptors, cfg.concurrency),
+    )
+    gate = ConnectionGate(limits, ssl_context=web_config.ssl_context if web_config else None)
     app = make_app(
         service.store,
         make_registry(service.store),
         web_config=web_config,
         reload=reload if lifecycle else None,
+        middlewares=(gate.middleware(),),
     )
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # aiohttp's keep-alive timer closes a connection without a complete request for this long
+    # (its default is an hour); the gate's header deadline covers the first request.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout
+    )
     await runner.setup()
     sock = listen_socket(host, port)
-    site = web.SockSite(runner, sock, ssl_context=web_config.ssl_context if web_config else None)
+    site = GatedSite(runner, sock, gate)
     await site.start()
     bound = sock.getsockname()[1]
     scheme = "https" if web_config and web_config.ssl_context else "http"
@@ -96,8 +132,23 @@ async def serve_forever(
         scheme,
         shown,
         bound,
-        extra={"fields": {"event": "listening", "port": bound}},
+        extra={
+            "fields": {
+                "event": "listening",
+                "port": bound,
+                "max_connections": limits.max_connections,
+                "descriptor_limit": descriptors,
+            }
+        },
     )
+
+    if web_config is not None and web_config.users and web_config.ssl_context is None:
+        log.warning(
+            "basic auth over plain HTTP: passwords cross the network in clear text; "
+            "set tls_server_config in %s",
+            web_config.path,
+            extra={"fields": {"event": "basic_auth_without_tls"}},
+        )
 
     await service.apply(cfg)
     scheduler = loop.create_task(service.scheduler.run(), name="scheduler")

@@ -124,9 +124,13 @@ class Scheduler:
 
     def set_targets(self, targets: Iterable[Target]) -> tuple[set[JobKey], set[JobKey]]:
         """Reconcile jobs with a new target list. Unchanged jobs keep their schedule and any
-        run in flight; returns (added, removed)."""
+        run in flight; returns (added, removed). Raises ValueError, changing nothing, when a
+        target's interval or timeout is not a positive finite number."""
         wanted: dict[JobKey, Target] = {}
         for t in targets:
+            for value, what in ((t.interval, "interval"), (t.timeout, "timeout")):
+                if not (math.isfinite(value) and value > 0):
+                    raise ValueError(f"target {t.name}: {what} {value!r} is not a positive number")
             for probe in t.probes:
                 wanted[(t.name, probe)] = t
         removed = set(self.jobs) - set(wanted)

@@ -87,6 +87,8 @@ class Store:
     reload_time: float = field(default_factory=time.time)
     started: float = field(default_factory=time.time)
     notes: tuple[str, ...] = ()
+    offline: str | None = None
+    """Why this vantage cannot probe at all (no DNS server answered in the last window)."""
     configured: bool = False
     """A configuration has been applied (until then nothing is ready, however empty)."""
     before_scrape: Callable[[], None] | None = None
@@ -180,4 +182,5 @@ class Store:
             parity=tuple(p for _, p in sorted(self.parity.items())),
             notes=self.notes,
             races=tuple(r for _, r in sorted(self.races.items())),
+            offline=self.offline,
         )

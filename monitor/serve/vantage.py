@@ -91,22 +91,26 @@ class Vantage:
     # -- configuration -----------------------------------------------------------------------
 
     async def apply(self, cfg: Config) -> None:
-        """Adopt a configuration: jobs are added and removed, the others keep their slots."""
-        self.cfg = cfg
-        self.env = make_env(cfg)
-        self.resolver = make_resolver(cfg, self.env)
+        """Adopt a configuration: jobs are added and removed, the others keep their slots.
+
+        What can fail (the probe environment, the zones' name servers, the scheduler's checks
+        of every job) happens before anything running is touched: a failure leaves the running
+        configuration whole, store and scheduler alike."""
+        env = make_env(cfg)
+        resolver = make_resolver(cfg, env)
+        ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
+        targets = {t.name: t for t in (*cfg.targets, *ns_targets)}
+        added, removed = self.scheduler.set_targets(targets.values())  # checks, then changes
+        self.cfg, self.env, self.resolver = cfg, env, resolver
         self.cache.clear()
         self.store.vantage = cfg.vantage
-        ranges = self.env.ip_ranges
+        ranges = env.ip_ranges
         self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
         self.store.site = cfg.site or cfg.vantage
-        ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
-        targets = {t.name: t for t in (*cfg.targets, *ns_targets)}
         self.store.notes = tuple(notes)
         self.store.set_targets(targets)
-        added, removed = self.scheduler.set_targets(targets.values())
         self.store.reload_ok = True
         self.store.reload_time = time.time()
         if not self._frozen:
@@ -128,18 +132,20 @@ class Vantage:
         )
 
     async def reload(self, load: Callable[[], Config]) -> bool:
-        """Load and apply a configuration; a bad one keeps the running one (and says so)."""
+        """Load and apply a configuration; one that fails, whatever the cause, keeps the running
+        one whole (and says so: the log, dualstack_config_last_reload_successful 0)."""
         try:
-            cfg = load()
-        except ConfigError as exc:
+            await self.apply(load())
+        except Exception as exc:  # a bad file, or a bug: either way the service runs on
             self.store.reload_ok = False
+            known = isinstance(exc, ConfigError)
             log.error(
                 "reload failed, keeping the running configuration: %s",
-                exc,
+                exc if known else f"{type(exc).__name__}: {exc}",
+                exc_info=not known,
                 extra={"fields": {"event": "reload_failed"}},
             )
             return False
-        await self.apply(cfg)
         return True
 
     # -- jobs --------------------------------------------------------------------------------
@@ -320,8 +326,27 @@ class Vantage:
             )
             self._rejudge_all()
 
+    def check_dns(self) -> None:
+        """Did any DNS server answer since the last look? None at all (and some query made)
+        means this vantage cannot probe: said once when it starts and once when it ends
+        (logs, /readyz, the report's vantage_offline), not at every query."""
+        reach = self.resolver.take_reach()
+        if reach.answered:
+            state = None
+        elif reach.unanswered:
+            state = reach.summary()
+        else:
+            return  # no query in this window: nothing learnt
+        was = self.store.offline
+        self.store.offline = state
+        if state is not None and was is None:
+            log.warning(state, extra={"fields": {"event": "dns_unreachable"}})
+        elif state is None and was is not None:
+            log.info("a DNS server answers again", extra={"fields": {"event": "dns_reachable"}})
+
     async def housekeeping(self, every: float = 10.0) -> None:
         while True:
             self.check_vantage()
+            self.check_dns()
             self._sync_scheduler_stats()
             await asyncio.sleep(every)

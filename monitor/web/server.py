@@ -10,9 +10,10 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import exposition
 from prometheus_client.registry import CollectorRegistry
 
@@ -45,15 +46,33 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, number
 
 
+def cross_site(request: web.Request) -> str | None:
+    """Why a state-changing request looks sent by a page of another site, or None.
+
+    A browser adds `Origin` (and `Sec-Fetch-Site`) to a cross-site POST, even to one it may
+    send without asking (a form); curl and Prometheus send neither. Without this guard any page
+    a user of the vantage's network opens could reload it, with or without basic auth (a
+    browser would replay cached credentials)."""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"cross-site request refused (Sec-Fetch-Site: {site})"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return "cross-site request refused (Origin is not this server)"
+    return None
+
+
 def make_app(
     store: Store,
     registry: CollectorRegistry,
     *,
     web_config: WebConfig | None = None,
     reload: Callable[[], Awaitable[bool]] | None = None,
+    middlewares: Sequence[Middleware] = (),
 ) -> web.Application:
+    """The app; `middlewares` go outside the web config's (the connection gate's tracking)."""
     cfg = web_config or WebConfig()
-    app = web.Application(middlewares=web_middlewares(cfg, exempt=UNAUTHENTICATED))
+    app = web.Application(middlewares=(*middlewares, *web_middlewares(cfg, exempt=UNAUTHENTICATED)))
 
     async def metrics(request: web.Request) -> web.Response:
         encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
@@ -64,6 +83,8 @@ def make_app(
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
+        if store.offline is not None:
+            return web.Response(status=503, text=f"not ready: {store.offline}\n")
         if store.ready:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="first round not done yet\n")
@@ -95,7 +116,10 @@ def make_app(
     app.router.add_get("/", status)
     if reload is not None:
 
-        async def do_reload(_: web.Request) -> web.Response:
+        async def do_reload(request: web.Request) -> web.Response:
+            refused = cross_site(request)
+            if refused is not None:
+                return web.Response(status=403, text=f"403: {refused}\n")
             ok = await reload()
             if ok:
                 return web.Response(text="reloaded\n")

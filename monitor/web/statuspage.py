@@ -411,6 +411,9 @@ def render_status_page(
         else '<span class="badge unknown" id="readiness">first round not done yet</span>'
     )
     banners = []
+    offline = doc.get("vantage_offline")
+    if isinstance(offline, str):
+        banners.append(f'<p class="banner alarm" role="alert" id="offline">{_e(offline)}</p>')
     if v6 is False and doc.get("vantage_ipv6_reason") == "ipv6_broken":
         banners.append(
             '<p class="banner alarm" role="alert" id="no-ipv6-warning">This vantage\'s IPv6 is '

@@ -474,21 +474,58 @@ def _unauthorized() -> web.Response:
     )
 
 
+def _too_many() -> web.Response:
+    return web.Response(status=429, text="429: Too Many Requests\n", headers={"Retry-After": "1"})
+
+
+MAX_PENDING_CHECKS: Final = 8
+"""bcrypt checks waiting or running at once, all clients together; more are answered 429."""
+CHECKS_PER_CLIENT: Final = 1
+"""Distinct checks one client address may have waiting or running; more are answered 429.
+Requests carrying the same credentials share one check and do not count twice."""
+
+
+def _cost(hashed: bytes) -> int:
+    return int(hashed[4:6])
+
+
+def _decoy(cost: int) -> bytes:
+    """A well-formed bcrypt hash of `cost` that no password matches (random salt and digest,
+    their spare low bits zero): checking it costs what checking a real one of that cost does."""
+    pick = secrets.choice
+    salt = "".join(pick(_BCRYPT_ALPHABET) for _ in range(21)) + pick(_BCRYPT_ALPHABET[::16])
+    digest = "".join(pick(_BCRYPT_ALPHABET) for _ in range(30)) + pick(_BCRYPT_ALPHABET[::4])
+    return f"$2b${cost:02d}${salt}{digest}".encode("ascii")
+
+
 def basic_auth_middleware(cfg: WebConfig, *, exempt: Collection[str] = ()) -> Middleware:
     """Require basic auth (cfg.users) on every path but `exempt` (exact request paths).
 
     No users: everything passes. Successful checks are cached per user as an HMAC (random
     per-process key) of stored hash and password, compared in constant time, so a scrape
-    every 15 s costs one bcrypt run, not one per request; failures are never cached. Unknown
-    users still cost a bcrypt run (against a configured hash) so timing does not reveal them.
-    bcrypt runs in a worker thread, one at a time.
+    every 15 s costs one bcrypt run, not one per request; failures are never cached.
+
+    bcrypt runs in a worker thread, one at a time, so a flood of bad logins cannot take more
+    than one core. What waits for it is bounded: each client address may have one distinct
+    check pending (requests with the same credentials share it) and all clients together
+    MAX_PENDING_CHECKS; beyond that the answer is 429 at once, so bogus logins from one
+    address cannot queue up in front of a real login from another.
+
+    A failed check costs the same bcrypt work whoever it names: an unknown user is checked
+    against a decoy of the highest configured cost, and a known user whose hash is cheaper
+    also runs decoys of the costs in between (2^c + 2^c + ... + 2^(max-1) = 2^max), so timing
+    tells neither which names exist nor which of them have cheap hashes.
     """
     users = dict(cfg.users)
     exempt_paths = frozenset(exempt)
     cache_key = secrets.token_bytes(32)
     verified: dict[str, bytes] = {}  # user -> digest of (hash, password) that bcrypt accepted
     lock = asyncio.Lock()
-    decoy = max(users.values(), key=lambda h: int(h[4:6]), default=b"")
+    max_cost = max((_cost(h) for h in users.values()), default=4)
+    costs = {_cost(h) for h in users.values()}
+    decoys = {c: _decoy(c) for c in range(min(costs, default=max_cost), max_cost + 1)}
+    in_flight: dict[tuple[str, bytes], asyncio.Future[bool]] = {}
+    per_client: dict[str, int] = {}
 
     def digest(hashed: bytes, password: bytes) -> bytes:
         return hmac.new(cache_key, hashed + b"\0" + password, hashlib.sha256).digest()
@@ -496,28 +533,67 @@ def basic_auth_middleware(cfg: WebConfig, *, exempt: Collection[str] = ()) -> Mi
     def cached(user: str, token: bytes) -> bool:
         return hmac.compare_digest(verified.get(user, b""), token)
 
-    async def check(user: str, password: bytes) -> bool:
-        hashed = users.get(user)
-        token = digest(hashed or decoy, password)
-        if hashed is not None and cached(user, token):
+    def work(password: bytes, hashed: bytes) -> bool:
+        """In a worker thread: the check, then, when it failed, the padding up to max_cost."""
+        if bcrypt.checkpw(password, hashed):
             return True
+        for cost in range(_cost(hashed), max_cost):
+            bcrypt.checkpw(password, decoys[cost])
+        return False
+
+    async def run(user: str, password: bytes, hashed: bytes | None, token: bytes) -> bool:
         async with lock:
             if hashed is not None and cached(user, token):  # a request we queued behind
                 return True
             ok = await asyncio.to_thread(
-                bcrypt.checkpw, password[:_BCRYPT_MAX_PASSWORD], hashed or decoy
+                work, password[:_BCRYPT_MAX_PASSWORD], hashed or decoys[max_cost]
             )
         if ok and hashed is not None:
             verified[user] = token
             return True
         return False
 
+    async def check(client: str, user: str, password: bytes) -> bool | None:
+        """True or False; None when too many checks are pending (429)."""
+        hashed = users.get(user)
+        token = digest(hashed or decoys[max_cost], password)
+        if hashed is not None and cached(user, token):
+            return True
+        key = (user, token)
+        shared = in_flight.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)
+        if per_client.get(client, 0) >= CHECKS_PER_CLIENT or len(in_flight) >= MAX_PENDING_CHECKS:
+            return None
+        task = asyncio.ensure_future(run(user, password, hashed, token))
+        in_flight[key] = task
+        # Gone from in_flight when it ends, even if every request waiting on it went away.
+        task.add_done_callback(lambda done: forget(key, done))
+        per_client[client] = per_client.get(client, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            per_client[client] -= 1
+            if per_client[client] <= 0:
+                del per_client[client]
+
+    def forget(key: tuple[str, bytes], task: asyncio.Future[bool]) -> None:
+        if in_flight.get(key) is task:
+            del in_flight[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure is the waiter's to see, never "unhandled"
+
     @web.middleware
     async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not users or request.path in exempt_paths:
             return await handler(request)
         credentials = _parse_basic(request.headers.get("Authorization", ""))
-        if credentials is None or not await check(*credentials):
+        if credentials is None:
+            return _unauthorized()
+        verdict = await check(request.remote or "", *credentials)
+        if verdict is None:
+            return _too_many()
+        if not verdict:
             return _unauthorized()
         return await handler(request)
 
