@@ -389,7 +389,7 @@ def test_central_prometheus_scrapes_vantage_a_and_b() -> None:
     targets = {t for j in doc["scrape_configs"] for s in j["static_configs"] for t in s["targets"]}
     assert {"vantage-a:9851", "vantage-b:9851"} <= targets
     # and the pushed vantages, from the receiver, with the labels they were pushed with
-    (pushed,) = [j for j in doc["scrape_configs"] if j["metrics_path"] == "/federate"]
+    (pushed,) = [j for j in doc["scrape_configs"] if j.get("metrics_path") == "/federate"]
     assert pushed["honor_labels"] is True
     assert pushed["static_configs"] == [{"targets": ["prometheus-receiver:9090"]}]
 
