@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 from pathlib import Path
 from typing import Any
@@ -253,14 +252,20 @@ class _H3Client(QuicConnectionProtocol):
             self.done.set_result(None)
 
 
+_FILES: dict[str, tuple[FileStamp, bytes]] = {}
+
+
 def _read(path: str) -> bytes:
-    """The file's bytes, cached until it changes (probes.base.file_stamp)."""
-    return _read_stamped(path, file_stamp(path))
-
-
-@functools.lru_cache(maxsize=64)
-def _read_stamped(path: str, stamp: FileStamp) -> bytes:
-    return Path(path).read_bytes()
+    """The file's bytes, cached (one copy per path) until it changes (probes.base.file_stamp)."""
+    stamp = file_stamp(path)
+    hit = _FILES.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    data = Path(path).read_bytes()
+    if len(_FILES) >= 64:
+        _FILES.clear()
+    _FILES[path] = (stamp, data)
+    return data
 
 
 # QUIC carries a TLS alert as CRYPTO_ERROR 0x100 + alert (RFC 9001, 4.8).
