@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import ipaddress
 import socket
 import ssl
@@ -261,20 +260,28 @@ class _H3Client(QuicConnectionProtocol):
 
 
 def trust_store(cafile: str | None) -> crypto.X509Store:
-    """certifi's bundle plus `cafile`, like the ssl probes' system store plus `ca_file`;
-    built once per version of the file (probes.base.file_stamp: a CA bundle rewritten in
-    place, a restarted lab or a rotation, is read again)."""
-    return _trust_store(cafile, file_stamp(cafile) if cafile else None)
+    """certifi's bundle plus `cafile`, like the ssl probes' system store plus `ca_file`.
 
-
-@functools.lru_cache(maxsize=8)
-def _trust_store(cafile: str | None, _stamp: FileStamp | None) -> crypto.X509Store:
+    One store per file, built again when the file changes (probes.base.file_stamp: a CA bundle
+    rewritten in place, a restarted lab or a rotation), so a file that changes often costs
+    one store, not one per version."""
+    stamp = file_stamp(cafile) if cafile else None
+    hit = _STORES.get(cafile)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     store = crypto.X509Store()
     store.load_locations(certifi.where())
     if cafile:
         for cert in x509.load_pem_x509_certificates(Path(cafile).read_bytes()):
             store.add_cert(crypto.X509.from_cryptography(cert))
+    if len(_STORES) >= _MAX_STORES:
+        _STORES.clear()
+    _STORES[cafile] = (stamp, store)
     return store
+
+
+_MAX_STORES = 16
+_STORES: dict[str | None, tuple[FileStamp | None, crypto.X509Store]] = {}
 
 
 def verify_peer(

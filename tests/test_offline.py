@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from serving import serve
@@ -27,6 +28,7 @@ from monitor.lab import Lab, endpoint_host
 from monitor.lab.run import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
 RESOLVERS = ("2001:db8::53", "198.51.100.53")
 
 
@@ -134,6 +136,7 @@ def test_closed_resolver_port_is_exit_4(
     assert err.count("\n") == 1 and f"127.0.0.1 port {dead_port}: timed out" in err
     assert "is this machine online?" in err
     assert doc["vantage_offline"] == err.strip().removeprefix("probe: ")
+    jsonschema.validate(doc, SCHEMA)
 
 
 def test_silent_resolver_is_exit_4(
@@ -182,3 +185,13 @@ def test_serve_logs_and_readyz_say_why(lab_session: Lab, tmp_path: Path, dead_po
             time.sleep(0.3)
         assert served.get("/readyz") == (200, "ready\n")
         assert len(served.events("dns_unreachable")) == 1
+
+
+def test_status_page_says_why() -> None:
+    from monitor.web.statuspage import render_status_page
+
+    doc = json.loads((ROOT / "tests" / "testdata" / "status" / "report.json").read_text())
+    doc["vantage_offline"] = "no DNS server answered any query (<x>): is this machine online?"
+    page = render_status_page(doc, ready=True, now=time.time())
+    assert 'id="offline"' in page and "is this machine online?" in page
+    assert "<x>" not in page and "&lt;x&gt;" in page

@@ -54,3 +54,20 @@ async def test_a_ca_file_rewritten_in_place_is_read_again(kind: ProbeKind, tmp_p
     os.utime(ca_file, ns=(0, os.stat(ca_file).st_mtime_ns + 1_000_000))
     with server(second) as two:
         assert await probe(kind, two.port, ca_file), "the old CA is still trusted"
+
+
+def test_a_rotated_ca_replaces_its_context_not_adds_one(tmp_path: Path) -> None:
+    """The 30-minute soak's RSS grew by a few hundred kB per lab restart: every new CA kept the
+    old contexts too. One context per (CA file, ALPN, settings), however often it changes."""
+    from probes import base
+
+    ca_file = tmp_path / "ca.pem"
+    spec = TlsSpec()
+    for i in range(10):
+        (tmp_path / f"{i}").mkdir()
+        shutil.copy(issue(tmp_path / f"{i}", "trust.example").ca_file, ca_file)
+        os.utime(ca_file, ns=(0, 10**18 + i))
+        base.make_client_context(str(ca_file), ("h2",), spec)
+        base.make_client_context(str(ca_file), ("h2",), spec, verify=False)
+    mine = [k for k in base._CONTEXTS if k[0] == str(ca_file)]
+    assert len(mine) == 2
