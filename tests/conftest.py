@@ -1,5 +1,5 @@
 """Test-wide fixtures: the network guard (autouse, this process and every child Python) and the
-lab of real servers on loopback, started once per session in its own thread and event loop."""
+lab of real servers on loopback, started once per session in a process of its own."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import guard  # noqa: E402
 
 guard.install()
 
-from lab.thread import LabThread  # noqa: E402
+from lab.process import LabProcess  # noqa: E402
 
-from monitor.lab import Lab  # noqa: E402
+from monitor.lab import LabFacts  # noqa: E402
 from monitor.lab.run import write_config  # noqa: E402
 
 
@@ -54,12 +54,12 @@ def network_guard(_guard_children: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def lab_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+def lab_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabFacts]:
     """The lab's real DNS, TLS/HTTP/2 and HTTP/3 servers on ::1 and 127.0.0.1, once a session."""
-    with LabThread(tmp_path_factory.mktemp("lab")) as lab:
+    with LabProcess(tmp_path_factory.mktemp("lab")) as lab:
         yield lab
 
 
 @pytest.fixture(scope="session")
-def lab_config_file(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lab_config_file(lab_session: LabFacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_config(lab_session, tmp_path_factory.mktemp("labcfg") / "lab.yml")

@@ -32,7 +32,7 @@ from promstack import alertmanager, prometheus, write_scrape_config
 from serving import serve
 from webhook import webhook_sink
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs" / "prometheus" / "rules"
@@ -75,7 +75,9 @@ def wait(what: str, check: Any, timeout: float, detail: Any = None) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{more}")
 
 
-def test_ipv6_down_fires_notifies_inhibits_and_resolves(lab_session: Lab, tmp_path: Path) -> None:
+def test_ipv6_down_fires_notifies_inhibits_and_resolves(
+    lab_session: LabFacts, tmp_path: Path
+) -> None:
     healthy = lab_session.endpoint("healthy")
     with fault_proxy(healthy.port) as proxy, webhook_sink() as sink:
         proxy.ipv6_broken = True  # the fault: IPv6 connections reset, IPv4 forwarded

@@ -19,7 +19,7 @@ from monitor.config import load_config
 from monitor.engine.parity import Verdict
 from monitor.engine.report import Report
 from monitor.engine.round import run_round
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 
 SYNC = "1790000000"
@@ -45,7 +45,7 @@ V4 = [("127.0.0.0/8", "us-east-1", "AMAZON"), ("127.0.0.0/24", "us-east-1", "S3"
 V6_ELSEWHERE = [("::1/128", "eu-west-1", "AMAZON")]
 
 
-def lab_config(lab: Lab, tmp_path: Path, doc: dict[str, Any], **extra: Any) -> Path:
+def lab_config(lab: LabFacts, tmp_path: Path, doc: dict[str, Any], **extra: Any) -> Path:
     """The lab's `healthy` endpoint (tcp, tls) attributed with `doc` as ip_ranges.file."""
     base = write_config(lab, tmp_path / "base.yml", **extra)
     data = yaml.safe_load(base.read_text())
@@ -65,7 +65,7 @@ def run(path: Path) -> Report:
     return asyncio.run(run_round(cfg, cfg.targets))
 
 
-def test_ipv6_outside_every_prefix_is_a_mismatch(lab_session: Lab, tmp_path: Path) -> None:
+def test_ipv6_outside_every_prefix_is_a_mismatch(lab_session: LabFacts, tmp_path: Path) -> None:
     report = run(lab_config(lab_session, tmp_path, ranges(V4, [])))
     for p in report.parity:
         assert p.verdict is Verdict.MISMATCH, p
@@ -78,7 +78,7 @@ def test_ipv6_outside_every_prefix_is_a_mismatch(lab_session: Lab, tmp_path: Pat
     assert by[("tcp", "ipv6")].aws is None
 
 
-def test_families_in_different_regions_is_normal(lab_session: Lab, tmp_path: Path) -> None:
+def test_families_in_different_regions_is_normal(lab_session: LabFacts, tmp_path: Path) -> None:
     report = run(lab_config(lab_session, tmp_path, ranges(V4, V6_ELSEWHERE)))
     for p in report.parity:
         assert p.verdict is Verdict.OK, p
@@ -91,7 +91,7 @@ def test_families_in_different_regions_is_normal(lab_session: Lab, tmp_path: Pat
         assert "address.in_aws_ranges" not in diffs
 
 
-def test_ipv4_outside_while_ipv6_inside_is_normal(lab_session: Lab, tmp_path: Path) -> None:
+def test_ipv4_outside_while_ipv6_inside_is_normal(lab_session: LabFacts, tmp_path: Path) -> None:
     report = run(lab_config(lab_session, tmp_path, ranges([], V6_ELSEWHERE)))
     for p in report.parity:
         assert p.verdict is Verdict.OK, p
@@ -99,7 +99,7 @@ def test_ipv4_outside_while_ipv6_inside_is_normal(lab_session: Lab, tmp_path: Pa
         assert (diff.ipv4, diff.ipv6, diff.significant) == (False, True, False)
 
 
-def test_custom_targets_are_not_judged_by_aws_ranges(lab_session: Lab, tmp_path: Path) -> None:
+def test_custom_targets_are_not_judged_by_aws_ranges(lab_session: LabFacts, tmp_path: Path) -> None:
     path = lab_config(lab_session, tmp_path, ranges(V4, []))
     data = yaml.safe_load(path.read_text())
     data["targets"][0]["service"] = "custom"
@@ -118,7 +118,7 @@ def test_custom_targets_are_not_judged_by_aws_ranges(lab_session: Lab, tmp_path:
     ],
 )
 def test_a_ranges_file_that_cannot_be_used_is_exit_2(
-    lab_session: Lab,
+    lab_session: LabFacts,
     tmp_path: Path,
     content: str | None,
     message: str,
@@ -135,7 +135,7 @@ def test_a_ranges_file_that_cannot_be_used_is_exit_2(
     assert "ip_ranges.file" in err and message in err, err
 
 
-def test_the_metric_in_a_real_prometheus(lab_session: Lab, tmp_path: Path) -> None:
+def test_the_metric_in_a_real_prometheus(lab_session: LabFacts, tmp_path: Path) -> None:
     path = lab_config(lab_session, tmp_path, ranges(V4, []), vantage="lab-ranges", interval="2s")
     with serve(path) as served:
         served.wait_ready()

@@ -18,7 +18,7 @@ from serving import serve
 
 from monitor.cli import main
 from monitor.config import Config, ConfigError, load_config, parse_duration
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 from monitor.serve.vantage import Vantage
 
@@ -141,7 +141,9 @@ def metric(text: str, name: str) -> float | None:
     return None
 
 
-def test_reload_to_nan_keeps_the_running_configuration(lab_session: Lab, tmp_path: Path) -> None:
+def test_reload_to_nan_keeps_the_running_configuration(
+    lab_session: LabFacts, tmp_path: Path
+) -> None:
     """POST /-/reload to `interval: .nan`: refused (500), the gauge is 0, every job of the
     running configuration still runs and the new target never appears."""
     cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="numbers", interval="1s")

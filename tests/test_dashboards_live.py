@@ -22,7 +22,7 @@ from dashboards import PanelQuery, Values, panel_queries, variable_queries
 from promstack import Prometheus, prometheus, write_scrape_config
 from serving import serve
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 
 VANTAGE = "lab-dash"
@@ -43,7 +43,7 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+def live(lab_session: LabFacts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tmp = tmp_path_factory.mktemp("dashboards-live")
     cfg = write_config(lab_session, tmp / "lab.yml", vantage=VANTAGE, interval="2s")
     with serve(cfg) as served:

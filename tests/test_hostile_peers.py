@@ -40,7 +40,7 @@ from hostile import (
 )
 
 from monitor.cli import main
-from monitor.lab import Lab, endpoint_host
+from monitor.lab import LabFacts, endpoint_host
 from probes.base import ErrorKind, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.base import TlsSpec as TargetTls
 from probes.details import QuicExchange, TlsHandshake
@@ -67,7 +67,7 @@ def pem(tmp_path: Path) -> Pem:
 
 
 def hostile_config(
-    path: Path, lab: Lab, port: int, ca_file: Path, probes: list[str], **extra: Any
+    path: Path, lab: LabFacts, port: int, ca_file: Path, probes: list[str], **extra: Any
 ) -> Path:
     """A config probing one target whose name the lab's DNS resolves to ::1 and 127.0.0.1,
     at the hostile server's port."""
@@ -133,7 +133,7 @@ PEAK_RSS = textwrap.dedent(
 
 
 def test_qpack_bomb_is_protocol_error_under_150_mb(
-    lab_session: Lab, pem: Pem, tmp_path: Path
+    lab_session: LabFacts, pem: Pem, tmp_path: Path
 ) -> None:
     """A 200 kB header block of references to one 3 kB dynamic-table entry (600 MB decoded):
     `probe run` peaks under 150 MB and says protocol_error, on both families."""
@@ -228,7 +228,7 @@ async def test_http11_header_caps(head: bytes, pem: Pem) -> None:
 
 
 def test_quic_close_reason_cannot_forge_a_log_line(
-    lab_session: Lab, pem: Pem, tmp_path: Path
+    lab_session: LabFacts, pem: Pem, tmp_path: Path
 ) -> None:
     """`probe serve --log-format text`: a CONNECTION_CLOSE reason with a newline stays inside
     its (quoted) field of the one `probe failed` line."""
@@ -285,7 +285,7 @@ def test_quic_close_reason_cannot_forge_a_log_line(
 
 
 async def test_run_table_passes_no_terminal_escapes(
-    lab_session: Lab, pem: Pem, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    lab_session: LabFacts, pem: Pem, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`probe run`'s table quotes an IPv6 failure's message: the peer's OSC and CSI sequences
     show as text, and none reaches the terminal."""

@@ -24,7 +24,7 @@ import yaml
 from serving import serve
 
 from monitor.cli import main
-from monitor.lab import Lab, endpoint_host
+from monitor.lab import LabFacts, endpoint_host
 from monitor.lab.run import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_silent_resolver_is_exit_4(
     assert "timed out" in err and "is this machine online?" in err
 
 
-def test_any_answer_means_online(lab_session: Lab, tmp_path: Path) -> None:
+def test_any_answer_means_online(lab_session: LabFacts, tmp_path: Path) -> None:
     """A resolver that answers, even NXDOMAIN, is reachable: not exit 4."""
     path = config(tmp_path, lab_session.dns_port)
     doc = yaml.safe_load(path.read_text())
@@ -160,7 +160,9 @@ def test_precedence_usage_before_offline(tmp_path: Path, dead_port: int) -> None
     assert main(["run", "--config", str(config(tmp_path, dead_port)), "--target", "nope"]) == 2
 
 
-def test_serve_logs_and_readyz_say_why(lab_session: Lab, tmp_path: Path, dead_port: int) -> None:
+def test_serve_logs_and_readyz_say_why(
+    lab_session: LabFacts, tmp_path: Path, dead_port: int
+) -> None:
     path = config(tmp_path, dead_port)
     with serve(path, "--web.enable-lifecycle") as served:
         served.wait_event("dns_unreachable", timeout=40)

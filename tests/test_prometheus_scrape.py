@@ -7,11 +7,11 @@ from pathlib import Path
 from promstack import prometheus, write_scrape_config
 from serving import serve
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 
 
-def test_prometheus_scrapes_the_vantage(lab_session: Lab, tmp_path: Path) -> None:
+def test_prometheus_scrapes_the_vantage(lab_session: LabFacts, tmp_path: Path) -> None:
     cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="lab-prom", interval="2s")
     with serve(cfg) as served:
         served.wait_ready()

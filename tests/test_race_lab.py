@@ -19,7 +19,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import RACE_WINNERS
 from probes.base import RaceResult
 
@@ -108,7 +108,7 @@ def test_races_in_the_json_report_follow_the_schema(report: Report) -> None:
         jsonschema.validate(broken, SCHEMA)
 
 
-def test_probe_run_race_only(lab_session: Lab, lab_config_file: Path) -> None:
+def test_probe_run_race_only(lab_session: LabFacts, lab_config_file: Path) -> None:
     """`--probe race`: the JSON has the race and no result; the table says who won."""
     out = io.StringIO()
     args = ["run", "--config", str(lab_config_file), "--target", "v6_timeout"]

@@ -15,7 +15,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
-from monitor.lab import FAULTS, Lab
+from monitor.lab import FAULTS, LabFacts
 from monitor.lab.run import EXPECTED, expected
 from probes import icmp
 from probes.base import ProbeResult
@@ -295,7 +295,7 @@ def test_family_filter_skips_the_other(
     assert v[("v4_only", "tcp")] == "skipped"
 
 
-def test_lab_is_real(lab_session: Lab) -> None:
+def test_lab_is_real(lab_session: LabFacts) -> None:
     assert lab_session.dns_port > 0 and len(lab_session.endpoints) == len(FAULTS)
     assert {e.fault for e in lab_session.endpoints} == set(FAULTS)
 
@@ -428,7 +428,7 @@ def test_schema_requires_the_new_keys(report: Report) -> None:
             jsonschema.validate(bad, SCHEMA)
 
 
-def test_lab_banner_never_cuts_words(lab_session: Lab) -> None:
+def test_lab_banner_never_cuts_words(lab_session: LabFacts) -> None:
     """`probe lab up`'s banner: each description and expected verdict whole, wrapped between
     words in its column, no line ending in a space."""
     from monitor.lab.run import describe, expected_text

@@ -23,7 +23,7 @@ from serving import Served, serve
 
 from monitor.config import load_config
 from monitor.engine.parity import VERDICTS
-from monitor.lab import NAMESERVERS, Lab
+from monitor.lab import NAMESERVERS, LabFacts
 from monitor.lab.run import EXPECTED, expected, write_config
 
 SCHEMA = json.loads(
@@ -57,7 +57,7 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture(scope="module")
-def config(lab_session: Lab, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def config(lab_session: LabFacts, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_config(
         lab_session,
         tmp_path_factory.mktemp("serve") / "lab.yml",
@@ -326,7 +326,9 @@ def test_logs_one_line_per_failure_and_flip(served: Served) -> None:
     assert {(e["target"], e["probe"]) for e in flips} >= {("v4_only", "tcp"), ("healthy", "tcp")}
     failures = served.events("probe_failed")
     assert failures and all(e["level"] == "warning" for e in failures)
-    assert not any(e.get("target") == "healthy" for e in failures)
+    assert not any(e.get("target") == "healthy" for e in failures), [
+        e for e in failures if e.get("target") == "healthy"
+    ]
     # A persistent failure is one line when it starts, not one per interval (3 s here).
     deadline = time.monotonic() + 30
     labels = {"target": "v4_only", "probe": "tcp", "family": "ipv6"}

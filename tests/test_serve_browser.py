@@ -10,7 +10,7 @@ import pytest
 from browser import load_page
 from serving import serve
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.statuspage import VERDICT_STYLE
 
@@ -25,7 +25,7 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
 @pytest.mark.browser
-async def test_status_page_in_chromium(lab_session: Lab, tmp_path: Path) -> None:
+async def test_status_page_in_chromium(lab_session: LabFacts, tmp_path: Path) -> None:
     cfg = write_config(lab_session, tmp_path / "lab.yml", vantage="lab-browser", interval="3s")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-status-page.png"

@@ -22,12 +22,12 @@ from promstack import free_port
 from serving import Served, serve
 from test_compose import healthcheck_code
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 
 
 @pytest.fixture
-def config(lab_session: Lab, tmp_path: Path) -> Path:
+def config(lab_session: LabFacts, tmp_path: Path) -> Path:
     path = write_config(lab_session, tmp_path / "lab.yml", vantage="defaults", interval="5s")
     text = path.read_text()
     # One cheap target is enough here.

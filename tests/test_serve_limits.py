@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from serving import Served, serve
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.limits import connection_cap, probe_reserve
 
@@ -149,7 +149,7 @@ def total(m: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> 
 
 
 @pytest.fixture
-def config(lab_session: Lab, tmp_path: Path) -> Path:
+def config(lab_session: LabFacts, tmp_path: Path) -> Path:
     path = write_config(lab_session, tmp_path / "lab.yml", vantage="limits", interval="1s")
     doc = yaml.safe_load(path.read_text())
     doc["targets"] = [{**t, "probes": PROBES} for t in doc["targets"] if t["name"] == "healthy"]

@@ -29,7 +29,7 @@ from promstack import Prometheus, free_port, http_json, prometheus
 from serving import serve
 from test_compose import SERVICES, flags, healthcheck_code, host_path, stages
 
-from monitor.lab import Lab
+from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.server import parse_listen
 
@@ -134,7 +134,7 @@ def wait_for_vantages(prom: Prometheus, names: set[str], timeout: float = 40) ->
     raise AssertionError(f"central Prometheus has {seen}, wanted {names}\n{prom.log.read_text()}")
 
 
-def test_compose_stack_natively(lab_session: Lab, tmp_path: Path) -> None:
+def test_compose_stack_natively(lab_session: LabFacts, tmp_path: Path) -> None:
     agent_flags = compose_flags("prometheus-agent")
     assert "--enable-feature=agent" in agent_flags
     central_flags = compose_flags("prometheus")

@@ -27,6 +27,7 @@ __all__ = [
     "ZONE",
     "Lab",
     "LabEndpoint",
+    "LabFacts",
     "endpoint_host",
     "lab_records",
 ]
@@ -197,6 +198,36 @@ def lab_records() -> dict[str, tuple[DnsRecord, ...]]:
     return {name: tuple(records) for name, records in data.items()}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LabFacts:
+    """What a running lab is, as plain data: what config generators and tests read.
+
+    Picklable, so a lab serving in another process (the test suite's, which must not share a
+    GIL with the code it measures) can hand it over. `Lab.facts()` makes one.
+    """
+
+    workdir: Path
+    dns_port: int
+    ca_file: Path
+    endpoints: tuple[LabEndpoint, ...]
+    # (endpoint name, address family number) -> certificate that side presents.
+    certs: Mapping[tuple[str, int], IssuedCert]
+    zone: str = ZONE
+    nameservers: tuple[str, ...] = NAMESERVERS
+    zones: tuple[str, ...] = SERVED_ZONES
+    dns_hosts: tuple[str, ...] = LOOPBACKS
+
+    def endpoint(self, name: str) -> LabEndpoint:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        raise KeyError(name)
+
+    def cert_for(self, name: str, family: socket.AddressFamily) -> IssuedCert:
+        """The certificate the `family` side of endpoint `name` presents (KeyError if none)."""
+        return self.certs[(name, int(family))]
+
+
 class Lab:
     """Starts the PKI, the DNS server and every endpoint's servers; stops them all on exit.
 
@@ -248,6 +279,20 @@ class Lab:
     def cert_for(self, name: str, family: socket.AddressFamily) -> IssuedCert:
         """The certificate the `family` side of endpoint `name` presents (KeyError if none)."""
         return self.certs[(name, family)]
+
+    def facts(self) -> LabFacts:
+        """This running lab as plain, picklable data."""
+        return LabFacts(
+            workdir=self.workdir,
+            dns_port=self.dns_port,
+            ca_file=self.ca_file,
+            endpoints=self.endpoints,
+            certs={(name, int(family)): cert for (name, family), cert in self.certs.items()},
+            zone=self.zone,
+            nameservers=self.nameservers,
+            zones=self.zones,
+            dns_hosts=self.dns_hosts,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 

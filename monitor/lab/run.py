@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab
+from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab, LabFacts
 from monitor.lab.pki import write_file
 from probes.base import PROBE_KINDS
 
@@ -56,7 +56,9 @@ def expected(name: str, probe: str, *, icmp_permitted: bool) -> str:
     return verdict
 
 
-def lab_config(lab: Lab, *, vantage: str = "lab", interval: str = "15s") -> dict[str, Any]:
+def lab_config(
+    lab: Lab | LabFacts, *, vantage: str = "lab", interval: str = "15s"
+) -> dict[str, Any]:
     """A monitor config probing every lab endpoint through the lab's own DNS server."""
     targets: list[dict[str, Any]] = [
         {
@@ -104,7 +106,9 @@ def lab_config(lab: Lab, *, vantage: str = "lab", interval: str = "15s") -> dict
     }
 
 
-def write_config(lab: Lab, path: Path, *, vantage: str = "lab", interval: str = "15s") -> Path:
+def write_config(
+    lab: Lab | LabFacts, path: Path, *, vantage: str = "lab", interval: str = "15s"
+) -> Path:
     header = (
         "# Written by `probe lab up` for the lab running now; it is useless once the lab stops.\n"
         f"# Try: probe run --config {path}\n"
@@ -131,7 +135,7 @@ def expected_text(verdicts: dict[str, str]) -> str:
     return "; ".join(f"{v}: {' '.join(ps)}" for v, ps in by.items()) or "all ok"
 
 
-def describe(lab: Lab) -> str:
+def describe(lab: Lab | LabFacts) -> str:
     """The banner: each endpoint, what is wrong with it and the verdicts it should get, in
     columns whose text wraps between words, never inside one."""
     rows: list[tuple[str, str, str, str]] = [
