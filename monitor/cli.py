@@ -30,6 +30,7 @@ from monitor.run.output import (
     write_plan,
     write_table,
 )
+from monitor.sharding import Shard, parse_shard, shard_of
 from probes.base import FAMILIES, PROBE_KINDS, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
@@ -75,6 +76,23 @@ def _samples(text: str) -> int:
     return n
 
 
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_shard(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="probe only shard I (0 to N-1) of the targets, assigned by a hash of their name; "
+        "overrides `sharding` of the config (docs/scale.md)",
+    )
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", metavar="FILE", help="YAML config (default: the shipped AWS catalog)"
@@ -113,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(no route, or every target fails over IPv6 here while IPv4 works).",
     )
     _add_selection(run)
+    _add_shard(run)
     run.add_argument(
         "--resolver",
         type=parse_resolver,
@@ -138,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     targets = sub.add_parser("targets", help="list the expanded targets; sends no packet")
     _add_selection(targets)
+    _add_shard(targets)
+    targets.add_argument(
+        "--all-shards",
+        action="store_true",
+        help="list every target with the shard that probes it, not only this shard's",
+    )
 
     serve = sub.add_parser(
         "serve",
@@ -154,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default [::]:9851: every address, both families)",
     )
     serve.add_argument("--vantage", metavar="NAME", help="overrides `vantage` of the config")
+    _add_shard(serve)
     serve.add_argument(
         "--web.config.file",
         dest="web_config",
@@ -225,7 +251,8 @@ def _families(args: argparse.Namespace, cfg: Config) -> tuple[Family, ...]:
     return tuple(f for f in chosen if f in cfg.families)
 
 
-def select(cfg: Config, args: argparse.Namespace) -> list[Target]:
+def select(cfg: Config, args: argparse.Namespace, *, all_shards: bool = False) -> list[Target]:
+    """The targets the filters pick, of this shard only (all of them with `all_shards`)."""
     names = {t.name for t in cfg.targets}
     for name in args.target:
         if name not in names:
@@ -233,7 +260,8 @@ def select(cfg: Config, args: argparse.Namespace) -> list[Target]:
     picked = [
         t
         for t in cfg.targets
-        if (not args.target or t.name in args.target)
+        if (all_shards or cfg.shard.owns(t.name))
+        and (not args.target or t.name in args.target)
         and (not args.service or t.service in args.service)
         and (not args.region or t.region in args.region)
     ]
@@ -262,6 +290,8 @@ def select_zones(cfg: Config, args: argparse.Namespace) -> Config:
 
 
 def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    if getattr(args, "shard", None):
+        cfg = dataclasses.replace(cfg, shard=args.shard)
     if getattr(args, "resolver", None):
         host, port = args.resolver
         cfg = dataclasses.replace(cfg, nameservers=(host,), resolver_port=port)
@@ -278,13 +308,25 @@ def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_targets(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     cfg = _apply_overrides(_load(args), args)
-    targets = select(cfg, args)
+    all_shards = bool(getattr(args, "all_shards", False))
+    targets = select(cfg, args, all_shards=all_shards)
     rows = plan_rows(targets, _families(args, cfg))
-    title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage})"
+    shard = cfg.shard
+    if all_shards or shard.sharded:
+        for row in rows:
+            row["shard"] = shard_of(row["target"], shard.count)
+    if all_shards:
+        where = f"{shard.count} shards" if shard.sharded else "1 shard"
+    else:
+        where = f"shard {shard.index} of {shard.count}" if shard.sharded else ""
+    title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage}" + (
+        f", {where})" if where else ")"
+    )
     write_plan(rows, sys.stdout, fmt=args.format, title=title)
     if cfg.zones:
         print(
-            f"route53 zones {', '.join(cfg.zones)}: name servers are found at run time",
+            f"route53 zones {', '.join(cfg.zones)}: name servers are found at run time"
+            + (" (and assigned to shards by name)" if shard.sharded else ""),
             file=sys.stderr,
         )
     return 0
@@ -342,6 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.config,
             listen=listen,
             vantage=args.vantage,
+            shard=args.shard,
             web_config=web_config,
             lifecycle=args.lifecycle,
             drain_timeout=args.drain_timeout,

@@ -36,7 +36,8 @@ def thresholds(cfg: Config) -> Thresholds:
 
 async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Target], list[str]]:
     """Each zone's NS set as targets named `route53-ns-<zone>-<n>`: labels stay bounded by
-    configuration (zones x max_nameservers), never named after what DNS answered."""
+    configuration (zones x max_nameservers), never named after what DNS answered. Only this
+    shard's (`sharding`): they are assigned by name, as every target is."""
     targets: list[Target] = []
     notes: list[str] = []
     for zone in cfg.zones:
@@ -46,9 +47,12 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
             notes.append(f"route53 zone {zone}: cannot get its NS set: {exc}")
             continue
         for n, host in enumerate(names, start=1):
+            name = f"{NAMESERVER_PREFIX}{zone}-{n}"
+            if not cfg.shard.owns(name):
+                continue  # another shard of this vantage probes it
             targets.append(
                 Target(
-                    name=f"{NAMESERVER_PREFIX}{zone}-{n}",
+                    name=name,
                     service="route53",
                     region="global",
                     host=host,

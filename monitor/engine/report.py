@@ -31,6 +31,9 @@ class Report:
     """One per (target, probe)."""
     notes: tuple[str, ...] = ()
     """What a person should know about the round (a zone whose NS set could not be read)."""
+    shard: int = 0
+    shards: int = 1
+    """The results are shard `shard` (from 0) of `shards` of the vantage's targets."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
@@ -68,6 +71,7 @@ def report_json(report: Report) -> dict[str, Any]:
     targets = report.target_map()
     return {
         "vantage": report.vantage,
+        "shard": {"index": report.shard, "count": report.shards},
         "started": iso_utc(report.started),
         "vantage_ipv6": report.vantage_check.ipv6,
         "vantage_ipv6_reason": report.vantage_check.reason,

@@ -111,4 +111,6 @@ async def run_round(
         results=tuple(results),
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
+        shard=cfg.shard.index,
+        shards=cfg.shard.count,
     )

@@ -64,7 +64,9 @@ def write_table(report: Report, out: IO[str], *, color: bool | None = None) -> N
         (r.target, r.probe, r.family): r for r in report.results
     }
     started = iso_utc(report.started)
-    table = Table(title=f"vantage {escape(report.vantage)}  {started}", title_justify="left")
+    shard = f" shard {report.shard} of {report.shards}" if report.shards > 1 else ""
+    title = f"vantage {escape(report.vantage)}{shard}  {started}"
+    table = Table(title=title, title_justify="left")
     for col in ("target", "probe", "IPv4", "IPv6", "verdict", "why"):
         table.add_column(col, overflow="fold")
     for p in report.parity:
@@ -133,10 +135,12 @@ def write_plan(rows: list[dict[str, Any]], out: IO[str], *, fmt: str, title: str
         return
     console = Console(file=out, highlight=False, width=160)
     table = Table(title=title, title_justify="left")
-    for col in ("target", "service", "region", "plane", "host", "port", "probes", "families"):
+    sharded = any("shard" in row for row in rows)
+    columns = ("target", "service", "region", "plane", "host", "port", "probes", "families")
+    for col in (*columns, "shard") if sharded else columns:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(
+        cells = [
             escape(row["target"]),
             row["service"],
             row["region"] or "-",
@@ -145,6 +149,7 @@ def write_plan(rows: list[dict[str, Any]], out: IO[str], *, fmt: str, title: str
             str(row["port"]),
             " ".join(row["probes"]),
             " ".join(row["families"]),
-        )
+        ]
+        table.add_row(*cells, *([str(row.get("shard", "-"))] if sharded else []))
     console.print(table)
     console.print(f"{len(rows)} targets")

@@ -63,7 +63,12 @@ class Vantage:
         self.cfg = cfg
         self.env: ProbeEnv = make_env(cfg)
         self.resolver: Resolver = make_resolver(cfg, self.env)
-        self.store = Store(vantage=cfg.vantage, site=cfg.site or cfg.vantage)
+        self.store = Store(
+            vantage=cfg.vantage,
+            site=cfg.site or cfg.vantage,
+            shard=cfg.shard.index,
+            shards=cfg.shard.count,
+        )
         self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
         self.scheduler = Scheduler(
             self.run_job,
@@ -86,10 +91,13 @@ class Vantage:
         ranges = self.env.ip_ranges
         self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
         self.store.site = cfg.site or cfg.vantage
+        self.store.shard, self.store.shards = cfg.shard.index, cfg.shard.count
         ns_targets, notes = await nameserver_targets(cfg, self.resolver) if cfg.zones else ([], [])
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
-        targets = {t.name: t for t in (*cfg.targets, *ns_targets)}
+        # This shard's targets only (the name servers are already this shard's).
+        mine = (t for t in cfg.targets if cfg.shard.owns(t.name))
+        targets = {t.name: t for t in (*mine, *ns_targets)}
         self.store.notes = tuple(notes)
         self.store.set_targets(targets)
         added, removed = self.scheduler.set_targets(targets.values())
