@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from dashboards import panel_queries
 from faultproxy import fault_proxy
 from prometheus_client.parser import text_string_to_metric_families
 from promstack import alertmanager
@@ -244,6 +245,7 @@ def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: P
         for served in replicas.values():
             served.wait_ready(timeout=30)
         time.sleep(3 * SCRAPE)
+        steady = time.time()  # every replica has been pushing for a while
         expected = exposed(replicas[(0, 0)]) | exposed(replicas[(1, 0)])
         assert expected == exposed(replicas[(0, 1)]) | exposed(replicas[(1, 1)])
         rows = stored(vm)
@@ -268,6 +270,18 @@ def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: P
         tickets = groups("ticket")
         assert len(tickets) == 1 and "DualstackIPv6Down" in tickets[0], tickets
         before = active(vm)
+
+        # The dashboards read the central store: every panel query is valid MetricsQL, and the
+        # parity matrix shows the fault.
+        for q in panel_queries():
+            vm.query(q.expr)  # asserts success
+        [matrix] = [
+            q
+            for q in panel_queries()
+            if q.panel == "Verdict per target and probe" and 'probe="tls"' in q.expr
+        ]
+        cells = {r["metric"]["target"]: r["value"][1] for r in vm.query(matrix.expr)}
+        assert cells == {**dict.fromkeys(TARGETS, "0"), "faulty": "7"}, cells
 
         # One replica of the other shard gone (the one whose samples the store keeps): nothing
         # changes.
@@ -294,10 +308,12 @@ def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: P
 
         # The pair's counters do not interleave: the store keeps the last sample of each
         # interval, and one replica's agent scrapes later in the interval than the other's, so
-        # one replica wins every interval. A failover is one counter reset at most.
+        # one replica wins every interval. A failover is one counter reset at most. (Since both
+        # were up: until then the first replica up wins, then the later-scraping one.)
         def resets(shard: int) -> float:
             names = "|".join(t for t in TARGETS if owner[t] == shard)
-            expr = f'max(resets(dualstack_probe_runs_total{{target=~"{names}"}}[10m]))'
+            since = f"{int(time.time() - steady)}s"
+            expr = f'max(resets(dualstack_probe_runs_total{{target=~"{names}"}}[{since}]))'
             return float(vm.query(expr)[0]["value"][1])
 
         figures: dict[str, float] = {
