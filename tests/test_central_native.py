@@ -240,6 +240,14 @@ def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: P
         )
         wait("the Watchdog at deadman", lambda: groups("deadman"), 60, detail)
         assert not active(vm), detail()
+        # Every rule of the copy evaluates without error against the real series.
+        broken = [
+            (r["name"], r["lastError"])
+            for g in get_json(f"{alerter.url}/api/v1/rules")["data"]["groups"]
+            for r in g["rules"]
+            if r.get("health") == "err" or r.get("lastError")
+        ]
+        assert broken == []
 
         # Every series once: the union of what one replica of each shard exposes.
         for served in replicas.values():

@@ -114,6 +114,7 @@ class Vantage:
             extra={
                 "fields": {
                     "event": "config_applied",
+                    "shard": str(cfg.shard),
                     "targets": len(targets),
                     "jobs_added": len(added),
                     "jobs_removed": len(removed),
