@@ -34,6 +34,7 @@ from monitor.run.output import (
     write_table,
 )
 from monitor.run.select import Selection, from_args
+from monitor.sharding import Shard, parse_shard, shard_of
 from probes.base import ALL_PROBE_KINDS, FAMILIES, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
@@ -92,6 +93,23 @@ def _period(text: str) -> float:
         return parse_period(float(text) if _SECONDS.fullmatch(text) else text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _shard(text: str) -> Shard:
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_shard(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="I/N",
+        help="probe only shard I (0 to N-1) of the targets, assigned by a hash of their name; "
+        "overrides `sharding` of the config (docs/scale.md)",
+    )
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -171,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=exit_help() + ".",
     )
     _add_selection(run)
+    _add_shard(run)
     run.add_argument(
         "--resolver",
         type=parse_resolver,
@@ -201,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     targets = sub.add_parser("targets", help="list the expanded targets; sends no packet")
     _add_selection(targets)
+    _add_shard(targets)
+    targets.add_argument(
+        "--all-shards",
+        action="store_true",
+        help="list every target with the shard that probes it, not only this shard's",
+    )
 
     config = sub.add_parser("config", help="configuration files")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -232,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         "address (default [::]:9851: every address, both families)",
     )
     serve.add_argument("--vantage", metavar="NAME", help="overrides `vantage` of the config")
+    _add_shard(serve)
     serve.add_argument(
         "--web.config.file",
         dest="web_config",
@@ -346,6 +372,8 @@ def single_family_warning(families: Sequence[Family]) -> str | None:
 
 
 def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
+    if getattr(args, "shard", None):
+        cfg = dataclasses.replace(cfg, shard=args.shard)
     if getattr(args, "resolver", None):
         host, port = args.resolver
         cfg = dataclasses.replace(cfg, nameservers=(host,), resolver_port=port)
@@ -362,16 +390,28 @@ def _apply_overrides(cfg: Config, args: argparse.Namespace) -> Config:
 
 def cmd_targets(args: argparse.Namespace, *, dry_run: bool = False) -> int:
     cfg = _apply_overrides(_load(args), args)
-    targets, cfg = _selection(args).apply(cfg)
+    all_shards = bool(getattr(args, "all_shards", False))
+    targets, cfg = _selection(args).apply(cfg, all_shards=all_shards)
     families = _families(args, cfg)
     if dry_run and (warning := single_family_warning(families)):
         print(f"probe: warning: {warning}", file=sys.stderr)
     rows = plan_rows(targets, families)
-    title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage})"
+    shard = cfg.shard
+    if all_shards or shard.sharded:
+        for row in rows:
+            row["shard"] = shard_of(row["target"], shard.count)
+    if all_shards:
+        where = f"{shard.count} shards" if shard.sharded else "1 shard"
+    else:
+        where = f"shard {shard.index} of {shard.count}" if shard.sharded else ""
+    title = f"{'dry run: ' if dry_run else ''}{cfg.path} (vantage {cfg.vantage}" + (
+        f", {where})" if where else ")"
+    )
     write_plan(rows, sys.stdout, fmt=args.format, title=title)
     if cfg.zones:
         print(
-            f"route53 zones {', '.join(cfg.zones)}: name servers are found at run time",
+            f"route53 zones {', '.join(cfg.zones)}: name servers are found at run time"
+            + (" (and assigned to shards by name)" if shard.sharded else ""),
             file=sys.stderr,
         )
     return 0
@@ -478,6 +518,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             args.config,
             listen=listen,
             vantage=args.vantage,
+            shard=args.shard,
             web_config=web_config,
             lifecycle=args.lifecycle,
             drain_timeout=args.drain_timeout,

@@ -29,6 +29,8 @@ from pydantic import (
 )
 
 from monitor.catalog import CatalogError, expand_catalog, user_target_defaults
+from monitor.sharding import MAX_SHARDS, UNSHARDED
+from monitor.sharding import Shard as Shard  # the type of Config.shard, for every layer
 from probes import ipranges
 from probes.base import (
     FAMILIES,
@@ -246,6 +248,24 @@ class SourceConfig(_Strict):
     ipv6: Annotated[str, BeforeValidator(_check_ipv6)] | None = None
 
 
+class ShardingConfig(_Strict):
+    """This process probes shard `index` (0 to count-1) of the vantage's targets
+    (monitor/sharding.py; docs/scale.md)."""
+
+    count: int = Field(1, ge=1, le=MAX_SHARDS)
+    index: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> ShardingConfig:
+        if self.index >= self.count:
+            raise _KeyError(
+                ("sharding", "index"),
+                f"{self.index} is not a shard of {self.count}: "
+                f"shards are numbered 0 to {self.count - 1}",
+            )
+        return self
+
+
 class ConfigModel(_Strict):
     vantage: Annotated[str, Field(pattern=NAME_RE)] | None = None
     site: Annotated[str, Field(pattern=NAME_RE)] | None = None
@@ -263,6 +283,7 @@ class ConfigModel(_Strict):
     parity: ParityConfig = Field(default_factory=ParityConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     race: RaceConfig = Field(default_factory=RaceConfig)
+    sharding: ShardingConfig = Field(default_factory=ShardingConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConfigModel:
@@ -311,6 +332,8 @@ class Config:
     sources: dict[Family, str] = field(default_factory=dict)
     site: str | None = None
     """Vantages sharing a network and uplink; None: the vantage's own name (after --vantage)."""
+    shard: Shard = UNSHARDED
+    """The part of `targets` (and of the zones' name servers) this process probes."""
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -516,13 +539,19 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         slower_margin=model.parity.slower_margin,
         sources=sources,
         site=model.site,
+        shard=Shard(index=model.sharding.index, count=model.sharding.count),
     )
+
+
+def nameserver_name(zone: str, n: int) -> str:
+    """The target name of the n-th (from 1) name server of `zone`: `route53-ns-<zone>-<n>`."""
+    return f"{NAMESERVER_PREFIX}{zone}-{n}"
 
 
 def nameserver_target(cfg: Config, zone: str, n: int, host: str) -> Target:
     """The n-th (from 1) name server of `zone`, as the target `route53-ns-<zone>-<n>`."""
     return Target(
-        name=f"{NAMESERVER_PREFIX}{zone}-{n}",
+        name=nameserver_name(zone, n),
         service="route53",
         region="global",
         host=host,

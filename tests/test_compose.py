@@ -162,7 +162,7 @@ def test_compose_file_validates_against_the_compose_spec() -> None:
 
 
 def test_profiles_are_the_documented_ones() -> None:
-    assert PROFILES == ["host", "lab", "push"]
+    assert PROFILES == ["central", "host", "lab", "push"]
     stack = (ROOT / "docs" / "stack.md").read_text(encoding="utf-8")
     for profile in PROFILES:
         assert f"--profile {profile}" in stack, profile

@@ -222,6 +222,8 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
         "version",
         "python",
         "site",  # from configuration (default: the vantage name)
+        "shard",  # dualstack_shard_info: from configuration (default: 0 of 1)
+        "shards",
     }
 
 

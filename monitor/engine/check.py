@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import dns.exception
 
-from monitor.config import Config, ConfigError, nameserver_target
+from monitor.config import Config, ConfigError, nameserver_name, nameserver_target
 from monitor.engine.parity import Parity, Thresholds, judge
 from monitor.engine.vantage import VantageCheck
 from probes import ipranges
@@ -53,7 +53,8 @@ def thresholds(cfg: Config) -> Thresholds:
 
 async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Target], list[str]]:
     """Each zone's NS set as targets named `route53-ns-<zone>-<n>`: labels stay bounded by
-    configuration (zones x max_nameservers), never named after what DNS answered."""
+    configuration (zones x max_nameservers), never named after what DNS answered. Only this
+    shard's (`sharding`): they are assigned by name, as every target is."""
     targets: list[Target] = []
     notes: list[str] = []
     for zone in cfg.zones:
@@ -63,7 +64,9 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
             notes.append(peer_text(f"route53 zone {zone}: cannot get its NS set: {exc}"))
             continue
         targets.extend(
-            nameserver_target(cfg, zone, n, host) for n, host in enumerate(names, start=1)
+            nameserver_target(cfg, zone, n, host)
+            for n, host in enumerate(names, start=1)
+            if cfg.shard.owns(nameserver_name(zone, n))  # else another shard probes it
         )
     return targets, notes
 

@@ -40,6 +40,9 @@ class Report:
     offline: str | None = None
     """Why this vantage cannot probe at all (no DNS server answered any query), in one line;
     None when it can."""
+    shard: int = 0
+    shards: int = 1
+    """The results are shard `shard` (from 0) of `shards` of the vantage's targets."""
 
     def target_map(self) -> dict[str, Target]:
         return {t.name: t for t in self.targets}
@@ -98,6 +101,7 @@ def report_json(report: Report, *, exit_status: int | None = None) -> dict[str, 
     targets = report.target_map()
     doc: dict[str, Any] = {
         "vantage": report.vantage,
+        "shard": {"index": report.shard, "count": report.shards},
         "started": iso_utc(report.started),
         "vantage_ipv6": report.vantage_check.ipv6,
         "vantage_ipv6_reason": report.vantage_check.reason,

@@ -142,4 +142,6 @@ async def run_round(
         races=tuple(races),
         families=tuple(families),
         offline=reach.summary() if (reach := resolver.reach()).offline else None,
+        shard=cfg.shard.index,
+        shards=cfg.shard.count,
     )

@@ -506,7 +506,10 @@ def write_table(
     if color is None:
         color = _is_tty(out) and not os.environ.get("NO_COLOR")
     paint = _Paint(color)
-    title = f"vantage {_printable(report.vantage)}, round started {iso_utc(report.started)}"
+    shard = f", shard {report.shard} of {report.shards}" if report.shards > 1 else ""
+    title = (
+        f"vantage {_printable(report.vantage)}{shard}, round started {iso_utc(report.started)}"
+    )
     lines = _wrap(title, width)
     lines.append("")
     lines.extend(_table_lines(_groups(report), width, paint))
@@ -579,17 +582,19 @@ def write_plan(
         return
     if width == "auto":
         width = output_width(out)
-    cells = [_plan_cells(r) for r in rows]
-    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(PLAN_COLUMNS)]
+    sharded = any("shard" in row for row in rows)
+    columns = (*PLAN_COLUMNS, "shard") if sharded else PLAN_COLUMNS
+    cells = [[*_plan_cells(r), *([str(r.get("shard", "-"))] if sharded else [])] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(columns)]
     lines = [*_wrap(title, width), ""]
     if width is None or sum(widths) + len(_GAP) * (len(widths) - 1) <= width:
-        lines.append(_pad(list(PLAN_COLUMNS), widths, list(PLAN_COLUMNS)))
+        lines.append(_pad(list(columns), widths, list(columns)))
         lines.extend(_pad(c, widths, c) for c in cells)
     else:
         # too narrow for a line per target: its name, then its settings below it
         for c in cells:
             lines.append(c[0])
-            pairs = [f"{h} {v}" for h, v in zip(PLAN_COLUMNS[1:], c[1:], strict=True)]
+            pairs = [f"{h} {v}" for h, v in zip(columns[1:], c[1:], strict=True)]
             lines.extend(_wrap(", ".join(pairs), width, "  ", "    "))
     lines.extend(["", _plural(len(rows), "target")])
     for text in footer:

@@ -37,16 +37,26 @@ class Selection:
         kinds = tuple(p for p in t.probes if p in self.probes)
         return dataclasses.replace(t, probes=kinds) if kinds else None
 
-    def apply(self, cfg: Config) -> tuple[list[Target], Config]:
-        """The configured targets selected, and `cfg` keeping only the zones whose name
-        servers may be selected (the others are not even looked up). Raises ConfigError."""
+    def apply(self, cfg: Config, *, all_shards: bool = False) -> tuple[list[Target], Config]:
+        """The configured targets selected, of this shard only (`sharding`, `--shard`; every
+        shard's with `all_shards`), and `cfg` keeping only the zones whose name servers may be
+        selected (the others are not even looked up). Raises ConfigError."""
         self._check_known(cfg)
-        picked = [p for t in cfg.targets if (p := self.pick(t)) is not None]
+        picked = [
+            p
+            for t in cfg.targets
+            if (all_shards or cfg.shard.owns(t.name)) and (p := self.pick(t)) is not None
+        ]
         zones = tuple(
             z for z in cfg.zones if any(self.pick(t) is not None for t in _placeholders(cfg, z))
         )
         if not picked and not zones:
-            raise ConfigError(f"{self.describe()}: selects no target in {cfg.path}")
+            where = (
+                f" on shard {cfg.shard.index} of {cfg.shard.count}"
+                if cfg.shard.sharded and not all_shards
+                else ""
+            )
+            raise ConfigError(f"{self.describe()}: selects no target{where} in {cfg.path}")
         return picked, dataclasses.replace(cfg, zones=zones)
 
     def describe(self) -> str:

@@ -174,23 +174,37 @@ class StoreCollector(Collector):
                 parity.add_metric([*lv, str(verdict)], 1.0 if p.verdict is verdict else 0.0)
         yield parity
 
+        # The vantage's own series (not per target). The shards of one vantage each write
+        # theirs: with more than one, a `shard` label keeps them apart (per-target series need
+        # none, each target is in one shard), and dualstack_shard_info says which shard is up.
+        own_labels = ["vantage", "shard"] if s.shards > 1 else ["vantage"]
+        own = [v, str(s.shard)] if s.shards > 1 else [v]
+        shard_info = GaugeMetricFamily(
+            "dualstack_shard_info",
+            "Which shard (from 0) of how many this process probes of the vantage's targets; "
+            "always 1.",
+            labels=["vantage", "shard", "shards"],
+        )
+        shard_info.add_metric([v, str(s.shard), str(s.shards)], 1.0)
+        yield shard_info
+
         ipv6 = GaugeMetricFamily(
             "dualstack_vantage_ipv6_available",
             "1 if this vantage has a usable route to a target's IPv6 address (0: none; "
             "absent: no IPv6 address to test).",
-            labels=["vantage", "site"],
+            labels=[*own_labels, "site"],
         )
         site = s.site or v  # vantages that share a network and uplink (config `site`)
         if s.vantage_check.ipv6 is not None:
-            ipv6.add_metric([v, site], 1.0 if s.vantage_check.ipv6 else 0.0)
+            ipv6.add_metric([*own, site], 1.0 if s.vantage_check.ipv6 else 0.0)
         yield ipv6
 
         lag = HistogramMetricFamily(
             "dualstack_scheduler_lag_seconds",
             "How late probes start after their slot.",
-            labels=["vantage"],
+            labels=own_labels,
         )
-        lag.add_metric([v], s.lag.cumulative(), s.lag.total)
+        lag.add_metric(own, s.lag.cumulative(), s.lag.total)
         yield lag
         skipped = CounterMetricFamily(
             "dualstack_scheduler_skipped",
@@ -204,45 +218,45 @@ class StoreCollector(Collector):
             "dualstack_scheduler_job_failures",
             "Job runs that crashed (a bug) or hung past the hard timeout; each still leaves a "
             "failed result.",
-            labels=["vantage", "reason"],
+            labels=[*own_labels, "reason"],
         )
         for reason in ("crashed", "hung"):
-            failures.add_metric([v, reason], float(s.job_failures[reason]))
+            failures.add_metric([*own, reason], float(s.job_failures[reason]))
         yield failures
         jobs = GaugeMetricFamily(
-            "dualstack_scheduler_jobs", "Scheduled (target, probe) jobs.", labels=["vantage"]
+            "dualstack_scheduler_jobs", "Scheduled (target, probe) jobs.", labels=own_labels
         )
-        jobs.add_metric([v], float(sum(len(t.probes) for t in s.targets.values())))
+        jobs.add_metric(own, float(sum(len(t.probes) for t in s.targets.values())))
         yield jobs
 
         reload_ok = GaugeMetricFamily(
             "dualstack_config_last_reload_successful",
             "1 if the last configuration (re)load succeeded.",
-            labels=["vantage"],
+            labels=own_labels,
         )
-        reload_ok.add_metric([v], 1.0 if s.reload_ok else 0.0)
+        reload_ok.add_metric(own, 1.0 if s.reload_ok else 0.0)
         yield reload_ok
         reload_ts = GaugeMetricFamily(
             "dualstack_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful configuration load.",
-            labels=["vantage"],
+            labels=own_labels,
         )
-        reload_ts.add_metric([v], s.reload_time)
+        reload_ts.add_metric(own, s.reload_time)
         yield reload_ts
         sync = GaugeMetricFamily(
             "dualstack_ip_ranges_sync_timestamp_seconds",
             "syncToken (Unix time) of the AWS ip-ranges.json that addresses are attributed with.",
-            labels=["vantage"],
+            labels=own_labels,
         )
         if s.ip_ranges_sync is not None:
-            sync.add_metric([v], s.ip_ranges_sync)
+            sync.add_metric(own, s.ip_ranges_sync)
         yield sync
         build = GaugeMetricFamily(
             "dualstack_build_info",
             "Build information; always 1.",
-            labels=["vantage", "site", "version", "python"],
+            labels=[*own_labels, "site", "version", "python"],
         )
-        build.add_metric([v, site, __version__, platform.python_version()], 1.0)
+        build.add_metric([*own, site, __version__, platform.python_version()], 1.0)
         yield build
 
     def _races(self) -> Iterator[Metric]:

@@ -12,7 +12,7 @@ import socket
 
 from aiohttp import web
 
-from monitor.config import Config, load_config
+from monitor.config import Config, Shard, load_config
 from monitor.engine.check import check_sources
 from monitor.serve.exporter import make_registry
 from monitor.serve.vantage import Vantage
@@ -66,6 +66,7 @@ async def serve_forever(
     *,
     listen: str,
     vantage: str | None = None,
+    shard: Shard | None = None,
     web_config: WebConfig | None = None,
     lifecycle: bool = False,
     drain_timeout: float = 10.0,
@@ -76,6 +77,8 @@ async def serve_forever(
 
     def load() -> Config:
         cfg = load_config(config_path)
+        if shard is not None:  # --shard overrides `sharding`, on every reload too
+            cfg = dataclasses.replace(cfg, shard=shard)
         check_sources(cfg)
         return dataclasses.replace(cfg, vantage=vantage) if vantage else cfg
 

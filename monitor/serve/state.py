@@ -70,6 +70,9 @@ class Store:
     vantage: str
     site: str = ""
     """The `site` label; empty: the vantage name."""
+    shard: int = 0
+    shards: int = 1
+    """This process probes shard `shard` (from 0) of `shards` of the vantage's targets."""
     targets: dict[str, Target] = field(default_factory=dict)
     latest: dict[ResultKey, ProbeResult] = field(default_factory=dict)
     parity: dict[PairKey, Parity] = field(default_factory=dict)
@@ -183,4 +186,6 @@ class Store:
             notes=self.notes,
             races=tuple(r for _, r in sorted(self.races.items())),
             offline=self.offline,
+            shard=self.shard,
+            shards=self.shards,
         )

@@ -75,7 +75,12 @@ class Vantage:
         self.cfg = cfg
         self.env: ProbeEnv = make_env(cfg)
         self.resolver: Resolver = make_resolver(cfg, self.env)
-        self.store = Store(vantage=cfg.vantage, site=cfg.site or cfg.vantage)
+        self.store = Store(
+            vantage=cfg.vantage,
+            site=cfg.site or cfg.vantage,
+            shard=cfg.shard.index,
+            shards=cfg.shard.count,
+        )
         self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
         self.scheduler = Scheduler(
             self.run_job,
@@ -99,7 +104,9 @@ class Vantage:
         env = make_env(cfg)
         resolver = make_resolver(cfg, env)
         ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
-        targets = {t.name: t for t in (*cfg.targets, *ns_targets)}
+        # This shard's targets only (the name servers are already this shard's).
+        mine = (t for t in cfg.targets if cfg.shard.owns(t.name))
+        targets = {t.name: t for t in (*mine, *ns_targets)}
         added, removed = self.scheduler.set_targets(targets.values())  # checks, then changes
         self.cfg, self.env, self.resolver = cfg, env, resolver
         self.cache.clear()
@@ -107,6 +114,7 @@ class Vantage:
         ranges = env.ip_ranges
         self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
         self.store.site = cfg.site or cfg.vantage
+        self.store.shard, self.store.shards = cfg.shard.index, cfg.shard.count
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
         self.store.notes = tuple(notes)
@@ -124,6 +132,7 @@ class Vantage:
             extra={
                 "fields": {
                     "event": "config_applied",
+                    "shard": str(cfg.shard),
                     "targets": len(targets),
                     "jobs_added": len(added),
                     "jobs_removed": len(removed),

@@ -440,6 +440,14 @@ def render_status_page(
             '<p class="banner warn" id="not-ready">First round not done yet: '
             "what is shown may be empty or stale.</p>"
         )
+    shard = doc.get("shard")
+    shard_html = ""
+    if isinstance(shard, Mapping) and isinstance(shard.get("count"), int) and shard["count"] > 1:
+        # One shard of a sharded vantage: the matrix shows only this shard's targets.
+        shard_html = (
+            f'<span>Shard: <b id="shard">{_e(shard.get("index"))} of {_e(shard["count"])}</b>'
+            "</span>"
+        )
     notes = "".join(f"<li>{_e(n)}</li>" for n in doc.get("notes") or () if isinstance(n, str))
     notes_html = f'<h2>Notes</h2><ul class="notes">{notes}</ul>' if notes else ""
     return (
@@ -454,7 +462,7 @@ def render_status_page(
         f'<header><h1>IPv6 / IPv4 parity from <span id="vantage">{_e(vantage)}</span></h1>'
         '<p class="facts">'
         f"<span>Round started: <b>{when}</b></span>"
-        f"<span>This vantage: {v6_badge}</span>"
+        f"<span>This vantage: {v6_badge}</span>{shard_html}"
         f"<span>Monitor: {state}</span></p>"
         f"{''.join(banners)}</header>\n"
         "<main>\n<section><h2>Parity matrix</h2>"
