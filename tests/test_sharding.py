@@ -6,6 +6,7 @@ shard they are."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -39,6 +40,7 @@ def probe(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "COLUMNS": "200"},  # a line per target
     )
 
 
@@ -145,7 +147,7 @@ def test_the_sharding_key(tmp_path: Path) -> None:
             {"count": 3, "index": 3},
             "sharding.index: 3 is not a shard of 3: shards are numbered 0 to 2",
         ),
-        ({"count": 0}, "sharding.count: 0: input should be greater than or equal to 1"),
+        ({"count": 0}, "sharding.count: 0: must be at least 1"),
         ({"count": 2, "size": 1}, "sharding.size: unknown key"),
     ):
         path = write_targets(tmp_path / "bad.yml", names(3), sharding=sharding)

@@ -507,9 +507,7 @@ def write_table(
         color = _is_tty(out) and not os.environ.get("NO_COLOR")
     paint = _Paint(color)
     shard = f", shard {report.shard} of {report.shards}" if report.shards > 1 else ""
-    title = (
-        f"vantage {_printable(report.vantage)}{shard}, round started {iso_utc(report.started)}"
-    )
+    title = f"vantage {_printable(report.vantage)}{shard}, round started {iso_utc(report.started)}"
     lines = _wrap(title, width)
     lines.append("")
     lines.extend(_table_lines(_groups(report), width, paint))
