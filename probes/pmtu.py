@@ -5,7 +5,8 @@ and only the router's Packet Too Big tells the sender. When that ICMPv6 message 
 small exchanges (the TCP handshake, DNS, ping) work and a large TLS certificate chain hangs.
 The tls and http2 probes cut such a stalled IPv6 attempt at half their timeout and try once
 more announcing MSS 1220, which keeps every segment coming back within 1280 bytes (the IPv6
-minimum MTU); if that one works, the failure is named `pmtu_blackhole`, not `timeout`.
+minimum MTU); if that one works and the default MSS stalls once more, the failure is named
+`pmtu_blackhole`, not `timeout` (a server merely slow to answer is not a black hole).
 The echoes forbid fragmentation (IPV6_DONTFRAG, IP_PMTUDISC_DO) on a socket of their own, which
 icmplib cannot configure.
 """
@@ -94,27 +95,41 @@ Attempt = Callable[[int | None, float | None], Awaitable[Outcome]]
 stalls after its TCP handshake or None); raises Stalled when cut."""
 
 
+CONFIRM_MARGIN = 0.1
+"""The confirming attempt is cut this much (at most a tenth of the timeout) before the
+probe's deadline, so that the verdict is ours, not the deadline's."""
+
+
 async def with_blackhole_retry(req: ProbeRequest, attempt: Attempt, what: str) -> Outcome:
     """Run `attempt`; over IPv6, one stalled after its TCP handshake is cut at half the timeout
-    and retried once announcing MSS 1220 in the other half. The retry working means large
-    packets are lost on the path: `pmtu_blackhole`. `what` names the exchange in the message."""
+    and retried once announcing MSS 1220. When that works, the default MSS is tried once more
+    in what is left of the timeout: a black hole eats full-size packets every time, so only a
+    second stall names `pmtu_blackhole`. A server that was merely slow to answer the first
+    connection (busy, or starved of CPU) answers the confirmation, and that is the outcome.
+    `what` names the exchange in the message."""
     if req.family != "ipv6":
         return await attempt(None, None)
+    start = req.env.clock()
     half = req.timeout / 2
     try:
-        return await attempt(None, req.env.clock() + half)
+        return await attempt(None, start + half)
     except Stalled as exc:
         stalled = exc
     retry = await attempt(PMTU_MSS, None)
     default = f"MSS {stalled.mss}" if stalled.mss else "the default MSS"
     if retry.success:
+        margin = min(CONFIRM_MARGIN, req.timeout / 10)
+        try:
+            return await attempt(None, start + req.timeout - margin)
+        except Stalled:
+            pass
         return Outcome(
             success=False,
             error=error(
                 ErrorKind.PMTU_BLACKHOLE,
-                f"{what} completed announcing MSS {PMTU_MSS} after {default} made no progress "
-                f"in {half:g} s: full-size IPv6 packets are lost on the path and no Packet Too "
-                "Big comes back (ICMPv6 type 2 filtered)",
+                f"{what} completed announcing MSS {PMTU_MSS}, while {default} made no progress "
+                "twice: full-size IPv6 packets are lost on the path and no Packet Too Big "
+                "comes back (ICMPv6 type 2 filtered)",
             ),
             phases=retry.phases,
             details=retry.details,

@@ -53,6 +53,21 @@ class Served:
             time.sleep(0.2)
         raise AssertionError("probe serve was not ready in time")
 
+    def wait_verdicts(self, want: dict[tuple[str, str], str], timeout: float = 30.0) -> None:
+        """Until /api/v1/results gives each (target, probe) its verdict. A round that meets a
+        machine busy starting Chromium may time a handshake out; the next one is judged."""
+        deadline = time.monotonic() + timeout
+        got: dict[tuple[str, str], str] = {}
+        while time.monotonic() < deadline:
+            status, body = self.get("/api/v1/results")
+            if status == 200:
+                got = {(p["target"], p["probe"]): p["verdict"] for p in json.loads(body)["parity"]}
+                if all(got.get(key) == verdict for key, verdict in want.items()):
+                    return
+            time.sleep(0.5)
+        missed = {k: (v, got.get(k)) for k, v in want.items() if got.get(k) != v}
+        raise AssertionError(f"verdicts (wanted, got) not reached in {timeout:g} s: {missed}")
+
     def events(self, name: str) -> list[dict[str, object]]:
         return [e for e in list(self.logs) if e.get("event") == name]
 

@@ -259,7 +259,7 @@ def test_blackhole_is_named_pmtu_blackhole(tmp_path: Path) -> None:
         assert v6["error"]["kind"] == "pmtu_blackhole", v6
         message = v6["error"]["message"]
         # The MSS that worked, and the default one (1500-byte link: 1440) that did not.
-        assert "announcing MSS 1220 after MSS 1440 made no progress" in message, message
+        assert "announcing MSS 1220, while MSS 1440 made no progress twice" in message, message
         assert TIMEOUT / 2 <= v6["duration_seconds"] < TIMEOUT, v6
     icmp = {f: results[("icmp", f)]["details"] for f in ("ipv4", "ipv6")}
     if results[("icmp", "ipv4")]["success"]:  # ICMP permitted (root: a raw socket)

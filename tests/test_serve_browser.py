@@ -31,6 +31,14 @@ async def test_status_page_in_chromium(lab_session: LabFacts, tmp_path: Path) ->
     shot = ARTIFACTS / "serve-status-page.png"
     with serve(cfg) as served:
         served.wait_ready()
+        served.wait_verdicts(
+            {
+                ("v4_only", "tcp"): "ipv6_failed",
+                ("no_aaaa", "tls"): "ipv6_missing",
+                ("cert_differs_v6", "tls"): "mismatch",
+                ("healthy", "http3"): "ok",
+            }
+        )
         # A 1366x768 laptop: the page never scrolls sideways (the matrix would, in its box).
         report = await load_page(
             served.url + "/",

@@ -48,15 +48,22 @@ class Gate:
     seen: list[int] = field(default_factory=list)
     """The MSS of each accepted connection, as the kernel settled it."""
     stall_all: bool = False
+    stall_first: bool = False
+    """Stall only the first connection, whatever its MSS: a server slow to answer once."""
     reset_small: bool = False
     """Reset the small connections instead of relaying them."""
 
 
 @contextlib.asynccontextmanager
 async def gate(
-    host: str, upstream: int, *, stall_all: bool = False, reset_small: bool = False
+    host: str,
+    upstream: int,
+    *,
+    stall_all: bool = False,
+    stall_first: bool = False,
+    reset_small: bool = False,
 ) -> AsyncIterator[Gate]:
-    g = Gate(stall_all=stall_all, reset_small=reset_small)
+    g = Gate(stall_all=stall_all, stall_first=stall_first, reset_small=reset_small)
     handlers: set[asyncio.Task[None]] = set()
 
     async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -73,7 +80,8 @@ async def gate(
         mss = writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
         g.seen.append(mss)
         try:
-            if g.stall_all or mss > SMALL:
+            stall = len(g.seen) == 1 if g.stall_first else mss > SMALL
+            if g.stall_all or stall:
                 await reader.read()  # the handshake is done; what follows never arrives
                 return
             if g.reset_small:
@@ -147,13 +155,15 @@ async def test_ipv6_stall_that_mss_1220_fixes_is_pmtu_blackhole(
     # The message names the MSS that worked and the one announced before (loopback's 64 KiB
     # MTU less the IPv6 and TCP headers).
     default = re.search(
-        r"announcing MSS 1220 after MSS (\d+) made no progress", result.error.message
+        r"announcing MSS 1220, while MSS (\d+) made no progress twice", result.error.message
     )
     assert default is not None, result.error.message
     assert int(default.group(1)) == loopback_mtu() - 60
-    # One stalled full-size connection, then the retry, whose segments fit in 1280 bytes.
-    assert len(g.seen) == 2 and g.seen[0] > SMALL and g.seen[1] <= pmtu.PMTU_MSS
-    # Cut at half the timeout; the retry on loopback takes milliseconds.
+    # One stalled full-size connection, the retry, whose segments fit in 1280 bytes, and a
+    # full-size confirmation that stalled too.
+    assert len(g.seen) == 3 and g.seen[0] > SMALL and g.seen[1] <= pmtu.PMTU_MSS
+    assert g.seen[2] > SMALL
+    # The confirmation is cut just before the deadline.
     assert TIMEOUT / 2 <= result.duration_seconds < TIMEOUT
     # What the retry learnt is kept: the handshake verified, the response came.
     if kind == "tls":
@@ -161,6 +171,22 @@ async def test_ipv6_stall_that_mss_1220_fixes_is_pmtu_blackhole(
     else:
         assert isinstance(result.details, HttpExchange) and result.details.status == 200
     assert {"connect", "tls"} <= set(result.phases)
+
+
+@pytest.mark.parametrize("kind", ["tls", "http2"])
+async def test_a_server_slow_to_answer_once_is_no_black_hole(
+    kind: ProbeKind, cert: IssuedCert, env: ProbeEnv
+) -> None:
+    """The first connection stalls whatever its MSS (a busy or CPU-starved server), later ones
+    are answered: the retry works, and so does the full-size confirmation. Before the
+    confirmation this read as pmtu_blackhole on a loaded machine."""
+    async with (
+        WebServer.bind("::1", cert, h3=False) as web,
+        gate("::1", web.port, stall_first=True) as g,
+    ):
+        result = await run(kind, "ipv6", g.port, env)
+    assert result.success and result.error is None, result.error
+    assert len(g.seen) == 3 and g.seen[1] <= pmtu.PMTU_MSS < SMALL < g.seen[2]
 
 
 async def test_ipv4_is_not_retried(cert: IssuedCert, env: ProbeEnv) -> None:
