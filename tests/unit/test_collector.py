@@ -328,6 +328,9 @@ def test_labels_come_only_from_configuration(store: Store) -> None:
         *(t.service for t in (WEB, GLOBAL)),
         "eu-west-1",
         "none",
+        # dualstack_shard_info: this process's shard and the shard count (`sharding`)
+        str(store.shard),
+        str(store.shards),
     }
     closed_sets = {
         *FAMILIES,
