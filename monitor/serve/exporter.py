@@ -330,6 +330,7 @@ Encoder = Callable[[Collector], bytes]
 FAST_ESCAPINGS = (openmetrics.exposition.UNDERSCORES, openmetrics.exposition.ALLOWUTF8)
 """Escapings that leave our (legacy) metric and label names as they are: the fast path's."""
 CHUNK_LINES = 8192
+"""Lines per piece of a render (about 1 MB): a render never holds the whole text."""
 
 
 def floatToGoString(value: float) -> str:
@@ -458,7 +459,8 @@ class Exposition:
             f"dualstack_probe_success{{{p}}} {'1.0' if r.success else '0.0'}\n"
             for _, _, p, _, r in results
         ]
-        out.append(h_duration)
+        yield "".join(out)
+        out = [h_duration]
         out += [
             f"dualstack_probe_duration_seconds{{{p}}} {g(r.duration_seconds)}\n"
             for _, _, p, _, r in results
@@ -471,18 +473,24 @@ class Exposition:
                     f'dualstack_probe_phase_duration_seconds{{{fam},phase="{_escape(ph)}",{rest}}}'
                     f" {g(secs)}\n"
                 )
-        out.append(h_last_run)
+            if len(out) > CHUNK_LINES:
+                yield "".join(out)
+                out = []
+        yield "".join(out)
+        out = [h_last_run]
         out += [
             f"dualstack_probe_last_run_timestamp_seconds{{{p}}} {g(r.started)}\n"
             for _, _, p, _, r in results
         ]
-        out.append(h_records)
+        yield "".join(out)
+        out = [h_records]
         out += [
             f"dualstack_dns_records{{{p}}} {n(float(len(r.details.records)))}\n"
             for _, _, p, _, r in results
             if isinstance(r.details, DnsAnswer)
         ]
-        out.append(h_not_after)
+        yield "".join(out)
+        out = [h_not_after]
         out += [
             f"dualstack_tls_cert_not_after_timestamp_seconds{{{p}}} "
             f"{g(r.details.certificate.not_after_timestamp)}\n"
@@ -496,15 +504,18 @@ class Exposition:
             for _, _, p, _, r in results
             if isinstance(r.details, HttpExchange | QuicExchange) and r.details.status is not None
         ]
-        out.append(h_status)
+        yield "".join(out)
+        out = [h_status]
         out += [f"dualstack_http_status_code{{{p}}} {n(float(d.status or 0))}\n" for p, d in http]
-        out.append(h_version)
+        yield "".join(out)
+        out = [h_version]
         out += [
             f'dualstack_http_version_info{{{p},version="{d.http_version}"}} 1.0\n'
             for p, d in http
             if d.http_version in HTTP_VERSIONS
         ]
-        out.append(h_addresses)
+        yield "".join(out)
+        out = [h_addresses]
         for _, _, p, before, r in results:
             if r.addresses:
                 ok = sum(1 for a in r.addresses if a.success)
@@ -516,13 +527,15 @@ class Exposition:
                 out.append(
                     f'dualstack_probe_addresses{{{before},state="failed",{after}}} {failed}\n'
                 )
-        out.append(h_in_ranges)
+        yield "".join(out)
+        out = [h_in_ranges]
         out += [
             f"dualstack_address_in_aws_ranges{{{p}}} {'0.0' if r.aws is None else '1.0'}\n"
             for _, _, p, _, r in results
             if r.address is not None
         ]
-        out.append(h_path_mtu)
+        yield "".join(out)
+        out = [h_path_mtu]
         out += [
             f"dualstack_path_mtu_bytes{{{fam},{rest.split(',', 1)[1]}}} "
             f"{n(float(r.details.path_mtu_bytes))}\n"
@@ -550,10 +563,11 @@ class Exposition:
             total = n(float(h.count))
             args += (fam, rest, total, plain, total, plain, floatToGoString(h.total))
             out.append(_HISTOGRAM % tuple(args))
-            if len(out) > CHUNK_LINES:
+            if len(out) > CHUNK_LINES // len(_LATENCY_LINES):
                 yield "".join(out)
                 out = []
-        out.append(h_runs)
+        yield "".join(out)
+        out = [h_runs]
         runs = snap.runs
         out += [
             f"dualstack_probe_runs_total{{{p}}} {n(float(count))}\n"
@@ -571,7 +585,8 @@ class Exposition:
                     f'dualstack_probe_errors_total{{{fam},kind="{_escape(kind)}",{rest}}} '
                     f"{n(float(c))}\n"
                 )
-        out.append(h_parity)
+        yield "".join(out)
+        out = [h_parity]
         v = _escape(snap.vantage)
         for (name, probe), par in sorted(snap.parity.items()):
             t = snap.targets.get(name)
@@ -590,6 +605,7 @@ class Exposition:
 
 
 Row = tuple[str, str, str, str, ResultKey]
+_LATENCY_LINES = (*LATENCY_BUCKETS, "+Inf", "count", "sum")
 _HISTOGRAM = (
     "".join(
         f'dualstack_probe_latency_seconds_bucket{{%s,le="{format(bound, "g")}",%s}} %s\n'
