@@ -610,8 +610,9 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
         f"           ({2 * args.jobs} probes per interval), interval {args.interval} s, "
         f"timeout {args.timeout} s, concurrency {args.concurrency}",
         f"           {args.duration:g} s per run, {args.runs} run(s), a fresh vantage process each",
-        "vantage  : monitor.serve.vantage.Vantage: scheduler.run() + housekeeping(),",
-        "           no HTTP server, text logs at info to a file, loopback-only audit hook",
+        "vantage  : monitor.serve.vantage.Vantage: scheduler.run() + housekeeping(), probe",
+        "           serve's web app on 127.0.0.1, text logs at info to a file, loopback-only",
+        "           audit hook",
         "lab      : `probe lab up` in its own process (single-process hypercorn), `healthy`",
         f"           endpoint {meta['endpoint']} on 127.0.0.1 and ::1",
         f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "
@@ -735,9 +736,9 @@ def scrape_report(runs: list[dict[str, Any]], cases: list[str]) -> str:
         "kernel's TCP_INFO round trip where Linux gives it, else wall clock); vs none: its",
         "difference from the `none` case of the same run. lag p99: the event loop's (the",
         "overshoot of a 100 ms sleep, ms), which a render holding the GIL would show. CPU %:",
-        "the vantage process (every",
-        "thread, the render thread included) over the scraping window, % of one core. RSS: its",
-        "VmHWM. Scrape: as the scraper saw it, body read. Render: render + gzip in the thread.",
+        "the vantage process (every thread, the render thread included) over the scraping",
+        "window, % of one core. RSS: its VmHWM. Scrape: as the scraper saw it, body read.",
+        "Render: render + gzip in the thread.",
         "Scrape errors: " + (json.dumps(errors) if errors else "none"),
     ]
     return "\n".join(lines)

@@ -414,7 +414,9 @@ class Exposition:
         cache = self._labels
         fresh: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         v = snap.vantage
-        for key in sorted(snap.latest.keys() | snap.runs.keys() | snap.latency.keys()):
+        keys = snap.latest.keys() | snap.runs.keys() | snap.latency.keys()
+        keys |= {(name, probe, family) for name, probe, family, _ in snap.errors}
+        for key in sorted(keys):
             t = snap.targets.get(key[0])
             c = cache.get(key)
             if c is None or c[0] is not t or c[1] != v:
