@@ -65,7 +65,7 @@ def test_text_format_folds_library_errors(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
     assert " ERROR asyncio: a library error" in err[0]
-    assert " WARNING dualstack.vantage: ours event=\"x\"" in err[1]
+    assert ' WARNING dualstack.vantage: ours event="x"' in err[1]
 
 
 class FakeClock:
