@@ -8,10 +8,21 @@ lab's `healthy` endpoint on loopback, --interval (60 s) apart, for --duration se
 server, logs as `probe serve` writes them (text, info) to a file. The lab (`probe lab up`) runs
 in one separate process for all runs.
 
+Scrapes (`--scrapes`, default all three cases in every run, interleaved): `none` (the web
+server up, nobody scraping), `prometheus` (one scraper every 15 s, as Prometheus would) and
+`loop4` (4 clients scraping `/metrics` back to back). The vantage process then also serves
+`probe serve`'s web app on 127.0.0.1 (kernel port), and a scraper process (started by the
+vantage, never counted as the vantage) asks for `/metrics` with Prometheus's `Accept` and
+`Accept-Encoding: gzip` over kept-alive connections.
+
 Prints, as median and min/max across runs: scheduler start lateness p50/p99 (every sample of
 `Scheduler.stats.take_lateness()`), vantage CPU seconds per probe (one probe = one target x kind
 x family attempt), peak RSS; and per run the probes completed, failures by error kind, the lab's
-CPU, event-loop lag and peak jobs in flight.
+CPU, event-loop lag and peak jobs in flight. Per scrape case: scrape duration p50/p99/max (as the
+scraper saw it, body read), render time in the render thread, the p99 of the loopback TCP
+connect latency the monitor reports (`phases.connect` of every successful tcp result) and its
+difference from the `none` case of the same run, the vantage's CPU (every thread: the render
+thread is one) and peak RSS (VmHWM; the vantage is one process, renders included).
 
 Traffic: loopback only. Both processes install an audit hook that refuses any connect, sendto,
 sendmsg or getaddrinfo to anything but 127.0.0.0/8 and ::1. Every run is bounded in time: the
@@ -19,6 +30,7 @@ vantage process is killed if it overruns, the lab is stopped at the end.
 
     python benchmarks/scheduler_bench.py                                  # 3 x 300 s, 10,000 jobs
     python benchmarks/scheduler_bench.py --runs 1 --duration 20 --jobs 200  # quick check
+    python benchmarks/scheduler_bench.py --scrapes none,loop4 --duration 180   # scrape cases
 """
 
 from __future__ import annotations
@@ -52,6 +64,15 @@ DRAIN_TIMEOUT = 10.0
 # A vantage process gets this much on top of --duration + drain to start and report.
 CHILD_SLACK = 120.0
 SAMPLE_EVERY = 0.1  # event-loop lag and in-flight sampling period (s)
+SCRAPE_CASES = ("none", "prometheus", "loop4")
+PROMETHEUS_EVERY = 15.0
+LOOP_CLIENTS = 4
+# What Prometheus 3 sends when it scrapes.
+PROMETHEUS_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+    "application/openmetrics-text;version=0.0.1;q=0.3,text/plain;version=0.0.4;q=0.2,*/*;q=0.1"
+)
 
 
 # -- shared helpers ----------------------------------------------------------------------------
@@ -221,25 +242,114 @@ def bench_config(
     }
 
 
+# -- the scraper process -----------------------------------------------------------------------
+
+
+def scraper_main(url: str, case: str, duration: float, out: str) -> int:
+    """`case` prometheus: one scrape every 15 s; loop4: 4 clients back to back. Kept-alive
+    connections, Prometheus's Accept and gzip; a scrape's duration includes reading the body."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    install_loopback_guard()
+    parts = urlsplit(url)
+    deadline = time.monotonic() + duration
+    durations: list[float] = []
+    sizes: list[int] = []
+    errors: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def client(every: float | None, offset: float) -> None:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        time.sleep(offset)
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                conn.request(
+                    "GET",
+                    parts.path,
+                    headers={"Accept": PROMETHEUS_ACCEPT, "Accept-Encoding": "gzip"},
+                )
+                resp = conn.getresponse()
+                body = resp.read()
+                status = resp.status
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+                with lock:
+                    errors[type(exc).__name__] += 1
+                continue
+            took = time.monotonic() - t0
+            with lock:
+                if status == 200:
+                    durations.append(took)
+                    sizes.append(len(body))
+                else:
+                    errors[f"HTTP {status}"] += 1
+            if every is not None:
+                time.sleep(max(0.0, every - (time.monotonic() - t0)))
+        conn.close()
+
+    if case == "prometheus":
+        threads = [threading.Thread(target=client, args=(PROMETHEUS_EVERY, 1.0))]
+    else:
+        threads = [threading.Thread(target=client, args=(None, 0.0)) for _ in range(LOOP_CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(duration + 120)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    Path(out).write_text(
+        json.dumps(
+            {
+                "durations": sorted(durations),
+                "bytes": statistics.median(sizes) if sizes else 0,
+                "errors": dict(errors),
+                "cpu_seconds": usage.ru_utime + usage.ru_stime,
+            }
+        )
+    )
+    return 0
+
+
 # -- one run: the vantage process -------------------------------------------------------------
 
 
-def vantage_main(config: str, duration: float, out: str) -> int:
+def vantage_main(config: str, duration: float, out: str, case: str) -> int:
     nofile = raise_nofile()
     install_loopback_guard()
     sys.path.insert(0, str(REPO))
-    from monitor import logs
+    from monitor.serve import logs
 
     logs.setup("info", "text")  # as `probe serve` (stderr is a file the parent reads)
-    result = asyncio.run(_vantage_run(config, duration))
+    result = asyncio.run(_vantage_run(config, duration, case, out))
     result["nofile"] = list(nofile)
+    result["case"] = case
     Path(out).write_text(json.dumps(result))
     return 0
 
 
-async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
+async def _start_web(vantage: Any) -> tuple[Any, int]:
+    """`probe serve`'s web app for the vantage's store, on 127.0.0.1 (kernel port)."""
+    from aiohttp import web
+
+    from monitor.serve.exporter import Exposition
+    from monitor.web.server import make_app
+
+    app = make_app(vantage.store, Exposition())
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, port
+
+
+async def _vantage_run(config: str, duration: float, case: str, out: str) -> dict[str, Any]:
     from monitor.config import load_config
     from monitor.serve.vantage import Vantage
+    from monitor.web import render as render_mod
 
     cfg = load_config(config)
     for t in cfg.targets:  # the generated config only: never anything but the lab
@@ -258,6 +368,35 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
         product_sync()
 
     vantage._sync_scheduler_stats = sync  # type: ignore[method-assign]
+
+    # The loopback TCP connect latency the monitor reports: every successful tcp result.
+    from monitor.serve.state import Store
+
+    connects: list[float] = []
+
+    class CountingStore(Store):
+        __slots__ = ()  # the same layout: the live store can take this class
+
+        def record(self, results: list[Any], parity: Any) -> Any:
+            for r in results:
+                if r.probe == "tcp" and r.success and not r.skipped:
+                    connects.append(r.phases.get("connect", r.duration_seconds))
+            return Store.record(self, results, parity)
+
+    vantage.store.__class__ = CountingStore
+
+    # Render time in the render thread (render + gzip), every render.
+    renders: list[float] = []
+    product_compress = render_mod._compress
+
+    def compress(*args: Any) -> Any:
+        body, size, seconds = product_compress(*args)
+        renders.append(seconds)
+        return body, size, seconds
+
+    render_mod._compress = compress  # type: ignore[assignment]
+
+    runner, port = await _start_web(vantage)
     await vantage.apply(cfg)
     rss_before_kib = proc_status_kib("self", "VmRSS")
 
@@ -301,11 +440,35 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
     run_task = loop.create_task(scheduler.run(), name="scheduler")
     hk_task = loop.create_task(vantage.housekeeping(), name="housekeeping")
     sample_task = loop.create_task(sampler(), name="sampler")
+    scraper: subprocess.Popen[bytes] | None = None
+    scrape_out = Path(out + f".{case}.scrapes.json")
+    if case != "none":
+        scraper = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--_scraper",
+                f"http://127.0.0.1:{port}/metrics",
+                case,
+                str(duration),
+                str(scrape_out),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
     await asyncio.sleep(duration)
+    scrapes: dict[str, Any] = {"durations": [], "bytes": 0, "errors": {}, "cpu_seconds": 0.0}
+    if scraper is not None:
+        # The scraper stops by itself at `duration`; a scrape in progress may take a moment.
+        while scraper.poll() is None:
+            await asyncio.sleep(0.1)
+        if scrape_out.exists():
+            scrapes = json.loads(scrape_out.read_text())
+    cpu_scraped, wall_scraped = time.process_time(), time.monotonic()
     cancelled = await scheduler.drain(DRAIN_TIMEOUT)
     hk_task.cancel()
     sample_task.cancel()
     await asyncio.gather(run_task, hk_task, sample_task, return_exceptions=True)
+    await runner.cleanup()
     sync()
     cpu1, wall1 = time.process_time(), time.monotonic()
     gc.callbacks.remove(on_gc)
@@ -354,6 +517,13 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
         "maxrss_mib": usage.ru_maxrss / 1024,
         "vmhwm_mib": (proc_status_kib("self", "VmHWM") or 0) / 1024,
         "rss_before_mib": (rss_before_kib or 0) / 1024,
+        "connects_n": len(connects),
+        "connect_p50": percentile(sorted(connects), 0.50),
+        "connect_p99": percentile(sorted(connects), 0.99),
+        "scrape_cpu_seconds": cpu_scraped - cpu0,
+        "scrape_wall_seconds": wall_scraped - wall0,
+        "renders": sorted(renders),
+        "scrapes": scrapes,
     }
 
 
@@ -361,10 +531,10 @@ async def _vantage_run(config: str, duration: float) -> dict[str, Any]:
 
 
 def run_once(
-    i: int, config: Path, workdir: Path, duration: float, lab: LabProcess
+    i: int, config: Path, workdir: Path, duration: float, lab: LabProcess, case: str
 ) -> dict[str, Any]:
-    out = workdir / f"run-{i}.json"
-    log_path = workdir / f"run-{i}.log"
+    out = workdir / f"run-{i}-{case}.json"
+    log_path = workdir / f"run-{i}-{case}.log"
     lab_cpu0 = proc_cpu_seconds(lab.pid)
     busy0, steal0 = machine_cpu_seconds()
     own0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -372,7 +542,7 @@ def run_once(
     wall0 = time.monotonic()
     with log_path.open("wb") as log:
         proc = subprocess.run(
-            [sys.executable, __file__, "--_vantage", str(config), str(duration), str(out)],
+            [sys.executable, __file__, "--_vantage", str(config), str(duration), str(out), case],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -440,8 +610,9 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
         f"           ({2 * args.jobs} probes per interval), interval {args.interval} s, "
         f"timeout {args.timeout} s, concurrency {args.concurrency}",
         f"           {args.duration:g} s per run, {args.runs} run(s), a fresh vantage process each",
-        "vantage  : monitor.serve.vantage.Vantage: scheduler.run() + housekeeping(),",
-        "           no HTTP server, text logs at info to a file, loopback-only audit hook",
+        "vantage  : monitor.serve.vantage.Vantage: scheduler.run() + housekeeping(), probe",
+        "           serve's web app on 127.0.0.1, text logs at info to a file, loopback-only",
+        "           audit hook",
         "lab      : `probe lab up` in its own process (single-process hypercorn), `healthy`",
         f"           endpoint {meta['endpoint']} on 127.0.0.1 and ::1",
         f"machine  : nproc {os.cpu_count()}, {platform.system()} {platform.release()} "
@@ -512,12 +683,75 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]], meta: dict[str,
     return "\n".join(lines)
 
 
+def scrape_report(runs: list[dict[str, Any]], cases: list[str]) -> str:
+    """The scrape cases side by side: median over runs, then every run."""
+
+    def ms(value: float) -> str:
+        return "n/a" if math.isnan(value) else f"{value * 1000:.2f}"
+
+    lines = [
+        "",
+        "scrapes: /metrics with Prometheus's Accept and gzip; `none`: web server up, no scrape",
+        f"{'case':<11} {'run':>3} {'scrapes':>7} {'scrape p50/p99/max s':>21} "
+        f"{'render p50/max s':>16} {'gzip MB':>7} {'tcp p99 ms':>10} {'vs none':>8} "
+        f"{'CPU %':>5} {'RSS MiB':>7} {'failed':>6} {'lag p99':>7}",
+    ]
+    for case in cases:
+        group = [r for r in runs if r["case"] == case]
+        for r in [*group, {"run": "med"}]:
+            if r["run"] == "med":
+                if len(group) < 2:
+                    continue
+                keys = (
+                    "connect_p99",
+                    "cpu_pct",
+                    "vmhwm_mib",
+                    "failed",
+                    "delta",
+                    "loop_lag_p99",
+                )
+                r = {"run": "med", "case": case, "scrapes": {"durations": [], "bytes": 0}}
+                for k in keys:
+                    values = [g[k] for g in group if not math.isnan(g[k])]
+                    r[k] = statistics.median(values) if values else math.nan
+                durations = sorted(d for g in group for d in g["scrapes"]["durations"])
+                renders = sorted(x for g in group for x in g["renders"])
+                r["scrapes"] = {"durations": durations, "bytes": group[0]["scrapes"]["bytes"]}
+                r["renders"] = renders
+            d = r["scrapes"]["durations"]
+            rd = r["renders"]
+            scrape = f"{percentile(d, 0.5):.3f}/{percentile(d, 0.99):.3f}/{d[-1]:.3f}" if d else "-"
+            render = f"{percentile(rd, 0.5):.3f}/{rd[-1]:.3f}" if rd else "-"
+            lines.append(
+                f"{case:<11} {r['run']:>3} {len(d):>7} {scrape:>21} {render:>16} "
+                f"{r['scrapes']['bytes'] / 1e6:>7.2f} {ms(r['connect_p99']):>10} "
+                f"{ms(r['delta']):>8} {r['cpu_pct']:>5.0f} {r['vmhwm_mib']:>7.0f} "
+                f"{r['failed']:>6.0f} {ms(r['loop_lag_p99']):>7}"
+            )
+    errors = {f"{r['case']} run {r['run']}": r["scrapes"]["errors"] for r in runs}
+    errors = {k: v for k, v in errors.items() if v}
+    lines += [
+        "",
+        "tcp p99: p99 of phases.connect over every successful tcp result of the run (the",
+        "kernel's TCP_INFO round trip where Linux gives it, else wall clock); vs none: its",
+        "difference from the `none` case of the same run. lag p99: the event loop's (the",
+        "overshoot of a 100 ms sleep, ms), which a render holding the GIL would show. CPU %:",
+        "the vantage process (every thread, the render thread included) over the scraping",
+        "window, % of one core. RSS: its VmHWM. Scrape: as the scraper saw it, body read.",
+        "Render: render + gzip in the thread.",
+        "Scrape errors: " + (json.dumps(errors) if errors else "none"),
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_lab"]:
         return lab_main(argv[1])
     if argv[:1] == ["--_vantage"]:
-        return vantage_main(argv[1], float(argv[2]), argv[3])
+        return vantage_main(argv[1], float(argv[2]), argv[3], argv[4])
+    if argv[:1] == ["--_scraper"]:
+        return scraper_main(argv[1], argv[2], float(argv[3]), argv[4])
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -527,7 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=5, help="probe timeout, seconds")
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--scrapes",
+        default=",".join(SCRAPE_CASES),
+        help="scrape cases, each a fresh vantage per run: none, prometheus, loop4",
+    )
     args = parser.parse_args(argv)
+    cases = [c for c in args.scrapes.split(",") if c]
+    if not cases or any(c not in SCRAPE_CASES for c in cases):
+        parser.error(f"--scrapes takes a comma-separated list of {', '.join(SCRAPE_CASES)}")
     if args.jobs < 2 or args.jobs % len(PROBE_KINDS) or args.runs < 1 or args.duration <= 0:
         parser.error("--jobs must be an even number >= 2, --runs >= 1, --duration > 0")
 
@@ -547,8 +789,15 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
         endpoint = f"{cfg['targets'][0]['host']}\n           port {cfg['targets'][0]['port']}"
         for i in range(1, args.runs + 1):
-            print(f"run {i}/{args.runs}: {args.duration:g} s ...", file=sys.stderr, flush=True)
-            runs.append(run_once(i, config, workdir, args.duration, lab))
+            for case in cases:
+                print(
+                    f"run {i}/{args.runs}, scrapes {case}: {args.duration:g} s ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                r = run_once(i, config, workdir, args.duration, lab, case)
+                r["run"] = i
+                runs.append(r)
     finally:
         lab.stop()
     git_after = git_state()
@@ -557,7 +806,15 @@ def main(argv: list[str] | None = None) -> int:
         if git_after == git_before
         else f"{git_before} at the start, {git_after} at the end"
     )
-    print(report(args, runs, {"endpoint": endpoint, "git": git}))
+    for r in runs:
+        none = [n for n in runs if n["case"] == "none" and n["run"] == r["run"]]
+        r["delta"] = r["connect_p99"] - none[0]["connect_p99"] if none else math.nan
+        r["cpu_pct"] = 100 * r["scrape_cpu_seconds"] / r["scrape_wall_seconds"]
+        r["failed"] = float(sum(r["failures"].values()))
+    quiet = [r for r in runs if r["case"] == cases[0]]
+    print(f"(the figures below are the `{cases[0]}` case's; the scrape table has every case)")
+    print(report(args, quiet, {"endpoint": endpoint, "git": git}))
+    print(scrape_report(runs, cases))
     print(
         f"\ntook {time.monotonic() - started:.0f} s; work folder {workdir}"
         + ("" if args.keep else " (removed)")

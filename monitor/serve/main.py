@@ -14,7 +14,7 @@ from aiohttp import web
 
 from monitor.config import Config, Shard, load_config
 from monitor.engine.check import check_sources
-from monitor.serve.exporter import make_registry
+from monitor.serve.exporter import Exposition
 from monitor.serve.vantage import Vantage
 from monitor.web.limits import ConnectionGate, ConnectionLimits, GatedSite, connection_cap
 from monitor.web.server import make_app, parse_listen
@@ -113,7 +113,7 @@ async def serve_forever(
     gate = ConnectionGate(limits, ssl_context=web_config.ssl_context if web_config else None)
     app = make_app(
         service.store,
-        make_registry(service.store),
+        Exposition(),
         web_config=web_config,
         reload=reload if lifecycle else None,
         middlewares=(gate.middleware(),),

@@ -2,7 +2,9 @@
 /api/v1/results, the status page at /, and POST /-/reload only with --web.enable-lifecycle.
 
 No endpoint probes a target named by a request (no SSRF): everything shown comes from the
-configured jobs. TLS and basic auth come from the exporter-toolkit web config.
+configured jobs. TLS and basic auth come from the exporter-toolkit web config. /metrics, / and
+/api/v1/results are rendered off the event loop and shared for up to a second
+(monitor/web/render.py); /healthz and /readyz are answered on the spot.
 """
 
 from __future__ import annotations
@@ -10,19 +12,20 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import exposition
-from prometheus_client.registry import CollectorRegistry
 
 from monitor.engine.report import report_json
-from monitor.serve.state import Store
+from monitor.serve.state import Snapshot, Store
+from monitor.web.render import Render, RenderCache, Rendered, accepts_gzip, inflate
 from monitor.web.statuspage import CSP, render_status_page
 from monitor.web.webconfig import WebConfig, web_middlewares
 
 DEFAULT_LISTEN = "[::]:9851"
+RENDER_CACHE = web.AppKey("render_cache", RenderCache)
 UNAUTHENTICATED = ("/healthz",)  # liveness probes carry no credentials
 
 
@@ -62,22 +65,79 @@ def cross_site(request: web.Request) -> str | None:
     return None
 
 
+class Exposer(Protocol):
+    """The exposition (monitor/serve/exporter.py `Exposition`), handed in by the service."""
+
+    def content_type(self, accept: str) -> str:
+        """The content type answered to this `Accept` header."""
+        ...
+
+    def render(self, snap: Snapshot, accept: str) -> Iterator[str]:
+        """The exposition of a snapshot in that content type, in pieces; called in the render
+        thread, one call at a time."""
+        ...
+
+
+def status_page(snap: Snapshot) -> Iterable[str]:
+    return (render_status_page(report_json(snap.report()), ready=snap.ready, now=snap.taken),)
+
+
+def results_json(snap: Snapshot) -> Iterable[str]:
+    return (json.dumps(report_json(snap.report()), default=str),)
+
+
+async def send(
+    request: web.Request, rendered: Rendered, headers: Mapping[str, str]
+) -> web.StreamResponse:
+    """The cached body: as it is (gzip) to a client that takes gzip, else inflated on the way."""
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        return web.Response(
+            body=rendered.gzip,
+            headers={**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
+    response = web.StreamResponse(headers={**headers, "Vary": "Accept-Encoding"})
+    response.content_length = rendered.size
+    await response.prepare(request)
+    if request.method != "HEAD":
+        await inflate(rendered.gzip, response.write)
+    await response.write_eof()
+    return response
+
+
 def make_app(
     store: Store,
-    registry: CollectorRegistry,
+    exposition: Exposer,
     *,
     web_config: WebConfig | None = None,
     reload: Callable[[], Awaitable[bool]] | None = None,
     middlewares: Sequence[Middleware] = (),
+    max_age: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
-    """The app; `middlewares` go outside the web config's (the connection gate's tracking)."""
+    """The app; `middlewares` go outside the web config's (the connection gate's tracking).
+    Rendered bodies are shared for up to `max_age` seconds of `clock`."""
     cfg = web_config or WebConfig()
     app = web.Application(middlewares=(*middlewares, *web_middlewares(cfg, exempt=UNAUTHENTICATED)))
+    cache = RenderCache(store, max_age=max_age, clock=clock)
+    app[RENDER_CACHE] = cache
 
-    async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    async def close_cache(_: web.Application) -> None:
+        cache.close()
+
+    app.on_cleanup.append(close_cache)
+
+    async def rendered(request: web.Request, key: str, render: Render) -> Rendered:
+        return await cache.get(key, render, request.remote)
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        content_type = exposition.content_type(accept)
+
+        def render(snap: Snapshot) -> Iterable[str]:
+            return exposition.render(snap, accept)
+
+        body = await rendered(request, f"/metrics {content_type}", render)
+        return await send(request, body, {"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -89,25 +149,19 @@ def make_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="first round not done yet\n")
 
-    def _doc() -> dict[str, object]:
-        if store.before_scrape is not None:
-            store.before_scrape()
-        return report_json(store.report())
+    async def results(request: web.Request) -> web.StreamResponse:
+        body = await rendered(request, "/api/v1/results", results_json)
+        return await send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
-    async def results(_: web.Request) -> web.Response:
-        return web.Response(text=json.dumps(_doc(), default=str), content_type="application/json")
-
-    async def status(_: web.Request) -> web.Response:
-        page = render_status_page(_doc(), ready=store.ready, now=time.time())
-        return web.Response(
-            text=page,
-            content_type="text/html",
-            headers={
-                # frame-ancestors is ignored in a <meta> policy: only the header can say it.
-                "Content-Security-Policy": f"{CSP}; frame-ancestors 'none'",
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+    async def status(request: web.Request) -> web.StreamResponse:
+        body = await rendered(request, "/", status_page)
+        headers = {
+            "Content-Type": "text/html; charset=utf-8",
+            # frame-ancestors is ignored in a <meta> policy: only the header can say it.
+            "Content-Security-Policy": f"{CSP}; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+        }
+        return await send(request, body, headers)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -121,6 +175,7 @@ def make_app(
             if refused is not None:
                 return web.Response(status=403, text=f"403: {refused}\n")
             ok = await reload()
+            cache.clear()  # whoever reloaded sees the outcome in the next scrape, not a second on
             if ok:
                 return web.Response(text="reloaded\n")
             return web.Response(status=500, text="reload failed: see the log\n")

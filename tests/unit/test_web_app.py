@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.engine.parity import Thresholds, judge
-from monitor.serve.exporter import make_registry
+from monitor.serve.exporter import Exposition
 from monitor.serve.state import Store
 from monitor.web.server import make_app
 from monitor.web.webconfig import WebConfig
@@ -134,11 +134,14 @@ AppFactory = Callable[..., Awaitable[Client]]
 
 @pytest.fixture
 async def client_for() -> AsyncIterator[AppFactory]:
-    """Starts make_app(store, registry, **kw) on 127.0.0.1 (kernel port); stops it after."""
+    """Starts make_app(store, Exposition(), **kw) on 127.0.0.1 (kernel port); stops it after.
+    Rendered bodies are not shared (`max_age=0`) unless a test asks: these tests change the
+    store between requests and expect to see it at once."""
     clients: list[Client] = []
 
     async def start(store: Store, **kw: object) -> Client:
-        app = make_app(store, make_registry(store), **kw)  # type: ignore[arg-type]
+        kw.setdefault("max_age", 0.0)
+        app = make_app(store, Exposition(), **kw)  # type: ignore[arg-type]
         client: Client = TestClient(TestServer(app, host="127.0.0.1", port=0))
         await client.start_server()
         clients.append(client)
