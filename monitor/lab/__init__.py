@@ -198,6 +198,13 @@ def lab_records() -> dict[str, tuple[DnsRecord, ...]]:
     return {name: tuple(records) for name, records in data.items()}
 
 
+def _endpoint_named(endpoints: tuple[LabEndpoint, ...], name: str) -> LabEndpoint:
+    for endpoint in endpoints:
+        if endpoint.name == name:
+            return endpoint
+    raise KeyError(name)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LabFacts:
     """What a running lab is, as plain data: what config generators and tests read.
@@ -218,10 +225,7 @@ class LabFacts:
     dns_hosts: tuple[str, ...] = LOOPBACKS
 
     def endpoint(self, name: str) -> LabEndpoint:
-        for endpoint in self.endpoints:
-            if endpoint.name == name:
-                return endpoint
-        raise KeyError(name)
+        return _endpoint_named(self.endpoints, name)
 
     def cert_for(self, name: str, family: socket.AddressFamily) -> IssuedCert:
         """The certificate the `family` side of endpoint `name` presents (KeyError if none)."""
@@ -271,10 +275,7 @@ class Lab:
         return self._endpoints
 
     def endpoint(self, name: str) -> LabEndpoint:
-        for endpoint in self.endpoints:
-            if endpoint.name == name:
-                return endpoint
-        raise KeyError(name)
+        return _endpoint_named(self.endpoints, name)
 
     def cert_for(self, name: str, family: socket.AddressFamily) -> IssuedCert:
         """The certificate the `family` side of endpoint `name` presents (KeyError if none)."""
