@@ -346,7 +346,9 @@ def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: P
         ]
         wait("the vantage-down notification", lambda: len(groups("ticket")) == 2, 60, detail)
         time.sleep(4 * SCRAPE)
-        names = {(a, t) for a, t, _ in active(vm)}
+        # Firing ones: the faulty target's latency alert may go pending on a loaded machine
+        # (its IPv6 is down anyway); nothing but these two is notified, checked below.
+        names = {(a, t) for a, t, state in active(vm) if state == "firing"}
         assert names == {("DualstackIPv6Down", "faulty"), ("DualstackVantageDown", str(other))}, (
             detail()
         )
