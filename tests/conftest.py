@@ -23,6 +23,18 @@ from monitor.lab import LabFacts  # noqa: E402
 from monitor.lab.run import write_config  # noqa: E402
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `slow(seconds)` first, longest first, the rest in their files' order:
+    scripts/check runs files on parallel workers (pytest-xdist, --dist loadfile), and a
+    2-minute file handed out last would leave one worker running alone at the end."""
+
+    def expected(item: pytest.Item) -> float:
+        mark = item.get_closest_marker("slow")
+        return float(mark.args[0]) if mark is not None else 0.0
+
+    items.sort(key=expected, reverse=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _guard_children(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Every Python child inherits the guard via sitecustomize and logs violations here."""

@@ -75,6 +75,7 @@ def wait(what: str, check: Any, timeout: float, detail: Any = None) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}{more}")
 
 
+@pytest.mark.slow(50)
 def test_ipv6_down_fires_notifies_inhibits_and_resolves(
     lab_session: LabFacts, tmp_path: Path
 ) -> None:
@@ -551,6 +552,7 @@ def site_scenario(tmp_path: Path, router: str) -> dict[str, Any]:
     return figures
 
 
+@pytest.mark.slow(100)
 @pytest.mark.netns
 def test_one_site_two_vantages_one_notification_per_incident(tmp_path: Path) -> None:
     with (

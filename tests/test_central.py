@@ -128,6 +128,7 @@ groups:
 """
 
 
+@pytest.mark.slow(30)
 def test_the_stand_in_keeps_a_firing_alert_firing_and_lets_a_pending_one_go(
     tmp_path: Path,
 ) -> None:

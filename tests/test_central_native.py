@@ -27,6 +27,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from dashboards import panel_queries
 from faultproxy import fault_proxy
@@ -168,6 +169,7 @@ def active(vm: VictoriaMetrics) -> set[tuple[str, str, str]]:
     }
 
 
+@pytest.mark.slow(110)
 def test_two_shards_two_replicas_one_central_store(lab_session: Lab, tmp_path: Path) -> None:
     with ExitStack() as stack:
         proxy = stack.enter_context(fault_proxy(lab_session.endpoint("healthy").port))

@@ -25,6 +25,8 @@ from serving import serve
 from monitor.lab import LabFacts
 from monitor.lab.run import write_config
 
+pytestmark = pytest.mark.slow(40)  # a Prometheus fed 25 s before the first query, once
+
 VANTAGE = "lab-dash"
 WINDOW = 25.0  # seconds of 1 s scrapes (2 s probe rounds) before the first query
 # Grafana's interval variables for an instant query: windows that hold several scrapes.

@@ -160,6 +160,7 @@ def test_precedence_usage_before_offline(tmp_path: Path, dead_port: int) -> None
     assert main(["run", "--config", str(config(tmp_path, dead_port)), "--target", "nope"]) == 2
 
 
+@pytest.mark.slow(30)
 def test_serve_logs_and_readyz_say_why(
     lab_session: LabFacts, tmp_path: Path, dead_port: int
 ) -> None:

@@ -176,6 +176,7 @@ def test_promtool_check_config() -> None:
     assert "warn" not in (p.stdout + p.stderr).lower(), output(p)
 
 
+@pytest.mark.slow(40)
 @pytest.mark.parametrize("path", RULE_TESTS, ids=lambda p: p.name)
 def test_promtool_test_rules(path: Path) -> None:
     p = run(tool("promtool"), "test", "rules", path)

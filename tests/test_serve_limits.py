@@ -159,6 +159,7 @@ def config(lab_session: LabFacts, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow(40)
 def test_400_idle_clients_under_256_descriptors(config: Path) -> None:
     with serve(config, prefix=["prlimit", "--nofile=256:256", "--"]) as served:
         served.wait_ready()

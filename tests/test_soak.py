@@ -25,6 +25,7 @@ def load_soak() -> ModuleType:
     return module
 
 
+@pytest.mark.slow(120)
 @pytest.mark.soak
 def test_two_minute_soak(tmp_path: Path) -> None:
     soak = load_soak()
