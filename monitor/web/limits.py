@@ -24,6 +24,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -141,7 +142,9 @@ class _Conn(asyncio.Protocol):
     # -- asyncio -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's TCP transport implements asyncio.Transport without
+        # subclassing it (so does 3.11's selector datagram transport, monitor/lab/dnsserver.py).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
