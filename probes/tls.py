@@ -8,6 +8,7 @@ without verification records the certificate that was presented, so the differen
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 from collections.abc import Callable, Sequence
@@ -76,30 +77,19 @@ def _subject(der: bytes) -> str:
     return _dn(lambda: cert.subject)
 
 
-_DESCRIBED: dict[tuple[bytes, tuple[bytes, ...]], Certificate | None] = {}
-_DESCRIBED_MAX = 1024
-
-
 def describe_certificate(der: bytes, chain: Sequence[bytes] = ()) -> Certificate | None:
     """What a leaf says, for showing and comparing, and from the verified `chain` (leaf
     first, root last) its intermediates and the trust anchor it verified to; None when it is
     not a certificate at all.
 
-    Remembered by the bytes described: an endpoint presents the same chain probe after probe,
-    and parsing it was a large share of a TLS probe's CPU (a Certificate is immutable)."""
-    key = (der, tuple(chain))
-    try:
-        return _DESCRIBED[key]
-    except KeyError:
-        pass
-    described = _describe(der, chain)
-    if len(_DESCRIBED) >= _DESCRIBED_MAX:
-        _DESCRIBED.clear()  # bounded: the chains in use are back within a round
-    _DESCRIBED[key] = described
-    return described
+    Memoized by the bytes described (a pure function of them; a Certificate is immutable): an
+    endpoint presents the same chain probe after probe, and parsing it with cryptography was a
+    large share of a TLS probe's CPU. OpenSSL still verifies every handshake."""
+    return _describe(der, tuple(chain))
 
 
-def _describe(der: bytes, chain: Sequence[bytes]) -> Certificate | None:
+@functools.lru_cache(maxsize=1024)
+def _describe(der: bytes, chain: tuple[bytes, ...]) -> Certificate | None:
     try:
         cert = x509.load_der_x509_certificate(der)
         not_after = cert.not_valid_after_utc
