@@ -111,9 +111,14 @@ async def run_probe(
     else:
         dialled = resolution.addresses[: target.max_addresses]
     samples = env.samples if kind in SAMPLED else 1
-    per_address = await asyncio.gather(
-        *(_one_address(kind, target, family, a, resolution, env, samples) for a in dialled)
-    )
+    if len(dialled) == 1:  # the common case: no task of its own
+        per_address = [
+            await _one_address(kind, target, family, dialled[0], resolution, env, samples)
+        ]
+    else:
+        per_address = await asyncio.gather(
+            *(_one_address(kind, target, family, a, resolution, env, samples) for a in dialled)
+        )
     first = per_address[0]
     failed = [r for r in per_address if not r.success]
     family_error = failed[0].error if failed else None
