@@ -187,6 +187,7 @@ class TargetRaceConfig(_Strict):
 
 
 class IcmpConfig(_Strict):
+    count: int = Field(3, ge=1, le=100)
     # Whole IP packets: at least an IPv6 and an ICMPv6 header (48 bytes).
     sizes: list[Annotated[int, Field(ge=48, le=65535)]] = Field(default_factory=list)
 
@@ -505,7 +506,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
                     connection_attempt_delay=t.race.connection_attempt_delay
                     or model.race.connection_attempt_delay,
                 ),
-                icmp=IcmpSpec(sizes=tuple(sorted(set(t.icmp.sizes)))),
+                icmp=IcmpSpec(count=t.icmp.count, sizes=tuple(sorted(set(t.icmp.sizes)))),
                 zone=t.zone,
                 families=tuple(dict.fromkeys(t.families or model.families)),
                 source="config",

@@ -137,6 +137,10 @@ class RaceSpec:
 class IcmpSpec:
     """Per-target options of the icmp probe (config `icmp`)."""
 
+    count: int = 3
+    """Echo requests per probe, one at a time, `ProbeEnv.icmp_interval` apart (config
+    `icmp.count`)."""
+
     sizes: tuple[int, ...] = ()
     """Whole IP packet sizes to echo with fragmentation forbidden, ascending; the largest
     answered is the family's path MTU. Empty: no path-MTU echoes."""
@@ -211,7 +215,6 @@ class ProbeEnv:
     ssl_cafile: str | None = None
     clock: Clock = time.perf_counter
     source_addresses: Mapping[Family, str] = field(default_factory=dict)
-    icmp_count: int = 3
     icmp_interval: float = 0.2
     ip_ranges: IpRanges | None = None
     """AWS's published ranges: each result's address is attributed to its prefix (None: not)."""

@@ -111,9 +111,14 @@ async def run_probe(
     else:
         dialled = resolution.addresses[: target.max_addresses]
     samples = env.samples if kind in SAMPLED else 1
-    per_address = await asyncio.gather(
-        *(_one_address(kind, target, family, a, resolution, env, samples) for a in dialled)
-    )
+    if len(dialled) == 1:  # the common case: no task of its own
+        per_address = [
+            await _one_address(kind, target, family, dialled[0], resolution, env, samples)
+        ]
+    else:
+        per_address = await asyncio.gather(
+            *(_one_address(kind, target, family, a, resolution, env, samples) for a in dialled)
+        )
     first = per_address[0]
     failed = [r for r in per_address if not r.success]
     family_error = failed[0].error if failed else None
@@ -132,7 +137,7 @@ async def run_probe(
         family=family,
         address=address,
         success=not failed,
-        duration_seconds=statistics.median(r.duration_seconds for r in per_address),
+        duration_seconds=_median([r.duration_seconds for r in per_address]),
         duration_min_seconds=min(mins) if mins else None,
         started=started,
         phases=phases if uses_resolution_only else {**resolve_phase, **phases},
@@ -182,7 +187,7 @@ async def _one_address(
         address=address,
         success=outcome.success,
         error=outcome.error,
-        duration_seconds=statistics.median(durations),
+        duration_seconds=_median(durations),
         duration_min_seconds=min(durations) if len(durations) > 1 else None,
         phases=_median_phases(phase_runs),
         aws=_attribute(env, address),
@@ -209,7 +214,13 @@ async def _attempt(kind: ProbeKind, req: ProbeRequest, budget: float) -> tuple[O
     return outcome, clock() - t0
 
 
+def _median(values: Sequence[float]) -> float:
+    return values[0] if len(values) == 1 else statistics.median(values)
+
+
 def _median_phases(runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    if len(runs) == 1:  # one address, one sample: the common case
+        return dict(runs[0])
     names = dict.fromkeys(name for run in runs for name in run)
     return {n: statistics.median(run[n] for run in runs if n in run) for n in names}
 

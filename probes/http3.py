@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import certifi
 import pylsqpack
@@ -157,6 +157,31 @@ class _FrameGuard:
             self._payload_left = size[0]
 
 
+class _ConnectedTransport(asyncio.DatagramTransport):
+    """The transport of our connected UDP socket, sending without an address: aioquic always
+    passes the peer's, which asyncio's loop ignores on a connected socket but uvloop's hands
+    to sendto(2), which fails (EISCONN)."""
+
+    def __init__(self, inner: asyncio.DatagramTransport) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
+        self._inner.sendto(data)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._inner.abort()
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._inner.get_extra_info(name, default)
+
+
 class _H3Client(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, clock: Clock) -> None:
         super().__init__(quic)
@@ -175,6 +200,9 @@ class _H3Client(QuicConnectionProtocol):
         # times out, is failed later with no one to retrieve the error (logged at exit).
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.done: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_ConnectedTransport(cast(asyncio.DatagramTransport, transport)))
 
     def error_received(self, exc: Exception) -> None:
         # An ICMP port unreachable arrives here: fail now instead of waiting for the timeout.

@@ -25,7 +25,7 @@ def _has_root() -> bool:
 
 
 async def _ping(req: ProbeRequest, privileged: bool) -> icmplib.Host:
-    count = req.env.icmp_count
+    count = req.target.icmp.count
     # icmplib waits for each echo in turn: split the probe timeout (with a margin) between them,
     # so lost echoes end as icmp_no_reply with the counts rather than as a probe timeout.
     budget = req.timeout * 0.9 - (count - 1) * req.env.icmp_interval
@@ -60,7 +60,7 @@ async def _sizes(req: ProbeRequest) -> SizeEchoes | None:
             req,
             req.target.icmp.sizes,
             budget=req.timeout * 0.9,
-            rounds=req.env.icmp_count,
+            rounds=req.target.icmp.count,
             spacing=req.env.icmp_interval,
         )
     except OSError:  # no ICMP socket allowed, or `source` unusable: the ping says which

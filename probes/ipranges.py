@@ -54,6 +54,10 @@ _FAMILIES: tuple[tuple[str, str, type[ipaddress.IPv4Network | ipaddress.IPv6Netw
 )
 
 
+MEMO_SIZE = 65536
+"""Addresses whose attribution an IpRanges remembers (then it forgets them all)."""
+
+
 class IpRangesError(ValueError):
     """A ranges file that cannot be used. The message is one line naming the file (or URL) and
     what is wrong, e.g. `ip-ranges FILE: prefixes[12].ip_prefix: '10.0.0.300/8' is not an IPv4
@@ -95,7 +99,16 @@ class IpRanges:
     merged; if its listings disagreed on region or border group, the first one listed would win
     (AWS's file has no such case)."""
 
-    __slots__ = ("_count", "_regions", "_v4", "_v6", "create_date", "source", "sync_token")
+    __slots__ = (
+        "_count",
+        "_memo",
+        "_regions",
+        "_v4",
+        "_v6",
+        "create_date",
+        "source",
+        "sync_token",
+    )
 
     sync_token: str
     """`syncToken`: the publication time in Unix seconds, as a string of digits."""
@@ -117,6 +130,8 @@ class IpRanges:
         self.sync_token = token
         self.create_date = date
         self._count = 0
+        self._memo: dict[str, Attribution | None] = {}
+        """Addresses looked up before: a vantage asks about the same few on every probe."""
         regions: dict[str, set[str]] = {}
         tables = [self._table(document, family, regions) for family in _FAMILIES]
         self._v4, self._v6 = tables
@@ -201,6 +216,17 @@ class IpRanges:
         """The attribution of `address` (an IPv4 or IPv6 literal), or None when no published
         prefix holds it or it is not an IP address. `::ffff:a.b.c.d` is an IPv6 address here,
         never mapped to IPv4: an AAAA record holding one is not in AWS's IPv6 ranges."""
+        try:
+            return self._memo[address]
+        except KeyError:
+            pass
+        found = self._lookup(address)
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()  # bounded: the addresses in use are back within a round
+        self._memo[address] = found
+        return found
+
+    def _lookup(self, address: str) -> Attribution | None:
         # inet_pton, not ipaddress: ten times faster, and the same on every valid address (a
         # scoped `fe80::1%eth0`, which it refuses, is link-local: in no published range).
         v6 = ":" in address

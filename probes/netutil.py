@@ -49,7 +49,9 @@ async def open_stream(
         )
     sock = writer.get_extra_info("socket")
     if sock is not None:  # measured latency must be the network's, never Nagle's
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # ValueError: uvloop's socket of a connection the peer has already closed
+        with contextlib.suppress(OSError, ValueError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return reader, writer
 
 
@@ -79,12 +81,16 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None)
 def connect_seconds(writer: asyncio.StreamWriter, wall: float) -> float:
     """The TCP handshake's round trip as the kernel timed it (Linux TCP_INFO), so a busy event
     loop that noticed the connection late does not inflate it; else the wall-clock time."""
-    sock = writer.get_extra_info("socket")
+    return socket_connect_seconds(writer.get_extra_info("socket"), wall)
+
+
+def socket_connect_seconds(sock: socket.socket | None, wall: float) -> float:
+    """connect_seconds() of a connected socket (None: the wall-clock time)."""
     if sock is None or _TCP_INFO is None:
         return wall
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 104)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a connection already closed
         return wall
     if len(info) < _TCPI_RTT_OFFSET + 4:
         return wall
@@ -117,7 +123,7 @@ def announced_mss(writer: asyncio.StreamWriter) -> int | None:
                     stamps = info[_TCPI_OPTIONS_OFFSET] & _TCPI_OPT_TIMESTAMPS
                     return int(advmss) + (_TIMESTAMP_OPTION if stamps else 0)
         return int(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a connection already closed
         return None
 
 

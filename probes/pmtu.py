@@ -52,7 +52,7 @@ def unread_bytes(writer: asyncio.StreamWriter) -> int:
         return 0
     try:
         raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-    except OSError:
+    except (OSError, ValueError):  # ValueError: uvloop's socket of a closed connection (fd -1)
         return 0
     return int(struct.unpack("i", raw)[0])
 
@@ -226,6 +226,29 @@ def _parse_reply(data: bytes, family: str, raw: bool, ident: int) -> int | None:
     return int(seq)
 
 
+async def _recvfrom(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int
+) -> tuple[bytes, tuple[str, int]]:
+    """loop.sock_recvfrom, which uvloop does not implement (NotImplementedError)."""
+    while True:
+        try:
+            data, addr = sock.recvfrom(size)
+            return data, addr
+        except (BlockingIOError, InterruptedError):
+            pass
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(sock.fileno())
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 async def echo_sizes(
     req: ProbeRequest, sizes: Sequence[int], *, budget: float, rounds: int, spacing: float
 ) -> SizeEchoes:
@@ -267,7 +290,7 @@ async def _exchange(
 
     async def receive() -> None:
         while len(answered) < len(sizes):
-            data, addr = await loop.sock_recvfrom(sock, 65535)
+            data, addr = await _recvfrom(loop, sock, 65535)
             if socket.inet_pton(sock.family, str(addr[0]).split("%")[0]) != target_ip:
                 continue
             seq = _parse_reply(data, family, raw, ident)

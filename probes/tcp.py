@@ -1,26 +1,41 @@
 """TCP connect to the target's IP literal for one family: the time the handshake takes.
 
-Measures only the three-way handshake; nothing is sent on the connection.
+Measures only the three-way handshake; nothing is sent on the connection. A bare socket and
+the loop's sock_connect, no stream: the probe needs neither a transport nor a protocol.
 """
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 from probes.base import Outcome, ProbeRequest
 from probes.details import TcpConnect
 from probes.errors import classify
-from probes.netutil import close_stream, connect_seconds, open_stream
+from probes.netutil import local_addr, socket_connect_seconds
 
 
 async def probe(req: ProbeRequest) -> Outcome:
     clock = req.env.clock
+    af = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
     t0 = clock()
     try:
-        _reader, writer = await open_stream(req)
+        sock = socket.socket(af, socket.SOCK_STREAM)
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"connect": clock() - t0})
-    connect = connect_seconds(writer, clock() - t0)
-    sockname = writer.get_extra_info("sockname")
-    await close_stream(writer)
+    try:
+        sock.setblocking(False)
+        source = local_addr(req)
+        if source is not None:
+            sock.bind(source)
+        t0 = clock()
+        await asyncio.get_running_loop().sock_connect(sock, (req.address, req.target.port))
+        connect = socket_connect_seconds(sock, clock() - t0)
+        sockname = sock.getsockname()
+    except OSError as exc:
+        return Outcome(success=False, error=classify(exc), phases={"connect": clock() - t0})
+    finally:
+        sock.close()  # an orderly FIN; nothing was sent, nothing is waited for
     return Outcome(
         success=True,
         phases={"connect": connect},

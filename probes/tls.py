@@ -8,6 +8,7 @@ without verification records the certificate that was presented, so the differen
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ssl
 from collections.abc import Callable, Sequence
@@ -79,7 +80,16 @@ def _subject(der: bytes) -> str:
 def describe_certificate(der: bytes, chain: Sequence[bytes] = ()) -> Certificate | None:
     """What a leaf says, for showing and comparing, and from the verified `chain` (leaf
     first, root last) its intermediates and the trust anchor it verified to; None when it is
-    not a certificate at all."""
+    not a certificate at all.
+
+    Memoized by the bytes described (a pure function of them; a Certificate is immutable): an
+    endpoint presents the same chain probe after probe, and parsing it with cryptography was a
+    large share of a TLS probe's CPU. OpenSSL still verifies every handshake."""
+    return _describe(der, tuple(chain))
+
+
+@functools.lru_cache(maxsize=1024)
+def _describe(der: bytes, chain: tuple[bytes, ...]) -> Certificate | None:
     try:
         cert = x509.load_der_x509_certificate(der)
         not_after = cert.not_valid_after_utc

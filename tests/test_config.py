@@ -45,6 +45,7 @@ INVALID = {
     "invalid-bad-host.yml": "targets[0].host: 'bad host!' is not a host name or IP address",
     "invalid-top-level-list.yml": "the top level must be a mapping of keys",
     "invalid-bad-port.yml": "targets[0].port: 70000: must be at most 65535",
+    "invalid-icmp-count.yml": "targets[0].icmp.count: 0: must be at least 1",
     "invalid-reserved-name.yml": (
         "targets[0].name: 'route53-ns-mine': names starting with 'route53-ns-' are reserved for "
         "the name servers of route53.zones"

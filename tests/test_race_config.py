@@ -64,7 +64,7 @@ def test_race_falls_back_key_by_key() -> None:
             one(icmp={"sizes": [1280, 20]}),
             "race.yml: targets[0].icmp.sizes[1]: 20: must be at least 48",
         ),
-        (one(icmp={"count": 3}), "race.yml: targets[0].icmp.count: unknown key"),
+        (one(icmp={"interval": 1}), "race.yml: targets[0].icmp.interval: unknown key"),
     ],
 )
 def test_bad_values_name_their_key(doc: dict[str, Any], message: str) -> None:

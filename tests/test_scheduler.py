@@ -240,3 +240,34 @@ async def test_drain_waits_then_cancels() -> None:
     cancelled = await sched.drain(timeout=0.05)
     assert cancelled == 1 and sched.in_flight() == []
     await asyncio.wait_for(task, 5)
+
+
+async def test_on_the_real_clock_the_loop_timers_cut_and_wake() -> None:
+    """Without an injected clock the scheduler waits on the loop's own timers (no tasks per
+    wake or per job): a job is still dispatched on time, cut at its hard timeout, isolated."""
+    starts: list[str] = []
+    failures: list[tuple[str, str]] = []
+
+    async def run(t: Target, probe: ProbeKind) -> None:
+        starts.append(t.name)
+        if t.name == "stuck":
+            await asyncio.sleep(60)
+        if t.name == "buggy":
+            raise RuntimeError("probe bug")
+
+    sched = Scheduler(
+        run,
+        jitter=0.0,
+        hard_timeout=lambda t: 0.2,
+        on_failure=lambda t, p, e: failures.append((t.name, type(e).__name__)),
+    )
+    sched.set_targets([target(n, 0.5) for n in ("stuck", "buggy", "fine")])
+    task = await start(sched)
+    await asyncio.sleep(1.2)  # the real clock is the point: two or three slots each
+    await stop(sched, task)
+    await sched.drain(1.0)
+    assert 2 <= starts.count("fine") <= 3
+    # each stuck run is cut 0.2 s in; the last may still be running when the test stops
+    assert 1 <= starts.count("stuck") - 1 <= sched.stats.hung <= starts.count("stuck")
+    assert sched.stats.crashed == starts.count("buggy") >= 2
+    assert ("stuck", "TimeoutError") in failures and ("buggy", "RuntimeError") in failures

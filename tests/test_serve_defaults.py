@@ -80,6 +80,24 @@ def test_healthcheck_passes_with_tls_on(
     assert healthcheck(free_port()) == 1
 
 
+def test_every_tls_handshake_completes(
+    config: Path, tls_web_config: tuple[Path, trustme.CA]
+) -> None:
+    """Each of 20 fresh connections finishes its handshake at once. On uvloop a ClientHello
+    that arrived before TLS was set up on the accepted connection was lost, and 2 clients in 3
+    waited out their timeout (the gate now puts TLS in place inside connection_made)."""
+    web, ca = tls_web_config
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ctx.check_hostname = False
+    with serve(config, "--web.config.file", str(web)) as served:
+        for _ in range(20):
+            with urllib.request.urlopen(
+                f"https://127.0.0.1:{served.port}/healthz", context=ctx, timeout=5
+            ) as resp:
+                assert resp.status == 200
+
+
 def test_healthcheck_passes_with_plain_http(config: Path) -> None:
     with serve(config) as served:
         assert healthcheck(served.port) == 0

@@ -9,6 +9,7 @@ The clock is injected, so tests drive a simulated day without real sleeps.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import heapq
 import logging
@@ -106,6 +107,8 @@ class Scheduler:
     ) -> None:
         self._run_job = run_job
         self.clock: Clock = clock or MonotonicClock()
+        self._real_clock = type(self.clock) is MonotonicClock
+        """Time is the loop's own (monotonic): its timers can stand for sleep_until."""
         self._sem = asyncio.Semaphore(concurrency)
         self._jitter = jitter
         self._max_jitter = max_jitter
@@ -196,6 +199,13 @@ class Scheduler:
 
     async def _wait_wake(self, deadline: float | None) -> None:
         self._wake.clear()
+        if self._real_clock:
+            # The loop's own timer, not two tasks a wake: this runs once per dispatch.
+            with contextlib.suppress(TimeoutError):
+                delay = None if deadline is None else max(0.0, deadline - self.clock.now())
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            return
         waker = asyncio.ensure_future(self._wake.wait())
         tasks: set[asyncio.Future[Any]] = {waker}
         if deadline is not None:
@@ -240,6 +250,15 @@ class Scheduler:
 
     async def _bounded(self, work: Awaitable[None], limit: float) -> None:
         """Await `work` for at most `limit` seconds of the injected clock (not the loop's)."""
+        if self._real_clock:  # the loop's timer is that clock: no task and timer task per job
+            try:
+                async with asyncio.timeout(limit) as cm:
+                    await work
+            except TimeoutError:
+                if cm.expired():
+                    raise TimeoutError(f"no result within {limit:g} s") from None
+                raise
+            return
         task = asyncio.ensure_future(work)
         timer = asyncio.ensure_future(self.clock.sleep_until(self.clock.now() + limit))
         try:

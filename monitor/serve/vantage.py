@@ -46,24 +46,33 @@ FAILURE_REMINDER_SECONDS = 600.0
 
 
 class ResolutionCache:
-    """Probes of one target share its address for a short while; the dns probe always asks
-    afresh (and refreshes the cache), so DNS trouble is seen by the dns probe, on time."""
+    """Transport probes of a target reuse its last resolution for as long as its TTL says, as
+    a client's resolver would; the dns probe always asks afresh (and refreshes the cache), so
+    DNS trouble and a rotation are seen by the dns probe, on time. A failed resolution, or one
+    with a TTL of 0, is never reused: the next probe asks again."""
 
-    def __init__(self, max_age: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._max_age = max_age
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._entries: dict[tuple[str, Family], tuple[float, Resolution]] = {}
+        """(host, family) -> (when it expires, the resolution)."""
+
+    def peek(self, host: str, family: Family) -> Resolution | None:
+        """The resolution still within its TTL, without asking; None when there is none."""
+        hit = self._entries.get((host, family))
+        return hit[1] if hit is not None and self._clock() < hit[0] else None
 
     async def get(
         self, resolver: Resolver, host: str, family: Family, *, fresh: bool
     ) -> Resolution:
         key = (host, family)
-        now = self._clock()
-        hit = self._entries.get(key)
-        if not fresh and hit is not None and now - hit[0] < self._max_age:
-            return hit[1]
+        if not fresh and (hit := self.peek(host, family)) is not None:
+            return hit
+        asked = self._clock()
         res = await resolver.resolve(host, family)
-        self._entries[key] = (now, res)
+        if res.error is None and res.ttl:
+            self._entries[key] = (asked + res.ttl, res)
+        else:
+            self._entries.pop(key, None)
         return res
 
     def clear(self) -> None:
@@ -81,7 +90,7 @@ class Vantage:
             shard=cfg.shard.index,
             shards=cfg.shard.count,
         )
-        self.cache = ResolutionCache(max_age=min(30.0, cfg.interval))
+        self.cache = ResolutionCache()
         self.scheduler = Scheduler(
             self.run_job,
             clock=clock,
@@ -165,11 +174,15 @@ class Vantage:
                 await race(target, self.resolver, self.env, families=self.cfg.families)
             )
             return
-        fresh = probe == "dns"
-        res = await asyncio.gather(
-            *(self.cache.get(self.resolver, target.host, f, fresh=fresh) for f in FAMILIES)
-        )
-        resolutions: dict[Family, Resolution] = dict(zip(FAMILIES, res, strict=True))
+        resolutions = {
+            f: r for f in FAMILIES if probe != "dns" and (r := self.cache.peek(target.host, f))
+        }
+        if len(resolutions) < len(FAMILIES):  # ask for what is not cached, both at once
+            missing = [f for f in FAMILIES if f not in resolutions]
+            res = await asyncio.gather(
+                *(self.cache.get(self.resolver, target.host, f, fresh=True) for f in missing)
+            )
+            resolutions.update(zip(missing, res, strict=True))
         results = await check_target(
             target,
             [probe],

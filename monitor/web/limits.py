@@ -12,7 +12,7 @@ nothing (or half a request) cannot take the descriptors the probes need.
   closed (aiohttp's keep-alive timer; it also ends a half-sent second request).
 
 Connections are counted from accept, TLS ones before their handshake too: TLS is started here
-(loop.start_tls), not by the listening server, for that reason.
+(asyncio's SSLProtocol, as loop.start_tls would), not by the listening server, for that reason.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import logging
 import socket
 import ssl
 import time
+from asyncio import sslproto
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -141,7 +143,9 @@ class _Conn(asyncio.Protocol):
     # -- asyncio -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # cast, not isinstance: uvloop's TCP transport implements asyncio.Transport without
+        # subclassing it (so does 3.11's selector datagram transport, monitor/lab/dnsserver.py).
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
@@ -153,29 +157,50 @@ class _Conn(asyncio.Protocol):
         if self._gate.ssl_context is None:
             self._attach(transport, self)
         else:
-            transport.pause_reading()  # start_tls takes over the bytes from the first one
-            self._tls = loop.create_task(self._start_tls(transport, self._gate.ssl_context))
+            self._start_tls(transport, self._gate.ssl_context)
 
-    async def _start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+    def _start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
+        """What loop.start_tls does, with the TLS protocol in place before connection_made
+        returns: uvloop starts reading right after connection_made (undoing a pause_reading
+        made there), so a ClientHello could reach this plain protocol, and be lost, before a
+        start_tls task ran. asyncio's SSLProtocol works on uvloop's transports as on asyncio's."""
         forward = _Forward(self)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        tls = sslproto.SSLProtocol(
+            loop,
+            forward,
+            ctx,
+            waiter,
+            server_side=True,
+            call_connection_made=False,
+            # seconds, a float as call_later takes them (typeshed says int)
+            ssl_handshake_timeout=self._gate.limits.header_timeout,  # type: ignore[arg-type]
+        )
+        raw.set_protocol(tls)
+        tls.connection_made(raw)
+        self._tls = loop.create_task(self._handshake(raw, tls, forward, waiter))
+
+    async def _handshake(
+        self,
+        raw: asyncio.Transport,
+        tls: sslproto.SSLProtocol,
+        forward: _Forward,
+        waiter: asyncio.Future[None],
+    ) -> None:
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw,
-                forward,
-                ctx,
-                server_side=True,
-                ssl_handshake_timeout=self._gate.limits.header_timeout,
-            )
+            await waiter
         except (OSError, TimeoutError, asyncio.CancelledError):
             # A failed or timed-out handshake (ssl.SSLError is an OSError): no protocol of
             # ours hears of this connection again.
             raw.abort()
             self.closed()
             return
-        if forward.lost or tls is None:
+        app = tls._app_transport  # what loop.start_tls hands back
+        if forward.lost or app is None:
             self.closed()
             return
-        self._attach(tls, forward)
+        self._attach(app, forward)
 
     def _attach(self, transport: asyncio.Transport, forward: _Forward | _Conn) -> None:
         handler = self._gate.make_handler()
