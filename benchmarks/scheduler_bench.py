@@ -320,10 +320,11 @@ def vantage_main(config: str, duration: float, out: str, case: str) -> int:
     nofile = raise_nofile()
     install_loopback_guard()
     sys.path.insert(0, str(REPO))
+    from monitor.cli import run_async  # the loop `probe serve` runs on (uvloop where installed)
     from monitor.serve import logs
 
     logs.setup("info", "text")  # as `probe serve` (stderr is a file the parent reads)
-    result = asyncio.run(_vantage_run(config, duration, case, out))
+    result = run_async(_vantage_run(config, duration, case, out))
     result["nofile"] = list(nofile)
     result["case"] = case
     Path(out).write_text(json.dumps(result))
