@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import dns.message
-import dns.rdatatype
 import pytest
+from lab.dnscount import CountingServer
 
 from monitor.cli import loop_factory, run_async
 from monitor.config import load_config
@@ -22,7 +20,6 @@ from monitor.serve.vantage import ResolutionCache
 from probes.base import ProbeEnv, Resolution
 from probes.details import IcmpEcho
 from probes.handler import run_probe
-from probes.resolve import Resolver
 
 # -- icmp.count ------------------------------------------------------------------------------
 
@@ -68,29 +65,10 @@ RECORDS = {
 }
 
 
-class Counted:
-    """The lab DNS server, counting the questions it answers."""
-
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.asked: list[tuple[str, str]] = []
-        respond: Callable[[dns.message.Message], dns.message.Message] = server.zone_data.respond
-
-        def counting(query: dns.message.Message) -> dns.message.Message:
-            q = query.question[0]
-            self.asked.append((q.name.to_text().rstrip("."), dns.rdatatype.to_text(q.rdtype)))
-            return respond(query)
-
-        server.zone_data.respond = counting  # type: ignore[method-assign]
-
-    def resolver(self) -> Resolver:
-        return Resolver(["127.0.0.1"], self.server.port, timeout=2.0, clock=time.perf_counter)
-
-
 @pytest.fixture
-async def lab_dns() -> AsyncIterator[Counted]:
+async def lab_dns() -> AsyncIterator[CountingServer]:
     async with DnsServer(RECORDS, ("example.com",)) as server:
-        yield Counted(server)
+        yield CountingServer(server)
 
 
 class Clock:
@@ -101,7 +79,7 @@ class Clock:
         return self.now
 
 
-async def test_a_resolution_is_reused_until_its_ttl_ends(lab_dns: Counted) -> None:
+async def test_a_resolution_is_reused_until_its_ttl_ends(lab_dns: CountingServer) -> None:
     clock = Clock()
     cache = ResolutionCache(clock)
     resolver = lab_dns.resolver()
@@ -118,7 +96,7 @@ async def test_a_resolution_is_reused_until_its_ttl_ends(lab_dns: Counted) -> No
     assert lab_dns.asked == [("short.example.com", "A")] * 2
 
 
-async def test_the_dns_probe_always_asks_and_refreshes(lab_dns: Counted) -> None:
+async def test_the_dns_probe_always_asks_and_refreshes(lab_dns: CountingServer) -> None:
     clock = Clock()
     cache = ResolutionCache(clock)
     resolver = lab_dns.resolver()
@@ -131,7 +109,7 @@ async def test_the_dns_probe_always_asks_and_refreshes(lab_dns: Counted) -> None
     assert len(lab_dns.asked) == 4
 
 
-async def test_a_ttl_of_zero_is_never_reused(lab_dns: Counted) -> None:
+async def test_a_ttl_of_zero_is_never_reused(lab_dns: CountingServer) -> None:
     cache = ResolutionCache(Clock())
     resolver = lab_dns.resolver()
     for _ in range(2):
@@ -140,7 +118,7 @@ async def test_a_ttl_of_zero_is_never_reused(lab_dns: Counted) -> None:
     assert lab_dns.asked == [("zero.example.com", "A")] * 2
 
 
-async def test_a_failed_resolution_is_never_reused(lab_dns: Counted) -> None:
+async def test_a_failed_resolution_is_never_reused(lab_dns: CountingServer) -> None:
     cache = ResolutionCache(Clock())
     resolver = lab_dns.resolver()
     for _ in range(2):

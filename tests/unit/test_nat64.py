@@ -7,18 +7,16 @@ documentation prefixes; nothing connects to them."""
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import dns.message
-import dns.rdatatype
 import pytest
+from lab.dnscount import CountingServer
 
 from monitor.lab.dnsserver import DnsRecord, DnsServer
 from probes import handler
 from probes.base import ErrorKind, ProbeEnv, Target
 from probes.details import DnsAnswer
-from probes.resolve import WELL_KNOWN_NAT64, Resolver, nat64_prefixes_from
+from probes.resolve import WELL_KNOWN_NAT64, nat64_prefixes_from
 
 LEARNT = ipaddress.IPv6Network("2001:db8:64::/96")
 OTHER = ipaddress.IPv6Network("2001:db8:46::/96")
@@ -72,25 +70,6 @@ DNS64_RECORDS: Records = {
         DnsRecord(rtype="AAAA", value="2001:db8:1::7"),
     ],
 }
-
-
-class CountingServer:
-    """The lab DNS server, counting the questions it answers (by name, rdtype)."""
-
-    def __init__(self, server: DnsServer) -> None:
-        self.server = server
-        self.asked: list[tuple[str, str]] = []
-        respond: Callable[[dns.message.Message], dns.message.Message] = server.zone_data.respond
-
-        def counting(query: dns.message.Message) -> dns.message.Message:
-            q = query.question[0]
-            self.asked.append((q.name.to_text().rstrip("."), dns.rdatatype.to_text(q.rdtype)))
-            return respond(query)
-
-        server.zone_data.respond = counting  # type: ignore[method-assign]
-
-    def resolver(self) -> Resolver:
-        return Resolver(["127.0.0.1"], self.server.port, timeout=2.0, clock=time.perf_counter)
 
 
 @pytest.fixture
