@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from monitor.engine.parity import REGRESSIONS, WORST_FIRST, Parity, Verdict
-from monitor.engine.report import Report
+from monitor.engine.report import Report, milliseconds
 from monitor.engine.vantage import VantageCheck
 from monitor.run.output import (
     EXIT_MEANINGS,
@@ -362,3 +362,18 @@ def test_plan_fits_and_counts_in_words() -> None:
     out = io.StringIO()
     write_plan(plan_rows(targets[:1], ("ipv4",)), out, fmt="table", title="t", width=None)
     assert out.getvalue().splitlines()[-1] == "1 target"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.0123, "12.3 ms"),
+        (0.001, "1.0 ms"),
+        (0.00099, "0.99 ms"),
+        (0.00003, "0.03 ms"),  # a loopback connect, as the kernel times it
+        (0.000004, "<0.01 ms"),
+        (0.0, "<0.01 ms"),
+    ],
+)
+def test_latency_below_a_millisecond_is_not_zero(seconds: float, shown: str) -> None:
+    assert milliseconds(seconds) == shown

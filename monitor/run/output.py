@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import IO, Any, Literal
 
 from monitor.engine.parity import REGRESSIONS, VERDICTS, WORST_FIRST, Parity, Verdict
-from monitor.engine.report import Report, iso_utc, report_json
+from monitor.engine.report import Report, iso_utc, milliseconds, report_json
 from probes.base import PROBE_KINDS, ProbeResult, RaceResult
 
 EXIT_OK = 0
@@ -267,7 +267,7 @@ def _cell(r: ProbeResult | None) -> tuple[str, str | None]:
     if r.skipped:
         return "skipped", "dim"
     if r.success:
-        return f"{r.duration_seconds * 1000:.1f} ms", None
+        return milliseconds(r.duration_seconds), None
     return _printable(str(r.error.kind) if r.error else "failed"), "red"
 
 
@@ -527,7 +527,7 @@ def race_line(r: RaceResult) -> str:
     if r.winner_family is None or r.connect_seconds is None:
         return f"nothing connected ({r.error.kind if r.error else 'failed'})"
     won = "IPv6" if r.winner_family == "ipv6" else "IPv4"
-    line = f"{won} won ({r.winner_address}) in {r.connect_seconds * 1000:.1f} ms"
+    line = f"{won} won ({r.winner_address}) in {milliseconds(r.connect_seconds)}"
     if r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
         line += f"; IPv6 cost this client {r.ipv6_penalty_seconds * 1000:.0f} ms"
     if r.error is not None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from monitor.engine.parity import Verdict
+from monitor.engine.report import milliseconds
 from probes.base import FAMILIES, NO_REGION, PROBE_KINDS
 
 PROBES = PROBE_KINDS
@@ -48,8 +49,7 @@ def _as_list(value: Any) -> list[Mapping[str, Any]]:
 def _ms(seconds: Any) -> str:
     if not isinstance(seconds, int | float) or isinstance(seconds, bool):
         return "?"
-    ms = float(seconds) * 1000
-    return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+    return milliseconds(seconds) if seconds < 0.1 else f"{float(seconds) * 1000:.0f} ms"
 
 
 def _parse_started(value: Any) -> datetime | None:
