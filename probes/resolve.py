@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.exception
 import dns.flags
+import dns.ipv4
+import dns.ipv6
 import dns.message
 import dns.name
 import dns.rcode
@@ -92,6 +94,134 @@ class DnsReach:
         """One line: which servers, what error, and the question to ask."""
         servers = "; ".join(f"{server}: {what}" for server, what in self.errors) or "none"
         return peer_text(f"no DNS server answered any query ({servers}): is this machine online?")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plain:
+    """What a resolution needs of an answer, read by dnspython or by read_answer."""
+
+    cname_chain: tuple[str, ...]
+    """The owner names of the CNAME records followed, from the name asked."""
+    nameserver: str
+    ttl: int | None
+    """The TTL of the address records (None: none at the end of the chain)."""
+    addresses: tuple[str, ...] | None
+    """Sorted, without repeats; None: no record of the type asked (NODATA)."""
+
+
+class _Unusual(Exception):
+    """A reply read_answer leaves to dnspython (which may still take it, or reject it)."""
+
+
+_MAX_CHAIN = 16  # dnspython's limit on CNAME hops
+_PLAIN_LABEL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+_A, _AAAA, _CNAME, _OPT, _IN = 1, 28, 5, 41, 1
+
+
+def _read_name(data: bytes, at: int) -> tuple[str, int]:
+    """The name at `at` (compression followed) as text without the final dot, and the offset
+    after it where it started. Only plain labels (letters, digits, - and _): anything dnspython
+    would escape is _Unusual."""
+    labels: list[str] = []
+    end = -1
+    jumps = 0
+    while True:
+        if at >= len(data):
+            raise _Unusual("truncated name")
+        n = data[at]
+        if n & 0xC0 == 0xC0:
+            if at + 1 >= len(data) or jumps > 64:
+                raise _Unusual("bad compression")
+            if end < 0:
+                end = at + 2
+            at = ((n & 0x3F) << 8) | data[at + 1]
+            jumps += 1
+            continue
+        if n & 0xC0:
+            raise _Unusual("label type")
+        at += 1
+        if n == 0:
+            return ".".join(labels), end if end >= 0 else at
+        label = data[at : at + n]
+        if len(label) != n or not _PLAIN_LABEL.issuperset(label):
+            raise _Unusual("label")
+        labels.append(label.decode("ascii"))
+        at += n
+
+
+def read_answer(data: bytes, name: str, rdtype: int, nameserver: str) -> Plain | str | None:
+    """A reply to the query for (name, rdtype), read without dnspython's message objects:
+    "NXDOMAIN", None for a reply the full resolver must see (truncated, an rcode other than
+    NOERROR), else the CNAME chain and address records, as dnspython's Answer gives them.
+    Raises _Unusual for anything outside the plain case (dnspython then reads it)."""
+    if len(data) < 12:
+        raise _Unusual("short")
+    flags = int.from_bytes(data[2:4], "big")
+    qd, an, _ns, ar = (int.from_bytes(data[i : i + 2], "big") for i in (4, 6, 8, 10))
+    if not flags & 0x8000 or (flags >> 11) & 0xF or qd != 1:
+        raise _Unusual("not a plain response")
+    qname, at = _read_name(data, 12)
+    qtype, qclass = (
+        int.from_bytes(data[at : at + 2], "big"),
+        int.from_bytes(data[at + 2 : at + 4], "big"),
+    )
+    at += 4
+    if qname.lower() != name.rstrip(".").lower() or (qtype, qclass) != (rdtype, _IN):
+        raise _Unusual("another question")
+    records: list[tuple[str, int, int, bytes | str]] = []
+    for n in range(an + _ns + ar):
+        owner, at = _read_name(data, at)
+        if at + 10 > len(data):
+            raise _Unusual("truncated record")
+        rtype = int.from_bytes(data[at : at + 2], "big")
+        rclass = int.from_bytes(data[at + 2 : at + 4], "big")
+        ttl = int.from_bytes(data[at + 4 : at + 8], "big")
+        size = int.from_bytes(data[at + 8 : at + 10], "big")
+        at += 10
+        rdata = data[at : at + size]
+        if len(rdata) != size:
+            raise _Unusual("truncated rdata")
+        if rtype == _OPT and ttl >> 24:
+            raise _Unusual("extended rcode")  # it changes the rcode: dnspython's reading
+        if n < an and rclass == _IN and rtype in (rdtype, _CNAME):
+            if rtype == _CNAME:
+                target, _ = _read_name(data, at)
+                records.append((owner, rtype, ttl, target))
+            elif len(rdata) != (4 if rtype == _A else 16):
+                raise _Unusual("address size")
+            else:
+                records.append((owner, rtype, ttl, rdata))
+        at += size
+    if at != len(data):
+        raise _Unusual("trailing bytes")
+    rcode = flags & 0xF
+    if rcode == 3:
+        return "NXDOMAIN"
+    if rcode != 0 or flags & 0x0200:  # TC
+        return None
+    chain: list[str] = []
+    current = qname.lower()
+    for _ in range(_MAX_CHAIN + 1):
+        found = [r for r in records if r[0].lower() == current and r[1] == rdtype]
+        if found:
+            ntoa = dns.ipv4.inet_ntoa if rdtype == _A else dns.ipv6.inet_ntoa
+            return Plain(
+                cname_chain=tuple(chain),
+                nameserver=nameserver,
+                ttl=min(r[2] for r in found),
+                addresses=tuple(sorted({ntoa(r[3]) for r in found if isinstance(r[3], bytes)})),
+            )
+        cnames = [r for r in records if r[0].lower() == current and r[1] == _CNAME]
+        if not cnames:
+            return Plain(cname_chain=tuple(chain), nameserver=nameserver, ttl=None, addresses=None)
+        if len(cnames) > 1 or len(chain) >= _MAX_CHAIN:
+            raise _Unusual("CNAME set or chain too long")
+        alias, _, _, canonical = cnames[0]
+        if not isinstance(canonical, str):
+            raise _Unusual("CNAME target")
+        chain.append(alias)
+        current = canonical.lower()
+    raise _Unusual("chain too long")
 
 
 def _server(entry: object) -> str:
@@ -221,7 +351,7 @@ class Resolver:
         name = host if host.endswith(".") else host + "."
         t0 = self._clock()
         fast = await self._fast(name, _RDTYPE[family])
-        if isinstance(fast, dns.resolver.Answer):
+        if isinstance(fast, dns.resolver.Answer | Plain):
             self._answered += 1
             return await self._resolution(host, family, t0, fast)
         if fast == "NXDOMAIN":
@@ -284,7 +414,7 @@ class Resolver:
 
     async def _fast(
         self, name: str, rdtype: dns.rdatatype.RdataType
-    ) -> dns.resolver.Answer | str | None:
+    ) -> dns.resolver.Answer | Plain | str | None:
         """One UDP exchange with the first name server, without dnspython's resolver around it
         (which costs as much again as the query: a transport per query, its state machine).
 
@@ -299,7 +429,15 @@ class Resolver:
         wire = qid.to_bytes(2, "big") + self._wire(name, rdtype)[2:]
         try:
             attempt = min(self._resolver.timeout, self._resolver.lifetime / 2)
-            response = dns.message.from_wire(await _exchange(wire, server, qid, attempt))
+            data = await _exchange(wire, server, qid, attempt)
+        except (OSError, TimeoutError):
+            return None
+        try:
+            return read_answer(data, name, int(rdtype), server[0])
+        except _Unusual:
+            pass
+        try:  # a reply the lean reader does not take: dnspython's reading of it
+            response = dns.message.from_wire(data)
             if not isinstance(response, dns.message.QueryMessage):
                 return None
             if response.rcode() == dns.rcode.NXDOMAIN:
@@ -312,16 +450,27 @@ class Resolver:
             return dns.resolver.Answer(
                 qname, rdtype, dns.rdataclass.IN, response, server[0], server[1]
             )
-        except (OSError, TimeoutError, dns.exception.DNSException):
+        except dns.exception.DNSException:
             return None
 
     async def _resolution(
-        self, host: str, family: Family, t0: float, answer: dns.resolver.Answer
+        self, host: str, family: Family, t0: float, answer: dns.resolver.Answer | Plain
     ) -> Resolution:
+        if isinstance(answer, dns.resolver.Answer):
+            answer = Plain(
+                cname_chain=tuple(
+                    str(rrset.name).rstrip(".") for rrset in answer.chaining_result.cnames
+                ),
+                nameserver=str(answer.nameserver or ""),
+                ttl=answer.rrset.ttl if answer.rrset is not None else None,
+                addresses=tuple(sorted(r.address for r in answer.rrset))
+                if answer.rrset is not None
+                else None,
+            )
         seconds = self._clock() - t0
-        chain = tuple(str(rrset.name).rstrip(".") for rrset in answer.chaining_result.cnames)
-        nameserver = str(answer.nameserver or "")
-        if answer.rrset is None:
+        chain = answer.cname_chain
+        nameserver = answer.nameserver
+        if answer.addresses is None or answer.ttl is None:
             rtype = "AAAA" if family == "ipv6" else "A"
             return Resolution(
                 family=family,
@@ -330,7 +479,7 @@ class Resolver:
                 nameserver=nameserver,
                 error=error(ErrorKind.DNS_NO_ADDRESS, f"{host}: no {rtype} record"),
             )
-        addresses = tuple(sorted(r.address for r in answer.rrset))
+        addresses = answer.addresses
         nat64 = False
         not_native: tuple[str, ...] = ()
         if family == "ipv6":
@@ -340,7 +489,7 @@ class Resolver:
                 first = not_native[0]
                 return Resolution(
                     family=family,
-                    ttl=answer.rrset.ttl,
+                    ttl=answer.ttl,
                     cname_chain=chain,
                     seconds=seconds,
                     nameserver=nameserver,
@@ -356,7 +505,7 @@ class Resolver:
         return Resolution(
             family=family,
             addresses=addresses,
-            ttl=answer.rrset.ttl,
+            ttl=answer.ttl,
             cname_chain=chain,
             seconds=seconds,
             nameserver=nameserver,
