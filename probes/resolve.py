@@ -149,17 +149,24 @@ def _read_name(data: bytes, at: int) -> tuple[str, int]:
         at += n
 
 
-def read_answer(data: bytes, name: str, rdtype: int, nameserver: str) -> Plain | str | None:
+_FINAL_RCODES = {"SERVFAIL": ErrorKind.DNS_SERVFAIL, "REFUSED": ErrorKind.DNS_REFUSED}
+TRUNCATED = "TRUNCATED"
+"""What the fast path says of a reply with the TC flag: ask over TCP."""
+
+
+def read_answer(data: bytes, name: str, rdtype: int, nameserver: str) -> Plain | str:
     """A reply to the query for (name, rdtype), read without dnspython's message objects:
-    "NXDOMAIN", None for a reply the full resolver must see (truncated, an rcode other than
-    NOERROR), else the CNAME chain and address records, as dnspython's Answer gives them.
-    Raises _Unusual for anything outside the plain case (dnspython then reads it)."""
+    TRUNCATED, or the rcode's name (NXDOMAIN, SERVFAIL, ...) when it is not NOERROR, else the
+    CNAME chain and address records, as dnspython's Answer gives them. Raises _Unusual for
+    anything outside the plain case (dnspython then reads it)."""
     if len(data) < 12:
         raise _Unusual("short")
     flags = int.from_bytes(data[2:4], "big")
     qd, an, _ns, ar = (int.from_bytes(data[i : i + 2], "big") for i in (4, 6, 8, 10))
     if not flags & 0x8000 or (flags >> 11) & 0xF or qd != 1:
         raise _Unusual("not a plain response")
+    if flags & 0x0200:  # TC: the rest may be cut anywhere; TCP, as dnspython would
+        return TRUNCATED
     qname, at = _read_name(data, 12)
     qtype, qclass = (
         int.from_bytes(data[at : at + 2], "big"),
@@ -194,11 +201,8 @@ def read_answer(data: bytes, name: str, rdtype: int, nameserver: str) -> Plain |
         at += size
     if at != len(data):
         raise _Unusual("trailing bytes")
-    rcode = flags & 0xF
-    if rcode == 3:
-        return "NXDOMAIN"
-    if rcode != 0 or flags & 0x0200:  # TC
-        return None
+    if flags & 0xF:
+        return dns.rcode.to_text(dns.rcode.Rcode(flags & 0xF))
     chain: list[str] = []
     current = qname.lower()
     for _ in range(_MAX_CHAIN + 1):
@@ -359,11 +363,21 @@ class Resolver:
             return self._failed(
                 family, t0, "NXDOMAIN", ErrorKind.DNS_NXDOMAIN, f"{host}: no such name"
             )
+        if fast in _FINAL_RCODES and len(self._resolver.nameservers) == 1:
+            # what dnspython concludes of the one server's SERVFAIL or REFUSED, unasked again
+            self._answered += 1
+            kind = _FINAL_RCODES[fast]
+            return self._failed(family, t0, fast, kind, f"{host}: {fast} from every server")
         # the fast attempt took at most half the lifetime: the full resolver has the rest
         lifetime = max(0.001, self._resolver.lifetime - (self._clock() - t0))
         try:
             answer = await self._resolver.resolve(
-                name, _RDTYPE[family], raise_on_no_answer=False, search=False, lifetime=lifetime
+                name,
+                _RDTYPE[family],
+                raise_on_no_answer=False,
+                search=False,
+                lifetime=lifetime,
+                tcp=fast == TRUNCATED,
             )
         except dns.resolver.NXDOMAIN:
             self._answered += 1
@@ -418,9 +432,10 @@ class Resolver:
         """One UDP exchange with the first name server, without dnspython's resolver around it
         (which costs as much again as the query: a transport per query, its state machine).
 
-        Gives the Answer to a plain NOERROR response, "NXDOMAIN" for that rcode, and None for
-        anything else (no answer in one attempt's time, truncated, another rcode, a socket
-        error): then the full resolver asks, every server in turn, and says what went wrong.
+        Gives the Answer to a plain NOERROR response, TRUNCATED, the name of another rcode,
+        and None for anything else (no reply in one attempt's time, a socket error, a reply
+        dnspython cannot read): then the full resolver asks, every server in turn, and says
+        what went wrong.
         A socket of its own each time: a fresh source port per query, as dnspython's."""
         server = self._fast_server()
         if server is None:
@@ -440,10 +455,10 @@ class Resolver:
             response = dns.message.from_wire(data)
             if not isinstance(response, dns.message.QueryMessage):
                 return None
-            if response.rcode() == dns.rcode.NXDOMAIN:
-                return "NXDOMAIN"
-            if response.rcode() != dns.rcode.NOERROR or response.flags & dns.flags.TC:
-                return None
+            if response.flags & dns.flags.TC:
+                return TRUNCATED
+            if response.rcode() != dns.rcode.NOERROR:
+                return dns.rcode.to_text(response.rcode())
             qname = dns.name.from_text(name)
             if [(q.name, q.rdtype) for q in response.question] != [(qname, rdtype)]:
                 return None
