@@ -8,6 +8,7 @@ inside a NAT64 prefix (64:ff9b::/96 or the one learnt from ipv4only.arpa, RFC 70
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import os
 import socket
@@ -152,6 +153,9 @@ def _read_name(data: bytes, at: int) -> tuple[str, int]:
 _FINAL_RCODES = {"SERVFAIL": ErrorKind.DNS_SERVFAIL, "REFUSED": ErrorKind.DNS_REFUSED}
 TRUNCATED = "TRUNCATED"
 """What the fast path says of a reply with the TC flag: ask over TCP."""
+NO_REPLY = "NO_REPLY"
+"""What the fast path says when the first server did not answer (no reply in one attempt's
+time, or a socket error): the full resolver starts at the next server."""
 
 
 def read_answer(data: bytes, name: str, rdtype: int, nameserver: str) -> Plain | str:
@@ -267,6 +271,8 @@ class Resolver:
         self._errors: dict[str, str] = {}
         self._fast_path = fast
         """Ask the first server directly before dnspython's resolver (tests compare both)."""
+        self._rotated: dns.asyncresolver.Resolver | None = None
+        """The resolver asking the second server first (after the first did not answer)."""
         self._queries: dict[tuple[str, int], bytes] = {}
         """The wire form of each (name, rdtype) asked (the id is replaced on every query)."""
 
@@ -370,8 +376,11 @@ class Resolver:
             return self._failed(family, t0, fast, kind, f"{host}: {fast} from every server")
         # the fast attempt took at most half the lifetime: the full resolver has the rest
         lifetime = max(0.001, self._resolver.lifetime - (self._clock() - t0))
+        # The first server just had its attempt and did not answer: the next one first, as
+        # dnspython itself would go on (the first is asked again only after the others).
+        full = self._next_first() if fast == NO_REPLY else self._resolver
         try:
-            answer = await self._resolver.resolve(
+            answer = await full.resolve(
                 name,
                 _RDTYPE[family],
                 raise_on_no_answer=False,
@@ -395,6 +404,17 @@ class Resolver:
             return self._failed(family, t0, "", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
         self._answered += 1
         return await self._resolution(host, family, t0, answer)
+
+    def _next_first(self) -> dns.asyncresolver.Resolver:
+        """The full resolver with its servers rotated by one (the same resolver when there is
+        only one)."""
+        servers = self._resolver.nameservers
+        if len(servers) < 2:
+            return self._resolver
+        if self._rotated is None:
+            self._rotated = copy.copy(self._resolver)
+            self._rotated.nameservers = [*servers[1:], servers[0]]
+        return self._rotated
 
     def _fast_server(self) -> tuple[str, int] | None:
         """The first name server, when a query to it may take the fast path."""
@@ -433,9 +453,9 @@ class Resolver:
         (which costs as much again as the query: a transport per query, its state machine).
 
         Gives the Answer to a plain NOERROR response, TRUNCATED, the name of another rcode,
-        and None for anything else (no reply in one attempt's time, a socket error, a reply
-        dnspython cannot read): then the full resolver asks, every server in turn, and says
-        what went wrong.
+        NO_REPLY when the server did not answer in one attempt's time or the socket failed,
+        and None for a reply dnspython cannot read or when the fast path does not apply: then
+        the full resolver asks, every server in turn, and says what went wrong.
         A socket of its own each time: a fresh source port per query, as dnspython's."""
         server = self._fast_server()
         if server is None:
@@ -446,7 +466,7 @@ class Resolver:
             attempt = min(self._resolver.timeout, self._resolver.lifetime / 2)
             data = await _exchange(wire, server, qid, attempt)
         except (OSError, TimeoutError):
-            return None
+            return NO_REPLY
         try:
             return read_answer(data, name, int(rdtype), server[0])
         except _Unusual:
