@@ -13,6 +13,7 @@ answered; ours: the increase of sum(dualstack_probe_runs_total), one family's re
 ICMP is per echo: `icmp.count: 1` for ours, blackbox sends one.
 
     python benchmarks/compare_blackbox.py [--seconds 16] [--targets 50] [--kinds tcp,icmp,...]
+        [--profile DIR]   # py-spy (pip install py-spy) of ours per kind, collapsed stacks
 
 Needs root, and Debian nsd, nginx-light, prometheus-blackbox-exporter, wrk and curl.
 Prints a table, then one line: the worst ratio against its goal (exit 1 when over it).
@@ -232,8 +233,12 @@ def our_config(d: Path, kind: str, n: int) -> Path:
     return path
 
 
-def run_ours(d: Path, kind: str, n: int, seconds: int) -> tuple[float, float, bool, float]:
-    """(CPU ms per probe, probes/s, sane: no failed probe, median reported duration ms)."""
+def run_ours(
+    d: Path, kind: str, n: int, seconds: int, profile: Path | None = None
+) -> tuple[float, float, bool, float]:
+    """(CPU ms per probe, probes/s, sane: no failed probe, median reported duration ms).
+    With `profile`, py-spy samples ours over the window into PROFILE/<kind>.txt (collapsed
+    stacks; py-spy's own sampling adds a little to the CPU measured)."""
     path = our_config(d, kind, n)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "monitor.cli", "serve", "--config", str(path)]
@@ -244,7 +249,13 @@ def run_ours(d: Path, kind: str, n: int, seconds: int) -> tuple[float, float, bo
         time.sleep(8)  # start-up and the first rounds
         m0 = runs_total(ns_get(f"http://{OURS_LISTEN}/metrics"))
         c0 = cpu_seconds(p.pid)
-        time.sleep(seconds)
+        if profile is None:
+            time.sleep(seconds)
+        else:
+            profile.mkdir(parents=True, exist_ok=True)
+            spy = ["py-spy", "record", "--pid", str(p.pid), "--duration", str(seconds)]
+            spy += ["--rate", "250", "--format", "raw", "--nonblocking"]
+            subprocess.run([*spy, "--output", str(profile / f"{kind}.txt")], capture_output=True)
         c1 = cpu_seconds(p.pid)
         text = ns_get(f"http://{OURS_LISTEN}/metrics")
         m1 = runs_total(text)
@@ -274,6 +285,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=16, help="window per kind and tool")
     ap.add_argument("--targets", type=int, default=50, help="our targets per kind (1 s interval)")
     ap.add_argument("--kinds", default="tcp,icmp,dns,tls,http2")
+    ap.add_argument("--profile", type=Path, help="py-spy ours into DIR/<kind>.txt (collapsed)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("needs root (ip netns)")
@@ -311,7 +323,7 @@ def main() -> int:
         worst: tuple[float, str, float] | None = None
         for kind in kinds:
             bb_ms, bb_rate, bb_ok = run_blackbox(d, kind, a.seconds)
-            our_ms, our_rate, our_ok, med = run_ours(d, kind, a.targets, a.seconds)
+            our_ms, our_rate, our_ok, med = run_ours(d, kind, a.targets, a.seconds, a.profile)
             ratio = our_ms / bb_ms if bb_ms else float("inf")
             print(
                 f"{kind:6} {bb_ms:18.3f} {bb_rate:12.0f} {our_ms:14.3f} {our_rate:14.0f} "
