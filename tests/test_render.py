@@ -7,6 +7,7 @@ answering while a render is stuck. No timing assertions: renders are held by eve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
 
-from monitor.engine.parity import Thresholds, judge
+from monitor.engine.parity import Thresholds, Verdict, judge
 from monitor.serve.exporter import Exposition, SnapshotCollector, make_registry
 from monitor.serve.state import Snapshot, Store
 from monitor.web.render import IDENTITY_CHUNK, RenderCache, accepts_gzip
@@ -224,6 +225,36 @@ def test_exposition_is_byte_for_byte_prometheus_client(accept: str) -> None:
     text = "".join(exposition.render(snap, accept))
     assert text == reference(snap, accept)
     assert 'region="ap-south-1"' in text or "ap_south_1" in text or "ap__south__1" in text
+
+
+def test_kept_text_follows_every_change_between_renders() -> None:
+    """The exposition keeps each job's text between renders: what it writes must still be
+    prometheus_client's after a render with no change, a verdict changed alone, an error
+    counted alone, a target removed, and the vantage renamed."""
+    store = rich_store()
+    exposition = Exposition()
+    first = "".join(exposition.render(store.snapshot(), ""))
+    snap = store.snapshot()
+    assert "".join(exposition.render(snap, "")) == first == reference(snap, "")
+    # A verdict changed alone (results and histograms the same objects).
+    (name, probe), par = next(iter(store.parity.items()))
+    other = Verdict.OK if par.verdict is Verdict.IPV6_SLOWER else Verdict.IPV6_SLOWER
+    store.parity[(name, probe)] = dataclasses.replace(par, verdict=other)
+    snap = store.snapshot()
+    assert "".join(exposition.render(snap, "")) == reference(snap, "")
+    # An error counted alone.
+    store.errors[("t-000", "tcp", "ipv6", "timeout")] += 1
+    snap = store.snapshot()
+    assert "".join(exposition.render(snap, "")) == reference(snap, "")
+    # A target removed, then the vantage renamed.
+    store.set_targets({n: t for n, t in store.targets.items() if n != "t-002"})
+    snap = store.snapshot()
+    text = "".join(exposition.render(snap, ""))
+    assert text == reference(snap, "") and 'target="t-002"' not in text
+    store.vantage = "renamed"
+    snap = store.snapshot()
+    text = "".join(exposition.render(snap, ""))
+    assert text == reference(snap, "") and 'vantage="renamed"' in text
 
 
 def test_the_live_registry_and_the_exposition_agree() -> None:

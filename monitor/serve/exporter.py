@@ -22,8 +22,8 @@ from prometheus_client.utils import floatToGoString as _float_to_go
 
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
-from monitor.serve.state import LATENCY_BUCKETS, ResultKey, Snapshot, Store
-from probes.base import FAMILIES, NO_REGION, Target
+from monitor.serve.state import LATENCY_BUCKETS, PairKey, ResultKey, Snapshot, Store
+from probes.base import FAMILIES, NO_REGION, ProbeResult, Target
 from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
 
 PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
@@ -371,6 +371,14 @@ class Exposition:
     def __init__(self) -> None:
         self._labels: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         self._headers: dict[str, tuple[str, ...]] = {}
+        self._result_text: dict[ResultKey, tuple[object, str, tuple[str, ...]]] = {}
+        """Per result key: (result, its label text, its lines of each per-result family)."""
+        self._histogram_text: dict[ResultKey, tuple[object, str, str]] = {}
+        """Per result key: (latency histogram, its label text, its lines)."""
+        self._last_rows: tuple[str, set[ResultKey], dict[str, Target], list[Row]] | None = None
+        """The rows of the last render, with what they were made from."""
+        self._parity_text: dict[PairKey, tuple[object, Target | None, str, str]] = {}
+        """Per (target, probe): (verdict, target, vantage label, its lines)."""
 
     @staticmethod
     def negotiate(accept: str) -> tuple[Encoder, str]:
@@ -424,12 +432,21 @@ class Exposition:
     def _rows(self, snap: Snapshot) -> list[Row]:
         """(family label, the labels after it, all labels, labels before `target`, key) per
         result key, sorted: the text around which every per-job sample is written."""
-        rows = []
-        cache = self._labels
-        fresh: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         v = snap.vantage
         keys = snap.latest.keys() | snap.runs.keys() | snap.latency.keys()
         keys |= {(name, probe, family) for name, probe, family, _ in snap.errors}
+        last = self._last_rows
+        if (
+            last is not None
+            and last[0] == v
+            and last[1] == keys
+            and last[2].keys() == snap.targets.keys()
+            and all(snap.targets[name] is t for name, t in last[2].items())
+        ):
+            return last[3]  # the same jobs of the same targets: the same rows
+        rows = []
+        cache = self._labels
+        fresh: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         for key in sorted(keys):
             t = snap.targets.get(key[0])
             c = cache.get(key)
@@ -444,145 +461,61 @@ class Exposition:
             plain, a, b = c[2], c[3], c[4]
             rows.append((plain[:a], plain[a + 1 :], plain, plain[:b], key))
         self._labels = fresh  # forget jobs that are gone
+        self._last_rows = (v, keys, dict(snap.targets), rows)
         return rows
 
     def _result_lines(
         self, snap: Snapshot, rows: list[Row], headers: tuple[str, ...], n: Callable[[float], str]
     ) -> Iterator[str]:
-        """The families with a series per result, as `_result_families` writes them."""
-        g = floatToGoString
+        """The families with a series per result, as `_result_families` writes them. Each
+        result's lines are written once and kept while the result and its label text stay the
+        same objects (a job's result is replaced, never changed, so about one job in 30 is
+        written afresh per render at a 60 s interval and a render every 2 s)."""
         latest = snap.latest
-        results = [
-            (fam, rest, plain, before, r)
-            for fam, rest, plain, before, key in rows
-            if (r := latest.get(key)) is not None and not r.skipped
-        ]
-        (
-            h_success,
-            h_duration,
-            h_phase,
-            h_last_run,
-            h_records,
-            h_not_after,
-            h_status,
-            h_version,
-            h_addresses,
-            h_in_ranges,
-            h_path_mtu,
-        ) = headers[:11]
-        out: list[str] = [h_success]
-        out += [
-            f"dualstack_probe_success{{{p}}} {'1.0' if r.success else '0.0'}\n"
-            for _, _, p, _, r in results
-        ]
-        yield "".join(out)
-        out = [h_duration]
-        out += [
-            f"dualstack_probe_duration_seconds{{{p}}} {g(r.duration_seconds)}\n"
-            for _, _, p, _, r in results
-        ]
-        yield "".join(out)
-        out = [h_phase]
-        for fam, rest, _, _, r in results:
-            for ph, secs in sorted(r.phases.items()):
-                out.append(
-                    f'dualstack_probe_phase_duration_seconds{{{fam},phase="{_escape(ph)}",{rest}}}'
-                    f" {g(secs)}\n"
-                )
-            if len(out) > CHUNK_LINES:
-                yield "".join(out)
-                out = []
-        yield "".join(out)
-        out = [h_last_run]
-        out += [
-            f"dualstack_probe_last_run_timestamp_seconds{{{p}}} {g(r.started)}\n"
-            for _, _, p, _, r in results
-        ]
-        yield "".join(out)
-        out = [h_records]
-        out += [
-            f"dualstack_dns_records{{{p}}} {n(float(len(r.details.records)))}\n"
-            for _, _, p, _, r in results
-            if isinstance(r.details, DnsAnswer)
-        ]
-        yield "".join(out)
-        out = [h_not_after]
-        out += [
-            f"dualstack_tls_cert_not_after_timestamp_seconds{{{p}}} "
-            f"{g(r.details.certificate.not_after_timestamp)}\n"
-            for _, _, p, _, r in results
-            if isinstance(r.details, TlsHandshake)
-            and r.probe == "tls"
-            and r.details.certificate is not None
-        ]
-        http = [
-            (p, r.details)
-            for _, _, p, _, r in results
-            if isinstance(r.details, HttpExchange | QuicExchange) and r.details.status is not None
-        ]
-        yield "".join(out)
-        out = [h_status]
-        out += [f"dualstack_http_status_code{{{p}}} {n(float(d.status or 0))}\n" for p, d in http]
-        yield "".join(out)
-        out = [h_version]
-        out += [
-            f'dualstack_http_version_info{{{p},version="{d.http_version}"}} 1.0\n'
-            for p, d in http
-            if d.http_version in HTTP_VERSIONS
-        ]
-        yield "".join(out)
-        out = [h_addresses]
-        for _, _, p, before, r in results:
-            if r.addresses:
-                ok = sum(1 for a in r.addresses if a.success)
-                after = p[len(before) + 1 :]
-                failed = n(float(len(r.addresses) - ok))
-                out.append(
-                    f'dualstack_probe_addresses{{{before},state="ok",{after}}} {n(float(ok))}\n'
-                )
-                out.append(
-                    f'dualstack_probe_addresses{{{before},state="failed",{after}}} {failed}\n'
-                )
-        yield "".join(out)
-        out = [h_in_ranges]
-        out += [
-            f"dualstack_address_in_aws_ranges{{{p}}} {'0.0' if r.aws is None else '1.0'}\n"
-            for _, _, p, _, r in results
-            if r.address is not None
-        ]
-        yield "".join(out)
-        out = [h_path_mtu]
-        out += [
-            f"dualstack_path_mtu_bytes{{{fam},{rest.split(',', 1)[1]}}} "
-            f"{n(float(r.details.path_mtu_bytes))}\n"
-            for fam, rest, _, _, r in results
-            if isinstance(r.details, IcmpEcho) and r.details.path_mtu_bytes is not None
-        ]
-        yield "".join(out)
+        kept = self._result_text
+        fresh: dict[ResultKey, tuple[object, str, tuple[str, ...]]] = {}
+        texts: list[tuple[str, ...]] = []
+        for fam, rest, plain, before, key in rows:
+            r = latest.get(key)
+            if r is None or r.skipped:
+                continue
+            c = kept.get(key)
+            if c is None or c[0] is not r or c[1] is not plain:
+                c = (r, plain, _result_text(fam, rest, plain, before, r, n))
+            fresh[key] = c
+            texts.append(c[2])
+        self._result_text = fresh  # forget results that are gone
+        for i, header in enumerate(headers[:_RESULT_FAMILIES]):
+            yield from _chunks(header, [t[i] for t in texts])
 
     def _counter_lines(
         self, snap: Snapshot, rows: list[Row], headers: tuple[str, ...], n: Callable[[float], str]
     ) -> Iterator[str]:
         """Latency histograms, runs, errors, parity."""
         h_latency, h_runs, h_errors, h_parity = headers[-4:]
-        out = [h_latency]
         latency = snap.latency
+        kept = self._histogram_text
+        fresh: dict[ResultKey, tuple[object, str, str]] = {}
+        texts: list[str] = []
         for fam, rest, plain, _, key in rows:
             h = latency.get(key)
             if h is None:
                 continue
-            running = 0
-            args: list[str] = []
-            for c in h.counts:
-                running += c
-                args += (fam, rest, n(float(running)))
-            total = n(float(h.count))
-            args += (fam, rest, total, plain, total, plain, floatToGoString(h.total))
-            out.append(_HISTOGRAM % tuple(args))
-            if len(out) > CHUNK_LINES // len(_LATENCY_LINES):
-                yield "".join(out)
-                out = []
-        yield "".join(out)
+            k = kept.get(key)
+            if k is None or k[0] is not h or k[1] is not plain:
+                # a job's histogram is replaced on each observation, never changed in place
+                running = 0
+                args: list[str] = []
+                for c in h.counts:
+                    running += c
+                    args += (fam, rest, n(float(running)))
+                total = n(float(h.count))
+                args += (fam, rest, total, plain, total, plain, floatToGoString(h.total))
+                k = (h, plain, _HISTOGRAM % tuple(args))
+            fresh[key] = k
+            texts.append(k[2])
+        self._histogram_text = fresh
+        yield from _chunks(h_latency, texts, CHUNK_LINES // len(_LATENCY_LINES))
         out = [h_runs]
         runs = snap.runs
         out += [
@@ -602,25 +535,110 @@ class Exposition:
                     f"{n(float(c))}\n"
                 )
         yield "".join(out)
-        out = [h_parity]
         v = _escape(snap.vantage)
+        kept_pairs = self._parity_text
+        fresh_pairs: dict[PairKey, tuple[object, Target | None, str, str]] = {}
+        lines: list[str] = []
         for (name, probe), par in sorted(snap.parity.items()):
             t = snap.targets.get(name)
-            pair = (
-                f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
-                f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
-                f'vantage="{v}"'
-            )
-            for verdict in VERDICTS:
-                value = "1.0" if par.verdict is verdict else "0.0"
-                out.append(f'dualstack_parity{{{pair},verdict="{verdict}"}} {value}\n')
-            if len(out) > CHUNK_LINES:
-                yield "".join(out)
-                out = []
-        yield "".join(out)
+            pc = kept_pairs.get((name, probe))
+            if pc is None or pc[0] is not par.verdict or pc[1] is not t or pc[2] != v:
+                pair = (
+                    f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
+                    f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
+                    f'vantage="{v}"'
+                )
+                pc = (
+                    par.verdict,
+                    t,
+                    v,
+                    "".join(
+                        f'dualstack_parity{{{pair},verdict="{verdict}"}} '
+                        f"{'1.0' if par.verdict is verdict else '0.0'}\n"
+                        for verdict in VERDICTS
+                    ),
+                )
+            fresh_pairs[(name, probe)] = pc
+            lines.append(pc[3])
+        self._parity_text = fresh_pairs
+        yield from _chunks(h_parity, lines, CHUNK_LINES // len(VERDICTS))
 
 
 Row = tuple[str, str, str, str, ResultKey]
+_RESULT_FAMILIES = 11
+"""Families with a series per result, in the order of `_result_families` (and _result_text)."""
+
+
+def _chunks(header: str, texts: list[str], per: int = CHUNK_LINES) -> Iterator[str]:
+    """A family: its header, then its per-job texts joined `per` at a time."""
+    if len(texts) <= per:
+        yield header + "".join(texts)
+        return
+    yield header
+    for i in range(0, len(texts), per):
+        yield "".join(texts[i : i + per])
+
+
+def _result_text(
+    fam: str, rest: str, p: str, before: str, r: ProbeResult, n: Callable[[float], str]
+) -> tuple[str, ...]:
+    """One result's lines in each of the per-result families ("" where it has none)."""
+    g = floatToGoString
+    d = r.details
+    phases = "".join(
+        f'dualstack_probe_phase_duration_seconds{{{fam},phase="{_escape(ph)}",{rest}}} {g(secs)}\n'
+        for ph, secs in sorted(r.phases.items())
+    )
+    records = (
+        f"dualstack_dns_records{{{p}}} {n(float(len(d.records)))}\n"
+        if isinstance(d, DnsAnswer)
+        else ""
+    )
+    not_after = (
+        f"dualstack_tls_cert_not_after_timestamp_seconds{{{p}}} "
+        f"{g(d.certificate.not_after_timestamp)}\n"
+        if isinstance(d, TlsHandshake) and r.probe == "tls" and d.certificate is not None
+        else ""
+    )
+    status = version = ""
+    if isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
+        status = f"dualstack_http_status_code{{{p}}} {n(float(d.status or 0))}\n"
+        if d.http_version in HTTP_VERSIONS:
+            version = f'dualstack_http_version_info{{{p},version="{d.http_version}"}} 1.0\n'
+    addresses = ""
+    if r.addresses:
+        ok = sum(1 for a in r.addresses if a.success)
+        after = p[len(before) + 1 :]
+        failed = n(float(len(r.addresses) - ok))
+        addresses = (
+            f'dualstack_probe_addresses{{{before},state="ok",{after}}} {n(float(ok))}\n'
+            f'dualstack_probe_addresses{{{before},state="failed",{after}}} {failed}\n'
+        )
+    in_ranges = (
+        f"dualstack_address_in_aws_ranges{{{p}}} {'0.0' if r.aws is None else '1.0'}\n"
+        if r.address is not None
+        else ""
+    )
+    path_mtu = (
+        f"dualstack_path_mtu_bytes{{{fam},{rest.split(',', 1)[1]}}} {n(float(d.path_mtu_bytes))}\n"
+        if isinstance(d, IcmpEcho) and d.path_mtu_bytes is not None
+        else ""
+    )
+    return (
+        f"dualstack_probe_success{{{p}}} {'1.0' if r.success else '0.0'}\n",
+        f"dualstack_probe_duration_seconds{{{p}}} {g(r.duration_seconds)}\n",
+        phases,
+        f"dualstack_probe_last_run_timestamp_seconds{{{p}}} {g(r.started)}\n",
+        records,
+        not_after,
+        status,
+        version,
+        addresses,
+        in_ranges,
+        path_mtu,
+    )
+
+
 _LATENCY_LINES = (*LATENCY_BUCKETS, "+Inf", "count", "sum")
 _HISTOGRAM = (
     "".join(
