@@ -142,3 +142,20 @@ def abort_stream(writer: asyncio.StreamWriter) -> None:
     """Drop a connection that already failed: after a failed start_tls, Python 3.11's
     wait_closed() can wait forever, so don't ask for a graceful close."""
     writer.transport.abort()
+
+
+async def wait_readable(sock: socket.socket) -> None:
+    """Until `sock` is readable, on the running loop (loop.sock_recv and sock_recvfrom are not
+    what every loop has: uvloop lacks the second, and neither leaves the reading to us)."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock.fileno(), _wake, readable)
+    try:
+        await readable
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import Details
 from probes.errors import error
+from probes.netutil import wait_readable
 
 PMTU_MSS = 1220
 """1280 (the IPv6 minimum MTU) less a 40-byte IPv6 header and a 20-byte TCP header."""
@@ -226,9 +227,7 @@ def _parse_reply(data: bytes, family: str, raw: bool, ident: int) -> int | None:
     return int(seq)
 
 
-async def _recvfrom(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, size: int
-) -> tuple[bytes, tuple[str, int]]:
+async def _recvfrom(sock: socket.socket, size: int) -> tuple[bytes, tuple[str, int]]:
     """loop.sock_recvfrom, which uvloop does not implement (NotImplementedError)."""
     while True:
         try:
@@ -236,17 +235,7 @@ async def _recvfrom(
             return data, addr
         except (BlockingIOError, InterruptedError):
             pass
-        readable: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(sock.fileno(), _wake, readable)
-        try:
-            await readable
-        finally:
-            loop.remove_reader(sock.fileno())
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+        await wait_readable(sock)
 
 
 async def echo_sizes(
@@ -278,7 +267,6 @@ async def _exchange(
     rounds: int,
     spacing: float,
 ) -> SizeEchoes:
-    loop = asyncio.get_running_loop()
     family = req.family
     ident = random.randrange(1, 0xFFFF)
     answered: set[int] = set()
@@ -290,7 +278,7 @@ async def _exchange(
 
     async def receive() -> None:
         while len(answered) < len(sizes):
-            data, addr = await _recvfrom(loop, sock, 65535)
+            data, addr = await _recvfrom(sock, 65535)
             if socket.inet_pton(sock.family, str(addr[0]).split("%")[0]) != target_ip:
                 continue
             seq = _parse_reply(data, family, raw, ident)

@@ -29,6 +29,7 @@ import dns.resolver
 
 from probes.base import Clock, ErrorKind, Family, ProbeError, Resolution
 from probes.errors import classify, error
+from probes.netutil import wait_readable
 from probes.text import peer_text
 
 WELL_KNOWN_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
@@ -585,27 +586,16 @@ async def _exchange(wire: bytes, server: tuple[str, int], qid: int, timeout: flo
     id (connected: the kernel drops datagrams from anyone but the server, and reports its
     port unreachable as ConnectionRefusedError). Raises TimeoutError, OSError."""
     af = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
-    loop = asyncio.get_running_loop()
     with socket.socket(af, socket.SOCK_DGRAM) as sock:
         sock.setblocking(False)
         sock.connect(server)
         sock.send(wire)
         async with asyncio.timeout(timeout):
             while True:
-                readable: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(sock.fileno(), _wake, readable)
-                try:
-                    await readable
-                finally:
-                    loop.remove_reader(sock.fileno())
+                await wait_readable(sock)
                 try:
                     data = sock.recv(65535)
                 except (BlockingIOError, InterruptedError):
                     continue
                 if len(data) >= 12 and int.from_bytes(data[:2], "big") == qid and data[2] & 0x80:
                     return data
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
