@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,8 +168,9 @@ def blackbox_target(kind: str, fam: str) -> str:
     return "[::1]:53" if fam == "6" else "127.0.0.1:53"
 
 
-def run_blackbox(d: Path, kind: str, seconds: int) -> tuple[float, float, bool]:
-    """(CPU ms per probe, probes/s, sane: one probe of each family succeeded first)."""
+@contextmanager
+def blackbox(d: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """blackbox_exporter in the namespace, up for the block (its log appended to bb.log)."""
     with (d / "bb.log").open("ab") as log:
         bb = subprocess.Popen(
             nsx(
@@ -180,6 +183,15 @@ def run_blackbox(d: Path, kind: str, seconds: int) -> tuple[float, float, bool]:
         )
     try:
         time.sleep(1.5)
+        yield bb
+    finally:
+        bb.terminate()
+        bb.wait()
+
+
+def run_blackbox(d: Path, kind: str, seconds: int) -> tuple[float, float, bool]:
+    """(CPU ms per probe, probes/s, sane: one probe of each family succeeded first)."""
+    with blackbox(d) as bb:
         sane = True
         requests, cpu = 0, 0.0
         for fam in ("4", "6"):
@@ -196,9 +208,6 @@ def run_blackbox(d: Path, kind: str, seconds: int) -> tuple[float, float, bool]:
             m = re.search(r"(\d+) requests in", out)
             requests += int(m.group(1)) if m else 0
         return 1000 * cpu / max(requests, 1), requests / seconds, sane
-    finally:
-        bb.terminate()
-        bb.wait()
 
 
 PACER = """
@@ -228,18 +237,7 @@ ours probes: 50 jobs x 2 families at 1 s): prints how many were answered 200."""
 
 def run_blackbox_paced(d: Path, kind: str, seconds: int, rate: float) -> float:
     """Blackbox's CPU ms per probe when driven at `rate` probes a second (not flat out)."""
-    with (d / "bb.log").open("ab") as log:
-        bb = subprocess.Popen(
-            nsx(
-                "prometheus-blackbox-exporter",
-                f"--config.file={d / 'bb.yml'}",
-                f"--web.listen-address={BB_LISTEN}",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        time.sleep(1.5)
+    with blackbox(d) as bb:
         urls = [
             f"http://{BB_LISTEN}/probe?module={kind}{fam}&target="
             + urllib.parse.quote(blackbox_target(kind, fam), safe="")
@@ -254,9 +252,6 @@ def run_blackbox_paced(d: Path, kind: str, seconds: int, rate: float) -> float:
         cpu = cpu_seconds(bb.pid) - c0
         answered = int(out.strip() or 0)
         return 1000 * cpu / max(answered, 1)
-    finally:
-        bb.terminate()
-        bb.wait()
 
 
 def runs_total(text: str) -> float:
