@@ -9,18 +9,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gzip
+import platform
 import threading
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
+from isal import isal_zlib
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
 
 from monitor.engine.parity import Thresholds, Verdict, judge
 from monitor.serve.exporter import Exposition, SnapshotCollector, make_registry
 from monitor.serve.state import Snapshot, Store
+from monitor.web import render
 from monitor.web.render import IDENTITY_CHUNK, RenderCache, accepts_gzip
 from monitor.web.server import RENDER_CACHE, make_app
 from probes.base import (
@@ -458,7 +462,21 @@ async def test_a_client_asking_again_gets_the_next_body(serve: Served) -> None:
     assert cache.renders == 2
 
 
-async def test_gzip_round_trips_and_identity_streams_large_bodies(serve: Served) -> None:
+def test_bodies_are_gzipped_with_isal_where_it_has_wheels() -> None:
+    """pyproject.toml installs isal on these machines: a missing install falls back silently."""
+    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
+        assert render.deflate is isal_zlib
+    else:
+        assert render.deflate is zlib
+
+
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+async def test_gzip_round_trips_and_identity_streams_large_bodies(
+    serve: Served, deflate: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ISA-L's deflate (the dependency, where it has wheels) and zlib's (elsewhere)."""
+    module = isal_zlib if deflate == "isal" else zlib
+    monkeypatch.setattr(render, "deflate", module)
     store = rich_store(150)  # several IDENTITY_CHUNKs of text
     base, session, _ = await serve(store, Exposition())
     async with session.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
@@ -474,6 +492,7 @@ async def test_gzip_round_trips_and_identity_streams_large_bodies(serve: Served)
     assert len(zipped) < len(plain) // 10
     assert gzip.decompress(zipped) == plain
     assert plain.decode() == reference(store.snapshot(), "")
+    assert render.deflate is module
     for path, kind in (("/api/v1/results", "application/json"), ("/", "text/html")):
         async with session.get(f"{base}{path}", headers={"Accept-Encoding": "gzip"}) as r:
             assert r.status == 200

@@ -17,11 +17,23 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from types import ModuleType
 
 from monitor.serve.state import Snapshot, Store
 
+deflate: ModuleType = zlib
+"""The gzip compressor: ISA-L's, the same gzip about 4 times faster than zlib's at level 1, or
+zlib's on a machine isal has no wheel for (pyproject.toml installs it where it has one)."""
+try:
+    from isal import isal_zlib
+
+    deflate = isal_zlib
+except ImportError:
+    pass
+
 GZIP_LEVEL = 1
-"""Fastest: 80 MB of exposition (10,000 jobs) shrink to about 2.3 MB in about 0.2 s."""
+"""Fastest: the 76 MB exposition of 10,000 jobs shrinks to 3.2 MB in about 0.04 s with ISA-L
+(3.4 MB in 0.17 s with zlib), both off the GIL."""
 BUSY_SHARE = 0.25
 """The render thread renders at most this share of the time: after a render of R seconds the
 next starts no sooner than 3R later (10,000 jobs on a quiet 2-vCPU machine: a render every
@@ -74,7 +86,7 @@ def _compress(
     render: Render, snap: Snapshot, clock: Callable[[], float]
 ) -> tuple[bytes, int, float]:
     start = clock()
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    z = deflate.compressobj(GZIP_LEVEL, deflate.DEFLATED, 31)  # 31: a gzip header and trailer
     parts: list[bytes] = []
     size = 0
     for piece in render(snap):
