@@ -8,7 +8,7 @@ so cardinality is bounded by targets x probes x families (x phases, kinds, verdi
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import exposition, openmetrics
 from prometheus_client.core import (
@@ -22,7 +22,14 @@ from prometheus_client.utils import floatToGoString as _float_to_go
 
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
-from monitor.serve.state import LATENCY_BUCKETS, PairKey, ResultKey, Snapshot, Store
+from monitor.serve.state import (
+    LATENCY_BUCKETS,
+    Histogram,
+    PairKey,
+    ResultKey,
+    Snapshot,
+    Store,
+)
 from probes.base import FAMILIES, NO_REGION, ProbeResult, Target
 from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
 
@@ -371,10 +378,9 @@ class Exposition:
     def __init__(self) -> None:
         self._labels: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         self._headers: dict[str, tuple[str, ...]] = {}
-        self._result_text: dict[ResultKey, tuple[object, str, tuple[str, ...]]] = {}
-        """Per result key: (result, its label text, its lines of each per-result family)."""
-        self._histogram_text: dict[ResultKey, tuple[object, str, str]] = {}
-        """Per result key: (latency histogram, its label text, its lines)."""
+        self._job_text: dict[ResultKey, Kept] = {}
+        """Per result key: what its lines were written from, and its lines of each per-job
+        family but the errors (`Kept`)."""
         self._last_rows: tuple[str, set[ResultKey], dict[str, Target], list[Row]] | None = None
         """The rows of the last render, with what they were made from."""
         self._parity_text: dict[PairKey, tuple[object, Target | None, str, str]] = {}
@@ -422,9 +428,14 @@ class Exposition:
                 text = num[value] = floatToGoString(value)
             return text
 
-        yield from self._result_lines(snap, rows, headers, n)
+        columns = self._job_columns(snap, rows, n)
+        for header, column in zip(headers[:_RESULT_FAMILIES], columns, strict=False):
+            yield from _chunks(header, column)
         yield encode(_races(snap))
-        yield from self._counter_lines(snap, rows, headers, n)
+        h_latency, h_runs, h_errors, h_parity = headers[-4:]
+        yield from _chunks(h_latency, columns[-2], CHUNK_LINES // len(_LATENCY_LINES))
+        yield from _chunks(h_runs, columns[-1])
+        yield from self._parity_and_errors(snap, rows, h_errors, h_parity, n)
         yield encode(_tail_families(snap))
         if openmetrics_text:
             yield "# EOF\n"
@@ -464,72 +475,57 @@ class Exposition:
         self._last_rows = (v, keys, dict(snap.targets), rows)
         return rows
 
-    def _result_lines(
-        self, snap: Snapshot, rows: list[Row], headers: tuple[str, ...], n: Callable[[float], str]
-    ) -> Iterator[str]:
-        """The families with a series per result, as `_result_families` writes them. Each
-        result's lines are written once and kept while the result and its label text stay the
-        same objects (a job's result is replaced, never changed, so about one job in 30 is
-        written afresh per render at a 60 s interval and a render every 2 s)."""
-        latest = snap.latest
-        kept = self._result_text
-        fresh: dict[ResultKey, tuple[object, str, tuple[str, ...]]] = {}
+    def _job_columns(
+        self, snap: Snapshot, rows: list[Row], n: Callable[[float], str]
+    ) -> list[tuple[str, ...]]:
+        """Per family with a series per job (the per-result families, the latency histogram,
+        runs): its lines, a text per row. A row's texts are written once and kept while its
+        result, histogram and label text are the same objects and its run count the same (a
+        job's result and histogram are replaced on each run, never changed, so about one job
+        in 30 is written afresh per render at a 60 s interval and a render every 2 s)."""
+        latest, latency, runs = snap.latest, snap.latency, snap.runs
+        kept = self._job_text
+        fresh: dict[ResultKey, Kept] = {}
         texts: list[tuple[str, ...]] = []
         for fam, rest, plain, before, key in rows:
             r = latest.get(key)
-            if r is None or r.skipped:
-                continue
-            c = kept.get(key)
-            if c is None or c[0] is not r or c[1] is not plain:
-                c = (r, plain, _result_text(fam, rest, plain, before, r, n))
-            fresh[key] = c
-            texts.append(c[2])
-        self._result_text = fresh  # forget results that are gone
-        for i, header in enumerate(headers[:_RESULT_FAMILIES]):
-            yield from _chunks(header, [t[i] for t in texts])
-
-    def _counter_lines(
-        self, snap: Snapshot, rows: list[Row], headers: tuple[str, ...], n: Callable[[float], str]
-    ) -> Iterator[str]:
-        """Latency histograms, runs, errors, parity."""
-        h_latency, h_runs, h_errors, h_parity = headers[-4:]
-        latency = snap.latency
-        kept = self._histogram_text
-        fresh: dict[ResultKey, tuple[object, str, str]] = {}
-        texts: list[str] = []
-        for fam, rest, plain, _, key in rows:
             h = latency.get(key)
-            if h is None:
-                continue
-            k = kept.get(key)
-            if k is None or k[0] is not h or k[1] is not plain:
-                # a job's histogram is replaced on each observation, never changed in place
-                running = 0
-                args: list[str] = []
-                for c in h.counts:
-                    running += c
-                    args += (fam, rest, n(float(running)))
-                total = n(float(h.count))
-                args += (fam, rest, total, plain, total, plain, floatToGoString(h.total))
-                k = (h, plain, _HISTOGRAM % tuple(args))
-            fresh[key] = k
-            texts.append(k[2])
-        self._histogram_text = fresh
-        yield from _chunks(h_latency, texts, CHUNK_LINES // len(_LATENCY_LINES))
-        out = [h_runs]
-        runs = snap.runs
-        out += [
-            f"dualstack_probe_runs_total{{{p}}} {n(float(count))}\n"
-            for _, _, p, _, key in rows
-            if (count := runs.get(key)) is not None
-        ]
-        yield "".join(out)
+            count = runs.get(key)
+            c = kept.get(key)
+            if c is None or c[0] is not r or c[1] is not h or c[2] is not plain or c[3] != count:
+                lines = (
+                    _NO_RESULT
+                    if r is None or r.skipped
+                    else _result_text(fam, rest, plain, before, r, n)
+                )
+                hist = "" if h is None else _histogram_text(fam, rest, plain, h, n)
+                ran = (
+                    ""
+                    if count is None
+                    else f"dualstack_probe_runs_total{{{plain}}} {n(float(count))}\n"
+                )
+                c = (r, h, plain, count, (*lines, hist, ran))
+            fresh[key] = c
+            texts.append(c[4])
+        self._job_text = fresh  # forget jobs that are gone
+        return list(zip(*texts, strict=True)) if texts else [()] * (_RESULT_FAMILIES + 2)
+
+    def _parity_and_errors(
+        self,
+        snap: Snapshot,
+        rows: list[Row],
+        h_errors: str,
+        h_parity: str,
+        n: Callable[[float], str],
+    ) -> Iterator[str]:
+        """Errors by kind (a series per job and kind that happened), then the verdicts."""
         out = [h_errors]
         by_key: dict[ResultKey, list[tuple[str, int]]] = {}
         for (name, probe, family, kind), c in snap.errors.items():
             by_key.setdefault((name, probe, family), []).append((kind, c))
-        for fam, rest, _, _, key in rows:
-            for kind, c in sorted(by_key.get(key, ())):
+        for fam, rest, _, _, key in rows if by_key else ():
+            errors = by_key.get(key)
+            for kind, c in sorted(errors) if errors else ():
                 out.append(
                     f'dualstack_probe_errors_total{{{fam},kind="{_escape(kind)}",{rest}}} '
                     f"{n(float(c))}\n"
@@ -565,11 +561,15 @@ class Exposition:
 
 
 Row = tuple[str, str, str, str, ResultKey]
+Kept = tuple[ProbeResult | None, Histogram | None, str, int | None, tuple[str, ...]]
+"""A job's kept text: (result, histogram, label text, run count) it was written from, and its
+lines of each per-result family, the latency histogram and runs, in the exposition's order."""
 _RESULT_FAMILIES = 11
 """Families with a series per result, in the order of `_result_families` (and _result_text)."""
+_NO_RESULT = ("",) * _RESULT_FAMILIES
 
 
-def _chunks(header: str, texts: list[str], per: int = CHUNK_LINES) -> Iterator[str]:
+def _chunks(header: str, texts: Sequence[str], per: int = CHUNK_LINES) -> Iterator[str]:
     """A family: its header, then its per-job texts joined `per` at a time."""
     if len(texts) <= per:
         yield header + "".join(texts)
@@ -637,6 +637,18 @@ def _result_text(
         in_ranges,
         path_mtu,
     )
+
+
+def _histogram_text(fam: str, rest: str, p: str, h: Histogram, n: Callable[[float], str]) -> str:
+    """One job's latency histogram: cumulative buckets, +Inf, count and sum."""
+    running = 0
+    args: list[str] = []
+    for c in h.counts:
+        running += c
+        args += (fam, rest, n(float(running)))
+    total = n(float(h.count))
+    args += (fam, rest, total, p, total, p, floatToGoString(h.total))
+    return _HISTOGRAM % tuple(args)
 
 
 _LATENCY_LINES = (*LATENCY_BUCKETS, "+Inf", "count", "sum")
