@@ -5,9 +5,9 @@ One TLS server (asyncio, uvloop, a trustme ECDSA certificate, ALPN h2 and http/1
 process on 127.0.0.1, and in this process, one at a time, --count handshakes by each of:
 
 - `probe`: the tls probe as the scheduler runs it (`probes.handler.run_probe`: connect, TLS
-  handshake, certificate description, close);
+  handshake on a bare socket, certificate description, our close_notify and the server's);
 - `ssl bare`: Python's ssl module on a bare non-blocking socket, the loop only waiting for
-  readiness (no stream, no transport, no certificate description), then close;
+  readiness (no certificate description, no close_notify: the socket is just closed);
 - `pyOpenSSL bare`: the same with pyOpenSSL, on the OpenSSL that cryptography's wheel bundles
   (Python's ssl uses the system's).
 

@@ -165,7 +165,7 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
     cut: asyncio.Timeout | None = None
     try:
         async with cut_if_stalled(
-            hs.writer, None if cut_at is None else max(0.0, cut_at - t0)
+            hs.writer.get_extra_info("socket"), None if cut_at is None else max(0.0, cut_at - t0)
         ) as cut:
             if version == "2":
                 await _exchange_h2(hs.reader, hs.writer, req, resp)

@@ -40,7 +40,7 @@ async def open_stream(
         )
     else:
         # TCP_MAXSEG must be set before the SYN leaves: asyncio cannot, so connect by hand.
-        sock = await _connect_with_mss(req, mss)
+        sock = await connect_socket(req, mss=mss)
         reader, writer = await asyncio.open_connection(
             sock=sock,
             ssl=ssl_context,
@@ -55,12 +55,19 @@ async def open_stream(
     return reader, writer
 
 
-async def _connect_with_mss(req: ProbeRequest, mss: int) -> socket.socket:
+async def connect_socket(
+    req: ProbeRequest, *, mss: int | None = None, nodelay: bool = False
+) -> socket.socket:
+    """A non-blocking TCP socket connected to `req.address`, for a probe that does its own
+    reading and writing (no stream). `mss` as in open_stream; `nodelay`: TCP_NODELAY."""
     family = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        if mss is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         source = local_addr(req)
         if source is not None:
             sock.bind(source)
@@ -111,7 +118,11 @@ _TIMESTAMP_OPTION = 12
 def announced_mss(writer: asyncio.StreamWriter) -> int | None:
     """The MSS this end announced (Linux TCP_INFO), else the connection's TCP_MAXSEG; None
     when neither can be read."""
-    sock = writer.get_extra_info("socket")
+    return socket_announced_mss(writer.get_extra_info("socket"))
+
+
+def socket_announced_mss(sock: socket.socket | None) -> int | None:
+    """announced_mss() of a socket (None: unknown)."""
     if sock is None:
         return None
     try:
@@ -149,11 +160,24 @@ async def wait_readable(sock: socket.socket) -> None:
     what every loop has: uvloop lacks the second, and neither leaves the reading to us)."""
     loop = asyncio.get_running_loop()
     readable: asyncio.Future[None] = loop.create_future()
-    loop.add_reader(sock.fileno(), _wake, readable)
+    fd = sock.fileno()
+    loop.add_reader(fd, _wake, readable)
     try:
         await readable
     finally:
-        loop.remove_reader(sock.fileno())
+        loop.remove_reader(fd)
+
+
+async def wait_writable(sock: socket.socket) -> None:
+    """Until `sock` can be written to, on the running loop."""
+    loop = asyncio.get_running_loop()
+    writable: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+    loop.add_writer(fd, _wake, writable)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(fd)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -46,9 +46,8 @@ class Stalled(Exception):
         self.details = details
 
 
-def unread_bytes(writer: asyncio.StreamWriter) -> int:
+def unread_bytes(sock: socket.socket | None) -> int:
     """Bytes the kernel has received on this connection that nobody has read yet."""
-    sock = writer.get_extra_info("socket")
     if sock is None:
         return 0
     try:
@@ -64,7 +63,7 @@ LATE = 0.05
 
 @contextlib.asynccontextmanager
 async def cut_if_stalled(
-    writer: asyncio.StreamWriter, delay: float | None
+    sock: socket.socket | None, delay: float | None
 ) -> AsyncIterator[asyncio.Timeout]:
     """Like asyncio.timeout(delay), except that it does not cut while this event loop is
     behind: when the peer's bytes wait unread in the kernel, or the check itself ran late (the
@@ -77,7 +76,7 @@ async def cut_if_stalled(
         def check(due: float) -> None:
             nonlocal handle
             now = loop.time()
-            if unread_bytes(writer) > 0 or now - due > LATE:
+            if unread_bytes(sock) > 0 or now - due > LATE:
                 handle = loop.call_at(now + LATE, check, now + LATE)
             else:
                 cut.reschedule(now)
