@@ -158,26 +158,29 @@ def abort_stream(writer: asyncio.StreamWriter) -> None:
 async def wait_readable(sock: socket.socket) -> None:
     """Until `sock` is readable, on the running loop (loop.sock_recv and sock_recvfrom are not
     what every loop has: uvloop lacks the second, and neither leaves the reading to us)."""
-    loop = asyncio.get_running_loop()
-    readable: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    loop.add_reader(fd, _wake, readable)
-    try:
-        await readable
-    finally:
-        loop.remove_reader(fd)
+    await _ready(sock, write=False)
 
 
 async def wait_writable(sock: socket.socket) -> None:
     """Until `sock` can be written to, on the running loop."""
+    await _ready(sock, write=True)
+
+
+async def _ready(sock: socket.socket, *, write: bool) -> None:
     loop = asyncio.get_running_loop()
-    writable: asyncio.Future[None] = loop.create_future()
+    ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
-    loop.add_writer(fd, _wake, writable)
+    if write:
+        loop.add_writer(fd, _wake, ready)
+    else:
+        loop.add_reader(fd, _wake, ready)
     try:
-        await writable
+        await ready
     finally:
-        loop.remove_writer(fd)
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

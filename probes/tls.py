@@ -153,6 +153,33 @@ def _details(sslobj: ssl.SSLObject | ssl.SSLSocket, *, verified: bool) -> TlsHan
     )
 
 
+def _context(req: ProbeRequest, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    try:
+        return make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
+    except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
+        raise HandshakeFailed(
+            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, None
+        ) from exc
+
+
+async def _failure(
+    req: ProbeRequest,
+    alpn: tuple[str, ...],
+    exc: BaseException,
+    phases: dict[str, float],
+    announced: int | None,
+    cut: asyncio.Timeout | None,
+) -> Stalled | HandshakeFailed:
+    """What a failed handshake raises: Stalled when it was cut, else HandshakeFailed, with
+    what the peer presented when only the verification failed (a second, unverified look)."""
+    if cut is not None and cut.expired():
+        return Stalled(mss=announced, phases=phases, details=None)
+    seen = TlsHandshake(verified=False)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        seen = await _unverified_details(req, alpn)
+    return HandshakeFailed(_handshake_error(exc), phases, seen)
+
+
 async def handshake(
     req: ProbeRequest,
     alpn: tuple[str, ...],
@@ -164,12 +191,7 @@ async def handshake(
     Stalled when the handshake has not completed by clock time `cut_at` (None: no cut).
     `mss`: the segment size to announce (None: the kernel's)."""
     clock = req.env.clock
-    try:
-        ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
-    except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
-        raise HandshakeFailed(
-            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, None
-        ) from exc
+    ctx = _context(req, alpn)
     t0 = clock()
     try:
         reader, writer = await open_stream(req, mss=mss)
@@ -188,12 +210,7 @@ async def handshake(
         phases = {"connect": connect, "tls": clock() - t1}
         announced = announced_mss(writer)
         abort_stream(writer)
-        if cut is not None and cut.expired():
-            raise Stalled(mss=announced, phases=phases, details=None) from exc
-        seen = TlsHandshake(verified=False)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            seen = await _unverified_details(req, alpn)
-        raise HandshakeFailed(classify(exc), phases, seen) from exc
+        raise await _failure(req, alpn, exc, phases, announced, cut) from exc
     t2 = clock()
     details = _session_details(writer, verified=True)
     return Handshake(
@@ -213,12 +230,7 @@ async def bare_handshake(
     no TLS transport, whose 256 KiB buffer per connection in flight set the vantage's peak RSS
     (10,000 jobs: 194 MiB with streams, 138 MiB without). Fails as handshake() does."""
     clock = req.env.clock
-    try:
-        ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
-    except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
-        raise HandshakeFailed(
-            error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, None
-        ) from exc
+    ctx = _context(req, alpn)
     t0 = clock()
     try:
         sock = await connect_socket(req, mss=mss, nodelay=True)
@@ -231,17 +243,12 @@ async def bare_handshake(
     try:
         tls = ctx.wrap_socket(sock, server_hostname=req.target.sni, do_handshake_on_connect=False)
         async with cut_if_stalled(tls, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
-            await _shake(tls)
+            await _until_done(tls, tls.do_handshake)
     except (OSError, ssl.SSLError) as exc:
         phases = {"connect": connect, "tls": clock() - t1}
         announced = socket_announced_mss(tls or sock)
         (tls or sock).close()
-        if cut is not None and cut.expired():
-            raise Stalled(mss=announced, phases=phases, details=None) from exc
-        seen = TlsHandshake(verified=False)
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            seen = await _unverified_details(req, alpn)
-        raise HandshakeFailed(_handshake_error(exc), phases, seen) from exc
+        raise await _failure(req, alpn, exc, phases, announced, cut) from exc
     except BaseException:  # cancelled (the probe's deadline): the socket is ours to close
         (tls or sock).close()
         raise
@@ -253,11 +260,12 @@ async def bare_handshake(
     return connect, t2 - t1, details
 
 
-async def _shake(tls: ssl.SSLSocket) -> None:
-    """The handshake on a non-blocking socket: the loop waits for whatever OpenSSL waits for."""
+async def _until_done(tls: ssl.SSLSocket, step: Callable[[], object]) -> None:
+    """A TLS step (handshake, shutdown) on a non-blocking socket, retried whenever the socket
+    is ready for what OpenSSL waits for."""
     while True:
         try:
-            tls.do_handshake()
+            step()
             return
         except ssl.SSLWantReadError:
             await wait_readable(tls)
@@ -265,9 +273,9 @@ async def _shake(tls: ssl.SSLSocket) -> None:
             await wait_writable(tls)
 
 
-def _handshake_error(exc: OSError | ssl.SSLError) -> ProbeError:
-    """classify(), with a peer that hangs up mid-handshake named as a stream names it (the
-    error kind does not depend on how the handshake was driven)."""
+def _handshake_error(exc: BaseException) -> ProbeError:
+    """classify(), with a peer that hangs up mid-handshake named as asyncio's TLS transport
+    names it (connection_reset), whichever way the handshake was driven."""
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return classify(ConnectionResetError())
     return classify(exc)
@@ -280,14 +288,7 @@ async def _close(tls: ssl.SSLSocket) -> None:
     nothing already measured."""
     try:
         async with asyncio.timeout(CLOSE_GRACE):
-            while True:
-                try:
-                    tls.unwrap()
-                    return
-                except ssl.SSLWantReadError:
-                    await wait_readable(tls)
-                except ssl.SSLWantWriteError:
-                    await wait_writable(tls)
+            await _until_done(tls, tls.unwrap)
     except (OSError, ValueError):  # TimeoutError and ssl.SSLError are OSErrors
         pass
     finally:

@@ -28,7 +28,7 @@ import trustme
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from lab.netns import Netns, ip, namespace, veth
+from lab.netns import Netns, ip, namespace, nft, veth
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST = "blackhole.example.com"
@@ -67,17 +67,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-def nft(ns: Netns, ruleset: str) -> None:
-    subprocess.run(
-        [*ns.exec_prefix(), "nft", "-f", "-"],
-        input=ruleset,
-        text=True,
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
 
 
 def sysctl(ns: Netns, *settings: str) -> None:

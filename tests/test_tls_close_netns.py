@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from lab.netns import Netns, inside, namespace
+from lab.netns import Netns, inside, namespace, nft
 
 from monitor.lab.pki import LabPki
 from monitor.lab.web import WebServer
@@ -70,14 +70,7 @@ def test_the_tls_probe_closes_without_a_reset(tmp_path: Path) -> None:
         return results
 
     with namespace("tlsclose") as ns:
-        subprocess.run(
-            [*ns.exec_prefix(), "nft", "-f", "-"],
-            input=RULESET,
-            text=True,
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        nft(ns, RULESET)
         with inside(ns) as there:
             results = there.submit(asyncio.run, probes_then_a_reset()).result(120)
             count = resets_sent(ns)

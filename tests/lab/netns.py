@@ -48,6 +48,18 @@ def namespace(prefix: str = "ds") -> Iterator[Netns]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True, timeout=30)
 
 
+def nft(ns: Netns, ruleset: str) -> None:
+    """Load an nftables ruleset into `ns`."""
+    subprocess.run(
+        [*ns.exec_prefix(), "nft", "-f", "-"],
+        input=ruleset,
+        text=True,
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
 def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> tuple[str, str]:
     """A veth pair between two namespaces with the given addresses (CIDR), both ends up; the
     names of its ends in `a` and in `b`."""
