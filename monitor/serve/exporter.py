@@ -429,7 +429,9 @@ class Exposition:
             return text
 
         columns = self._job_columns(snap, rows, n)
-        for header, column in zip(headers[:_RESULT_FAMILIES], columns, strict=False):
+        for header, column in zip(
+            headers[:_RESULT_FAMILIES], columns[:_RESULT_FAMILIES], strict=True
+        ):
             yield from _chunks(header, column)
         yield encode(_races(snap))
         h_latency, h_runs, h_errors, h_parity = headers[-4:]
