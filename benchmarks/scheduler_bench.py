@@ -349,6 +349,7 @@ async def _start_web(vantage: Any) -> tuple[Any, int]:
 
 async def _vantage_run(config: str, duration: float, case: str, out: str) -> dict[str, Any]:
     from monitor.config import load_config
+    from monitor.serve.gcpolicy import FreezeSurvivors
     from monitor.serve.vantage import Vantage
     from monitor.web import render as render_mod
 
@@ -399,6 +400,8 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
 
     runner, port = await _start_web(vantage)
     await vantage.apply(cfg)
+    collector = FreezeSurvivors()  # as `probe serve` does
+    collector.start()
     rss_before_kib = proc_status_kib("self", "VmRSS")
 
     loop_lag: list[float] = []
@@ -440,6 +443,7 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
     cpu0, wall0 = time.process_time(), time.monotonic()
     run_task = loop.create_task(scheduler.run(), name="scheduler")
     hk_task = loop.create_task(vantage.housekeeping(), name="housekeeping")
+    gc_task = loop.create_task(collector.run(), name="gc")
     sample_task = loop.create_task(sampler(), name="sampler")
     scraper: subprocess.Popen[bytes] | None = None
     scrape_out = Path(out + f".{case}.scrapes.json")
@@ -468,11 +472,13 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
     cancelled = await scheduler.drain(DRAIN_TIMEOUT)
     hk_task.cancel()
     sample_task.cancel()
-    await asyncio.gather(run_task, hk_task, sample_task, return_exceptions=True)
+    gc_task.cancel()
+    await asyncio.gather(run_task, hk_task, sample_task, gc_task, return_exceptions=True)
     await runner.cleanup()
     sync()
     cpu1, wall1 = time.process_time(), time.monotonic()
     gc.callbacks.remove(on_gc)
+    collector.stop()
 
     probes: Counter[str] = Counter()
     for (_target, kind, family), n in vantage.store.runs.items():

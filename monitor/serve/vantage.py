@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -98,7 +97,6 @@ class Vantage:
             on_failure=self._job_failed,
         )
         self.store.before_scrape = self._sync_scheduler_stats
-        self._frozen = False
         self._failing: dict[tuple[str, ProbeKind, Family], tuple[str, float]] = {}
         """(target, probe, family) failing now -> its error kind and when that was logged."""
 
@@ -130,12 +128,6 @@ class Vantage:
         self.store.set_targets(targets)
         self.store.reload_ok = True
         self.store.reload_time = time.time()
-        if not self._frozen:
-            # The first configuration's objects (targets, jobs) live for the whole run: keep
-            # them out of every full collection. With 10,000 jobs this halved the longest GC
-            # pause in a trial (benchmarks/README.md). Once only: later ones may be replaced.
-            gc.freeze()
-            self._frozen = True
         log.info(
             "configuration applied",
             extra={
