@@ -11,6 +11,7 @@ import dataclasses
 import gzip
 import platform
 import threading
+import time
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
@@ -21,7 +22,9 @@ from isal import isal_zlib
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
 
+from monitor import gz
 from monitor.engine.parity import Thresholds, Verdict, judge
+from monitor.gz import Deflated
 from monitor.serve.exporter import Exposition, SnapshotCollector, make_registry
 from monitor.serve.state import Snapshot, Store
 from monitor.web import render
@@ -201,6 +204,15 @@ def rich_store(targets: int = 4) -> Store:
     return store
 
 
+def expose(exposition: Exposition, snap: Snapshot, accept: str) -> str:
+    """The exposition's body as the render thread makes it (a gzip member, its kept pieces
+    placed as they are), decompressed and checked (CRC-32, length) by the gzip module."""
+    body, size, _ = render._compress(lambda s: exposition.render(s, accept), snap, time.monotonic)
+    text = gzip.decompress(body)
+    assert len(text) == size
+    return text.decode()
+
+
 def reference(snap: Snapshot, accept: str) -> str:
     encoder, _ = choose_encoder(accept)
     return encoder(SnapshotCollector(snap)).decode()
@@ -212,7 +224,7 @@ def test_exposition_is_byte_for_byte_prometheus_client(accept: str) -> None:
     exposition = Exposition()
     for _ in range(2):  # the second render reuses the label text of the first
         snap = store.snapshot()
-        assert "".join(exposition.render(snap, accept)) == reference(snap, accept)
+        assert expose(exposition, snap, accept) == reference(snap, accept)
         t = store.targets["t-001"]
         v4 = result(t.name, "tcp", "ipv4", TcpConnect(source_address=None), duration=0.5)
         v6 = result(t.name, "tcp", "ipv6", TcpConnect(source_address=None), duration=0.25)
@@ -226,7 +238,7 @@ def test_exposition_is_byte_for_byte_prometheus_client(accept: str) -> None:
     }
     store.set_targets(moved)
     snap = store.snapshot()
-    text = "".join(exposition.render(snap, accept))
+    text = expose(exposition, snap, accept)
     assert text == reference(snap, accept)
     assert 'region="ap-south-1"' in text or "ap_south_1" in text or "ap__south__1" in text
 
@@ -237,33 +249,33 @@ def test_kept_text_follows_every_change_between_renders() -> None:
     counted alone, a target removed, and the vantage renamed."""
     store = rich_store()
     exposition = Exposition()
-    first = "".join(exposition.render(store.snapshot(), ""))
+    first = expose(exposition, store.snapshot(), "")
     snap = store.snapshot()
-    assert "".join(exposition.render(snap, "")) == first == reference(snap, "")
+    assert expose(exposition, snap, "") == first == reference(snap, "")
     # A verdict changed alone (results and histograms the same objects).
     (name, probe), par = next(iter(store.parity.items()))
     other = Verdict.OK if par.verdict is Verdict.IPV6_SLOWER else Verdict.IPV6_SLOWER
     store.parity[(name, probe)] = dataclasses.replace(par, verdict=other)
     snap = store.snapshot()
-    assert "".join(exposition.render(snap, "")) == reference(snap, "")
+    assert expose(exposition, snap, "") == reference(snap, "")
     # An error counted alone.
     store.errors[("t-000", "tcp", "ipv6", "timeout")] += 1
     snap = store.snapshot()
-    assert "".join(exposition.render(snap, "")) == reference(snap, "")
+    assert expose(exposition, snap, "") == reference(snap, "")
     # A target removed, then the vantage renamed.
     store.set_targets({n: t for n, t in store.targets.items() if n != "t-002"})
     snap = store.snapshot()
-    text = "".join(exposition.render(snap, ""))
+    text = expose(exposition, snap, "")
     assert text == reference(snap, "") and 'target="t-002"' not in text
     store.vantage = "renamed"
     snap = store.snapshot()
-    text = "".join(exposition.render(snap, ""))
+    text = expose(exposition, snap, "")
     assert text == reference(snap, "") and 'vantage="renamed"' in text
 
 
 def test_the_live_registry_and_the_exposition_agree() -> None:
     store = rich_store(1)
-    assert "".join(Exposition().render(store.snapshot(), "")).encode() == generate_latest(
+    assert expose(Exposition(), store.snapshot(), "").encode() == generate_latest(
         make_registry(store)
     )
 
@@ -313,7 +325,7 @@ class Gated(Exposition):
         self.most_active = 0
         self._lock = threading.Lock()
 
-    def render(self, snap: Snapshot, accept: str) -> Iterator[str]:
+    def render(self, snap: Snapshot, accept: str) -> Iterator[str | Deflated]:
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -416,7 +428,7 @@ async def test_a_body_is_at_most_max_age_old() -> None:
     cache = RenderCache(store, max_age=1.0, clock=clock)
     exposition = Exposition()
 
-    def render(snap: Snapshot) -> Iterator[str]:
+    def render(snap: Snapshot) -> Iterator[str | Deflated]:
         return exposition.render(snap, "")
 
     try:
@@ -465,9 +477,9 @@ async def test_a_client_asking_again_gets_the_next_body(serve: Served) -> None:
 def test_bodies_are_gzipped_with_isal_where_it_has_wheels() -> None:
     """pyproject.toml installs isal on these machines: a missing install falls back silently."""
     if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        assert render.deflate is isal_zlib
+        assert gz.deflate is isal_zlib
     else:
-        assert render.deflate is zlib
+        assert gz.deflate is zlib
 
 
 @pytest.mark.parametrize("deflate", ["isal", "zlib"])
@@ -476,7 +488,7 @@ async def test_gzip_round_trips_and_identity_streams_large_bodies(
 ) -> None:
     """With ISA-L's deflate (the dependency, where it has wheels) and zlib's (elsewhere)."""
     module = isal_zlib if deflate == "isal" else zlib
-    monkeypatch.setattr(render, "deflate", module)
+    monkeypatch.setattr(gz, "deflate", module)
     store = rich_store(150)  # several IDENTITY_CHUNKs of text
     base, session, _ = await serve(store, Exposition())
     async with session.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
@@ -492,7 +504,7 @@ async def test_gzip_round_trips_and_identity_streams_large_bodies(
     assert len(zipped) < len(plain) // 10
     assert gzip.decompress(zipped) == plain
     assert plain.decode() == reference(store.snapshot(), "")
-    assert render.deflate is module
+    assert gz.deflate is module
     for path, kind in (("/api/v1/results", "application/json"), ("/", "text/html")):
         async with session.get(f"{base}{path}", headers={"Accept-Encoding": "gzip"}) as r:
             assert r.status == 200

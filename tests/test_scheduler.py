@@ -135,7 +135,7 @@ async def test_no_drift_over_a_simulated_day() -> None:
     for key, starts in rec.starts.items():
         interval = 30.0 if key[0] == "a" else 45.0
         assert abs(len(starts) - day / interval) <= 1
-        base = sched.epoch + job_offset(key, interval)  # type: ignore[arg-type]
+        base = sched.epoch + job_offset(key, interval)
         for k, s in enumerate(starts):
             # Every start is on the grid plus at most the jitter: no accumulated error.
             assert 0.0 <= s - (base + k * interval) <= 0.2 + 1e-6

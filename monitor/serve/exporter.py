@@ -1,14 +1,17 @@
 """Prometheus metrics from the Store: a custom collector that yields metric families from a
 snapshot on each scrape, and `Exposition`, the same text built faster for `probe serve` (label
-text kept per job, samples written without metric objects; byte for byte what prometheus_client
-writes, which tests check). Labels come from configuration only (never from what a peer sends),
-so cardinality is bounded by targets x probes x families (x phases, kinds, verdicts).
+text kept per job, samples written without metric objects, kept compressed in blocks; byte for
+byte what prometheus_client writes, which tests check). Per-job series come in schedule order
+(`schedule_order`), not sorted by name. Labels come from configuration only (never from what a
+peer sends), so cardinality is bounded by targets x probes x families (x phases, kinds,
+verdicts).
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import exposition, openmetrics
 from prometheus_client.core import (
@@ -22,6 +25,8 @@ from prometheus_client.utils import floatToGoString as _float_to_go
 
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
+from monitor.gz import Deflated, Deflater
+from monitor.serve.scheduler import job_offset
 from monitor.serve.state import (
     LATENCY_BUCKETS,
     Histogram,
@@ -37,6 +42,8 @@ PROBE_LABELS = ["vantage", "target", "service", "region", "probe", "family"]
 PAIR_LABELS = ["vantage", "target", "service", "region", "probe"]
 TARGET_LABELS = ["vantage", "target", "service", "region"]
 HTTP_VERSIONS = ("1.1", "2", "3")
+K = TypeVar("K", bound=tuple[str, ...])
+V = TypeVar("V")
 
 
 def _region(t: Target | None) -> str:
@@ -81,6 +88,32 @@ def _labeller(s: Snapshot) -> Labeller:
         return base if family is None else [*base, family]
 
     return labels
+
+
+Order = Callable[[tuple[str, ...]], tuple[float, float, tuple[str, ...]]]
+
+
+def schedule_order(s: Snapshot) -> Order:
+    """A sort key for series keys ((target, probe, ...)): the order in which their jobs start
+    within an interval (the scheduler's `job_offset`), then the key. A job's series change when
+    it runs, so in this order the series that changed between two renders sit together (the
+    exposition keeps its text in blocks)."""
+    offsets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def order(key: tuple[str, ...]) -> tuple[float, float, tuple[str, ...]]:
+        job = (key[0], key[1])
+        o = offsets.get(job)
+        if o is None:
+            t = s.targets.get(job[0])
+            o = offsets[job] = (t.interval if t else 0.0, job_offset(job, 1.0))
+        return (*o, key)
+
+    return order
+
+
+def _by_schedule(s: Snapshot, series: Mapping[K, V]) -> list[tuple[K, V]]:
+    order = schedule_order(s)
+    return sorted(series.items(), key=lambda item: order(item[0]))
 
 
 def _result_families(s: Snapshot) -> Iterator[Metric]:
@@ -143,7 +176,7 @@ def _result_families(s: Snapshot) -> Iterator[Metric]:
         "ip-ranges.json, 0 if in none.",
         labels=PROBE_LABELS,
     )
-    for (name, probe, family), r in sorted(s.latest.items()):
+    for (name, probe, family), r in _by_schedule(s, s.latest):
         if r.skipped:
             continue
         lv = labels(name, probe, family)
@@ -190,18 +223,18 @@ def _counter_families(s: Snapshot) -> Iterator[Metric]:
     latency = HistogramMetricFamily(
         "dualstack_probe_latency_seconds", "Latency of successful probes.", labels=PROBE_LABELS
     )
-    for (name, probe, family), h in sorted(s.latency.items()):
+    for (name, probe, family), h in _by_schedule(s, s.latency):
         latency.add_metric(labels(name, probe, family), h.cumulative(), h.total)
     yield latency
 
     runs = CounterMetricFamily("dualstack_probe_runs", "Probes run.", labels=PROBE_LABELS)
-    for (name, probe, family), n in sorted(s.runs.items()):
+    for (name, probe, family), n in _by_schedule(s, s.runs):
         runs.add_metric(labels(name, probe, family), float(n))
     yield runs
     errors = CounterMetricFamily(
         "dualstack_probe_errors", "Failed probes by error kind.", labels=[*PROBE_LABELS, "kind"]
     )
-    for (name, probe, family, kind), n in sorted(s.errors.items()):
+    for (name, probe, family, kind), n in _by_schedule(s, s.errors):
         errors.add_metric([*labels(name, probe, family), kind], float(n))
     yield errors
 
@@ -210,7 +243,7 @@ def _counter_families(s: Snapshot) -> Iterator[Metric]:
         "IPv6 judged against IPv4: 1 for the current verdict, 0 for the others.",
         labels=[*PAIR_LABELS, "verdict"],
     )
-    for (name, probe), p in sorted(s.parity.items()):
+    for (name, probe), p in _by_schedule(s, s.parity):
         lv = labels(name, probe)
         for verdict in VERDICTS:
             parity.add_metric([*lv, str(verdict)], 1.0 if p.verdict is verdict else 0.0)
@@ -371,20 +404,22 @@ def _escape(value: str) -> str:
 class Exposition:
     """`/metrics` for a snapshot, as prometheus_client would write it from `SnapshotCollector`
     but several times faster: the label text of each job is built once and kept while its
-    target is unchanged, and the per-job samples are written straight to text. Escapings that
-    rename metrics (`dots`, `values`) go through prometheus_client itself. Not thread-safe: one
-    render at a time (the web layer's render thread)."""
+    target is unchanged, the per-job samples are written straight to text, and that text is
+    kept compressed, in blocks of `BLOCK_ROWS` series in schedule order (`schedule_order`), while
+    what it was written from is the same. Escapings that rename metrics (`dots`, `values`) go
+    through prometheus_client itself. Not thread-safe: one render at a time (the web layer's
+    render thread)."""
 
     def __init__(self) -> None:
         self._labels: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         self._headers: dict[str, tuple[str, ...]] = {}
-        self._job_text: dict[ResultKey, Kept] = {}
-        """Per result key: what its lines were written from, and its lines of each per-job
-        family but the errors (`Kept`)."""
+        self._job_blocks: list[Block] = []
+        """Per block of rows: what its series were written from, and each family's text."""
         self._last_rows: tuple[str, set[ResultKey], dict[str, Target], list[Row]] | None = None
         """The rows of the last render, with what they were made from."""
-        self._parity_text: dict[PairKey, tuple[object, Target | None, str, str]] = {}
-        """Per (target, probe): (verdict, target, vantage label, its lines)."""
+        self._pair_rows: tuple[str, object, dict[str, Target], list[PairRow]] | None = None
+        """The verdicts' rows of the last render, with what they were made from."""
+        self._parity_blocks: list[Block] = []
 
     @staticmethod
     def negotiate(accept: str) -> tuple[Encoder, str]:
@@ -395,8 +430,8 @@ class Exposition:
     def content_type(self, accept: str) -> str:
         return self.negotiate(accept)[1]
 
-    def render(self, snap: Snapshot, accept: str) -> Iterator[str]:
-        """The exposition for `accept`, in chunks of text."""
+    def render(self, snap: Snapshot, accept: str) -> Iterator[str | Deflated]:
+        """The exposition for `accept`: text, and kept pieces already compressed."""
         encoder, content_type = self.negotiate(accept)
         func = getattr(encoder, "func", encoder)
         escaping = getattr(encoder, "keywords", {}).get("escaping", FAST_ESCAPINGS[0])
@@ -428,23 +463,26 @@ class Exposition:
                 text = num[value] = floatToGoString(value)
             return text
 
-        columns = self._job_columns(snap, rows, n)
-        for header, column in zip(
-            headers[:_RESULT_FAMILIES], columns[:_RESULT_FAMILIES], strict=True
-        ):
-            yield from _chunks(header, column)
-        yield encode(_races(snap))
+        families = self._job_pieces(snap, rows, n)
         h_latency, h_runs, h_errors, h_parity = headers[-4:]
-        yield from _chunks(h_latency, columns[-2], CHUNK_LINES // len(_LATENCY_LINES))
-        yield from _chunks(h_runs, columns[-1])
-        yield from self._parity_and_errors(snap, rows, h_errors, h_parity, n)
+        per_result = zip(headers[:_RESULT_FAMILIES], families[:_RESULT_FAMILIES], strict=True)
+        for header, pieces in per_result:
+            yield header
+            yield from pieces
+        yield encode(_races(snap))
+        for header, pieces in ((h_latency, families[-2]), (h_runs, families[-1])):
+            yield header
+            yield from pieces
+        yield from _errors(snap, rows, h_errors, n)
+        yield h_parity
+        yield from self._parity_pieces(snap)
         yield encode(_tail_families(snap))
         if openmetrics_text:
             yield "# EOF\n"
 
     def _rows(self, snap: Snapshot) -> list[Row]:
-        """(family label, the labels after it, all labels, labels before `target`, key) per
-        result key, sorted: the text around which every per-job sample is written."""
+        """(all labels, where the family label ends, where `target` starts, key) per result
+        key, in schedule order: the text around which every per-job sample is written."""
         v = snap.vantage
         keys = snap.latest.keys() | snap.runs.keys() | snap.latency.keys()
         keys |= {(name, probe, family) for name, probe, family, _ in snap.errors}
@@ -460,7 +498,7 @@ class Exposition:
         rows = []
         cache = self._labels
         fresh: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
-        for key in sorted(keys):
+        for key in sorted(keys, key=schedule_order(snap)):
             t = snap.targets.get(key[0])
             c = cache.get(key)
             if c is None or c[0] is not t or c[1] != v:
@@ -471,114 +509,161 @@ class Exposition:
                 plain = f'{before},target="{_escape(name)}",vantage="{_escape(v)}"'
                 c = (t, v, plain, len(fam), len(before))
             fresh[key] = c
-            plain, a, b = c[2], c[3], c[4]
-            rows.append((plain[:a], plain[a + 1 :], plain, plain[:b], key))
+            rows.append((c[2], c[3], c[4], key))
         self._labels = fresh  # forget jobs that are gone
         self._last_rows = (v, keys, dict(snap.targets), rows)
         return rows
 
-    def _job_columns(
+    def _job_pieces(
         self, snap: Snapshot, rows: list[Row], n: Callable[[float], str]
-    ) -> list[tuple[str, ...]]:
+    ) -> list[list[Deflated]]:
         """Per family with a series per job (the per-result families, the latency histogram,
-        runs): its lines, a text per row. A row's texts are written once and kept while its
-        result, histogram and label text are the same objects and its run count the same (a
-        job's result and histogram are replaced on each run, never changed, so about one job
-        in 30 is written afresh per render at a 60 s interval and a render every 2 s)."""
+        runs): its pieces. A block's pieces are written once and kept while each of its rows
+        has the same label text and the same result, histogram and run count (a job's result
+        and histogram are replaced on each run, never changed: in schedule order, the jobs
+        that ran since the last render are a few blocks)."""
         latest, latency, runs = snap.latest, snap.latency, snap.runs
-        kept = self._job_text
-        fresh: dict[ResultKey, Kept] = {}
-        texts: list[tuple[str, ...]] = []
-        for fam, rest, plain, before, key in rows:
+
+        def stamp(row: Row) -> object:
+            key = row[3]
+            return (row[0], latest.get(key), latency.get(key), runs.get(key))
+
+        def texts(row: Row) -> tuple[str, ...]:
+            plain, a, b, key = row
+            fam, rest, before = plain[:a], plain[a + 1 :], plain[:b]
             r = latest.get(key)
             h = latency.get(key)
             count = runs.get(key)
-            c = kept.get(key)
-            if c is None or c[0] is not r or c[1] is not h or c[2] is not plain or c[3] != count:
-                lines = (
-                    _NO_RESULT
-                    if r is None or r.skipped
-                    else _result_text(fam, rest, plain, before, r, n)
-                )
-                hist = "" if h is None else _histogram_text(fam, rest, plain, h, n)
-                ran = (
-                    ""
-                    if count is None
-                    else f"dualstack_probe_runs_total{{{plain}}} {n(float(count))}\n"
-                )
-                c = (r, h, plain, count, (*lines, hist, ran))
-            fresh[key] = c
-            texts.append(c[4])
-        self._job_text = fresh  # forget jobs that are gone
-        return list(zip(*texts, strict=True)) if texts else [()] * (_RESULT_FAMILIES + 2)
+            lines = (
+                _NO_RESULT
+                if r is None or r.skipped
+                else _result_text(fam, rest, plain, before, r, n)
+            )
+            hist = "" if h is None else _histogram_text(fam, rest, plain, h, n)
+            ran = (
+                ""
+                if count is None
+                else f"dualstack_probe_runs_total{{{plain}}} {n(float(count))}\n"
+            )
+            return (*lines, hist, ran)
 
-    def _parity_and_errors(
-        self,
-        snap: Snapshot,
-        rows: list[Row],
-        h_errors: str,
-        h_parity: str,
-        n: Callable[[float], str],
-    ) -> Iterator[str]:
-        """Errors by kind (a series per job and kind that happened), then the verdicts."""
-        out = [h_errors]
-        by_key: dict[ResultKey, list[tuple[str, int]]] = {}
-        for (name, probe, family, kind), c in snap.errors.items():
-            by_key.setdefault((name, probe, family), []).append((kind, c))
-        for fam, rest, _, _, key in rows if by_key else ():
-            errors = by_key.get(key)
-            for kind, c in sorted(errors) if errors else ():
-                out.append(
-                    f'dualstack_probe_errors_total{{{fam},kind="{_escape(kind)}",{rest}}} '
-                    f"{n(float(c))}\n"
-                )
-        yield "".join(out)
+        self._job_blocks, pieces = _blocks(
+            self._job_blocks, rows, stamp, texts, _RESULT_FAMILIES + 2
+        )
+        return pieces
+
+    def _parity_pieces(self, snap: Snapshot) -> list[Deflated]:
+        """The verdicts, a series per verdict per (target, probe), in schedule order."""
         v = _escape(snap.vantage)
-        kept_pairs = self._parity_text
-        fresh_pairs: dict[PairKey, tuple[object, Target | None, str, str]] = {}
-        lines: list[str] = []
-        for (name, probe), par in sorted(snap.parity.items()):
-            t = snap.targets.get(name)
-            pc = kept_pairs.get((name, probe))
-            if pc is None or pc[0] is not par.verdict or pc[1] is not t or pc[2] != v:
-                pair = (
-                    f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
-                    f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
-                    f'vantage="{v}"'
+        last = self._pair_rows
+        pairs = snap.parity.keys()
+        if (
+            last is not None
+            and last[0] == v
+            and last[1] == pairs
+            and last[2].keys() == snap.targets.keys()
+            and all(snap.targets[name] is t for name, t in last[2].items())
+        ):
+            rows = last[3]
+        else:
+            rows = []
+            for name, probe in sorted(pairs, key=schedule_order(snap)):
+                t = snap.targets.get(name)
+                rows.append(
+                    (
+                        f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
+                        f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
+                        f'vantage="{v}"',
+                        (name, probe),
+                    )
                 )
-                pc = (
-                    par.verdict,
-                    t,
-                    v,
-                    "".join(
-                        f'dualstack_parity{{{pair},verdict="{verdict}"}} '
-                        f"{'1.0' if par.verdict is verdict else '0.0'}\n"
-                        for verdict in VERDICTS
-                    ),
-                )
-            fresh_pairs[(name, probe)] = pc
-            lines.append(pc[3])
-        self._parity_text = fresh_pairs
-        yield from _chunks(h_parity, lines, CHUNK_LINES // len(VERDICTS))
+            self._pair_rows = (v, set(pairs), dict(snap.targets), rows)
+        parity = snap.parity
+
+        def stamp(row: PairRow) -> object:
+            return (row[0], parity[row[1]].verdict)
+
+        def texts(row: PairRow) -> tuple[str, ...]:
+            pair, key = row
+            current = parity[key].verdict
+            return (
+                "".join(
+                    f'dualstack_parity{{{pair},verdict="{verdict}"}} '
+                    f"{'1.0' if current is verdict else '0.0'}\n"
+                    for verdict in VERDICTS
+                ),
+            )
+
+        self._parity_blocks, pieces = _blocks(self._parity_blocks, rows, stamp, texts, 1)
+        return pieces[0]
 
 
-Row = tuple[str, str, str, str, ResultKey]
-Kept = tuple[ProbeResult | None, Histogram | None, str, int | None, tuple[str, ...]]
-"""A job's kept text: (result, histogram, label text, run count) it was written from, and its
-lines of each per-result family, the latency histogram and runs, in the exposition's order."""
+Row = tuple[str, int, int, ResultKey]
+"""A job's series: its label text, where the family label ends in it, where `target` starts,
+and its key."""
+PairRow = tuple[str, PairKey]
+"""A verdict's series: its label text but `verdict`, and its (target, probe)."""
+Block = tuple[tuple[object, ...], tuple[Deflated | None, ...]]
+"""A block of rows: what each row's text was written from, and the block's text per family
+(None where it has none), compressed."""
+BLOCK_ROWS = 32
+"""Rows per block: 10,000 jobs (20,000 rows) make 625 blocks, about 4 MB of pieces in all."""
 _RESULT_FAMILIES = 11
 """Families with a series per result, in the order of `_result_families` (and _result_text)."""
 _NO_RESULT = ("",) * _RESULT_FAMILIES
 
+R = TypeVar("R", Row, PairRow)
 
-def _chunks(header: str, texts: Sequence[str], per: int = CHUNK_LINES) -> Iterator[str]:
-    """A family: its header, then its per-job texts joined `per` at a time."""
-    if len(texts) <= per:
-        yield header + "".join(texts)
-        return
-    yield header
-    for i in range(0, len(texts), per):
-        yield "".join(texts[i : i + per])
+
+def _blocks(
+    kept: list[Block],
+    rows: Sequence[R],
+    stamp: Callable[[R], object],
+    texts: Callable[[R], tuple[str, ...]],
+    families: int,
+) -> tuple[list[Block], list[list[Deflated]]]:
+    """Rows in blocks of `BLOCK_ROWS`, each block's text per family compressed once and kept
+    while its rows' stamps are the same (equal, or the same objects): the blocks to keep, and
+    per family its pieces in row order."""
+    fresh: list[Block] = []
+    pieces: list[list[Deflated]] = [[] for _ in range(families)]
+    deflater: Deflater | None = None
+    for i in range(0, len(rows), BLOCK_ROWS):
+        block = rows[i : i + BLOCK_ROWS]
+        stamps = tuple(map(stamp, block))
+        j = len(fresh)
+        if j < len(kept) and kept[j][0] == stamps:
+            done = kept[j]
+        else:
+            deflater = deflater or Deflater()
+            columns = zip(*map(texts, block), strict=True)
+            done = (stamps, tuple(deflater.piece(t) if t else None for t in map("".join, columns)))
+        fresh.append(done)
+        for family, piece in zip(pieces, done[1], strict=True):
+            if piece is not None:
+                family.append(piece)
+    return fresh, pieces
+
+
+def _errors(
+    snap: Snapshot, rows: list[Row], header: str, n: Callable[[float], str]
+) -> Iterator[str]:
+    """Errors by kind: a series per job and kind that happened, in row order."""
+    out = [header]
+    by_key: dict[ResultKey, list[tuple[str, int]]] = {}
+    for (name, probe, family, kind), c in snap.errors.items():
+        by_key.setdefault((name, probe, family), []).append((kind, c))
+    for plain, a, _, key in rows if by_key else ():
+        errors = by_key.get(key)
+        for kind, c in sorted(errors) if errors else ():
+            out.append(
+                f'dualstack_probe_errors_total{{{plain[:a]},kind="{_escape(kind)}",'
+                f"{plain[a + 1 :]}}} {n(float(c))}\n"
+            )
+            if len(out) >= CHUNK_LINES:
+                yield "".join(out)
+                out = []
+    yield "".join(out)
 
 
 def _result_text(

@@ -43,7 +43,7 @@ class MonotonicClock:
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
 
 
-def job_offset(key: JobKey, interval: float) -> float:
+def job_offset(key: tuple[str, str], interval: float) -> float:
     """Where in its interval a job starts: stable across restarts and reloads, spread evenly."""
     digest = hashlib.sha256(f"{key[0]}\0{key[1]}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 * interval

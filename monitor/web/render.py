@@ -17,23 +17,10 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from types import ModuleType
 
+from monitor.gz import Deflated, GzipWriter
 from monitor.serve.state import Snapshot, Store
 
-deflate: ModuleType = zlib
-"""The gzip compressor: ISA-L's, the same gzip about 4 times faster than zlib's at level 1, or
-zlib's on a machine isal has no wheel for (pyproject.toml installs it where it has one)."""
-try:
-    from isal import isal_zlib
-
-    deflate = isal_zlib
-except ImportError:
-    pass
-
-GZIP_LEVEL = 1
-"""Fastest: the 76 MB exposition of 10,000 jobs shrinks to 3.2 MB in about 0.04 s with ISA-L
-(3.4 MB in 0.17 s with zlib), both off the GIL."""
 BUSY_SHARE = 0.25
 """The render thread renders at most this share of the time: after a render of R seconds the
 next starts no sooner than 3R later (10,000 jobs on a quiet 2-vCPU machine: a render every
@@ -43,8 +30,9 @@ MAX_CLIENTS = 4096
 IDENTITY_CHUNK = 1 << 20
 """A client that does not take gzip gets the cached body inflated in pieces this large."""
 
-Render = Callable[[Snapshot], Iterable[str | bytes]]
-"""Turns a snapshot into the body, in pieces (text is UTF-8 encoded); runs in the thread."""
+Render = Callable[[Snapshot], Iterable[str | bytes | Deflated]]
+"""Turns a snapshot into the body, in pieces (text is UTF-8 encoded, `Deflated` pieces placed as
+they are); runs in the thread."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,15 +74,14 @@ def _compress(
     render: Render, snap: Snapshot, clock: Callable[[], float]
 ) -> tuple[bytes, int, float]:
     start = clock()
-    z = deflate.compressobj(GZIP_LEVEL, deflate.DEFLATED, 31)  # 31: a gzip header and trailer
-    parts: list[bytes] = []
-    size = 0
+    writer = GzipWriter()
     for piece in render(snap):
-        data = piece.encode("utf-8") if isinstance(piece, str) else piece
-        size += len(data)
-        parts.append(z.compress(data))
-    parts.append(z.flush())
-    return b"".join(parts), size, clock() - start
+        if isinstance(piece, Deflated):
+            writer.insert(piece)
+        else:
+            writer.write(piece.encode("utf-8") if isinstance(piece, str) else piece)
+    body = writer.finish()
+    return body, writer.size, clock() - start
 
 
 class RenderCache:

@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from monitor.engine.report import report_json
+from monitor.gz import Deflated
 from monitor.serve.state import Snapshot, Store
 from monitor.web.render import Render, RenderCache, Rendered, accepts_gzip, inflate
 from monitor.web.statuspage import CSP, render_status_page
@@ -72,7 +73,7 @@ class Exposer(Protocol):
         """The content type answered to this `Accept` header."""
         ...
 
-    def render(self, snap: Snapshot, accept: str) -> Iterator[str]:
+    def render(self, snap: Snapshot, accept: str) -> Iterator[str | Deflated]:
         """The exposition of a snapshot in that content type, in pieces; called in the render
         thread, one call at a time."""
         ...
@@ -133,7 +134,7 @@ def make_app(
         accept = request.headers.get("Accept", "")
         content_type = exposition.content_type(accept)
 
-        def render(snap: Snapshot) -> Iterable[str]:
+        def render(snap: Snapshot) -> Iterable[str | Deflated]:
             return exposition.render(snap, accept)
 
         body = await rendered(request, f"/metrics {content_type}", render)
