@@ -273,6 +273,40 @@ def test_kept_text_follows_every_change_between_renders() -> None:
     assert text == reference(snap, "") and 'vantage="renamed"' in text
 
 
+def test_a_first_result_rewrites_only_the_block_it_falls_in() -> None:
+    """Blocks end where a row's key says, not at fixed positions: jobs that get their first
+    result in the middle of the schedule order (a vantage's first interval, a target added)
+    leave every other block as it was, and the body is still prometheus_client's."""
+    targets = {
+        name: Target(name=name, service="s3", region="eu-west-1", host="h.example.com")
+        for name in (f"t-{i:04d}" for i in range(1000))
+    }
+    store = Store(vantage="v")
+    store.set_targets(targets)
+
+    def run(name: str) -> None:
+        v4 = result(name, "tcp", "ipv4", TcpConnect(source_address=None), duration=0.5)
+        v6 = result(name, "tcp", "ipv6", TcpConnect(source_address=None), duration=0.25)
+        store.record([v4, v6], judge(targets[name], "tcp", v4, v6, thresholds=Thresholds()))
+
+    names = sorted(targets)
+    for name in names[::2]:
+        run(name)
+    exposition = Exposition()
+    expose(exposition, store.snapshot(), "")
+    jobs, pairs = dict(exposition._job_blocks), dict(exposition._parity_blocks)
+    assert len(jobs) > 20 and len(pairs) > 10
+    newcomers = names[1::200]  # 5 jobs, spread over the order
+    for name in newcomers:
+        run(name)
+    snap = store.snapshot()
+    assert expose(exposition, snap, "") == reference(snap, "")
+    for before, after in ((jobs, exposition._job_blocks), (pairs, exposition._parity_blocks)):
+        rewritten = [k for k, block in after.items() if before.get(k) is not block]
+        # A row lands in one block, or ends it and makes two.
+        assert 0 < len(rewritten) <= 2 * len(newcomers), (len(rewritten), len(after))
+
+
 def test_the_live_registry_and_the_exposition_agree() -> None:
     store = rich_store(1)
     assert expose(Exposition(), store.snapshot(), "").encode() == generate_latest(

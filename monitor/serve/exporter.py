@@ -9,9 +9,11 @@ verdicts).
 
 from __future__ import annotations
 
+import bisect
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Set as AbstractSet
+from typing import Generic, TypeVar
 
 from prometheus_client import exposition, openmetrics
 from prometheus_client.core import (
@@ -93,20 +95,22 @@ def _labeller(s: Snapshot) -> Labeller:
 Order = Callable[[tuple[str, ...]], tuple[float, float, tuple[str, ...]]]
 
 
-def schedule_order(s: Snapshot) -> Order:
+def schedule_order(s: Snapshot, offsets: dict[tuple[str, str], float] | None = None) -> Order:
     """A sort key for series keys ((target, probe, ...)): the order in which their jobs start
-    within an interval (the scheduler's `job_offset`), then the key. A job's series change when
-    it runs, so in this order the series that changed between two renders sit together (the
-    exposition keeps its text in blocks)."""
-    offsets: dict[tuple[str, str], tuple[float, float]] = {}
+    within an interval (the target's interval, then the scheduler's `job_offset`), then the key.
+    A job's series change when it runs, so in this order the series that changed between two
+    renders sit together (the exposition keeps its text in blocks). `offsets` remembers each
+    job's offset (a hash) from one call to the next."""
+    known: dict[tuple[str, str], float] = {} if offsets is None else offsets
+    targets = s.targets
 
     def order(key: tuple[str, ...]) -> tuple[float, float, tuple[str, ...]]:
         job = (key[0], key[1])
-        o = offsets.get(job)
+        o = known.get(job)
         if o is None:
-            t = s.targets.get(job[0])
-            o = offsets[job] = (t.interval if t else 0.0, job_offset(job, 1.0))
-        return (*o, key)
+            o = known[job] = job_offset(job, 1.0)
+        t = targets.get(job[0])
+        return (t.interval if t else 0.0, o, key)
 
     return order
 
@@ -413,13 +417,14 @@ class Exposition:
     def __init__(self) -> None:
         self._labels: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
         self._headers: dict[str, tuple[str, ...]] = {}
-        self._job_blocks: list[Block] = []
-        """Per block of rows: what its series were written from, and each family's text."""
-        self._last_rows: tuple[str, set[ResultKey], dict[str, Target], list[Row]] | None = None
-        """The rows of the last render, with what they were made from."""
-        self._pair_rows: tuple[str, object, dict[str, Target], list[PairRow]] | None = None
-        """The verdicts' rows of the last render, with what they were made from."""
-        self._parity_blocks: list[Block] = []
+        self._offsets: dict[tuple[str, str], float] = {}
+        """Each job's place in its interval (`schedule_order`), kept: a hash to compute."""
+        self._job_blocks: dict[object, Block] = {}
+        """Per block of rows, by the key of its last row: what its series were written from,
+        and each family's text."""
+        self._job_rows: KeptRows[ResultKey, Row] = KeptRows()
+        self._pair_rows: KeptRows[PairKey, PairRow] = KeptRows()
+        self._parity_blocks: dict[object, Block] = {}
 
     @staticmethod
     def negotiate(accept: str) -> tuple[Encoder, str]:
@@ -453,7 +458,7 @@ class Exposition:
                 encode([m]) for m in (*_result_families(empty), *_counter_families(empty))
             )
             self._headers[content_type] = headers
-        rows = self._rows(snap)
+        rows, ends = self._rows(snap)
         num: dict[float, str] = {0.0: "0.0", 1.0: "1.0"}
 
         def n(value: float) -> str:
@@ -463,7 +468,7 @@ class Exposition:
                 text = num[value] = floatToGoString(value)
             return text
 
-        families = self._job_pieces(snap, rows, n)
+        families = self._job_pieces(snap, rows, ends, n)
         h_latency, h_runs, h_errors, h_parity = headers[-4:]
         per_result = zip(headers[:_RESULT_FAMILIES], families[:_RESULT_FAMILIES], strict=True)
         for header, pieces in per_result:
@@ -480,25 +485,21 @@ class Exposition:
         if openmetrics_text:
             yield "# EOF\n"
 
-    def _rows(self, snap: Snapshot) -> list[Row]:
+    def _order(self, snap: Snapshot, jobs: int) -> Order:
+        if len(self._offsets) > 2 * jobs + 1024:
+            self._offsets = {}  # forget jobs that are gone
+        return schedule_order(snap, self._offsets)
+
+    def _rows(self, snap: Snapshot) -> tuple[list[Row], list[int]]:
         """(all labels, where the family label ends, where `target` starts, key) per result
-        key, in schedule order: the text around which every per-job sample is written."""
+        key, in schedule order: the text around which every per-job sample is written; and
+        where their blocks end (`block_ends`)."""
         v = snap.vantage
         keys = snap.latest.keys() | snap.runs.keys() | snap.latency.keys()
         keys |= {(name, probe, family) for name, probe, family, _ in snap.errors}
-        last = self._last_rows
-        if (
-            last is not None
-            and last[0] == v
-            and last[1] == keys
-            and last[2].keys() == snap.targets.keys()
-            and all(snap.targets[name] is t for name, t in last[2].items())
-        ):
-            return last[3]  # the same jobs of the same targets: the same rows
-        rows = []
         cache = self._labels
-        fresh: dict[ResultKey, tuple[Target | None, str, str, int, int]] = {}
-        for key in sorted(keys, key=schedule_order(snap)):
+
+        def make(key: ResultKey) -> Row:
             t = snap.targets.get(key[0])
             c = cache.get(key)
             if c is None or c[0] is not t or c[1] != v:
@@ -507,15 +508,16 @@ class Exposition:
                 before = f'{fam},probe="{_escape(probe)}",region="{_escape(_region(t))}",'
                 before += f'service="{_escape(t.service if t else "")}"'
                 plain = f'{before},target="{_escape(name)}",vantage="{_escape(v)}"'
-                c = (t, v, plain, len(fam), len(before))
-            fresh[key] = c
-            rows.append((c[2], c[3], c[4], key))
-        self._labels = fresh  # forget jobs that are gone
-        self._last_rows = (v, keys, dict(snap.targets), rows)
-        return rows
+                c = cache[key] = (t, v, plain, len(fam), len(before))
+            return (c[2], c[3], c[4], key)
+
+        rows, ends = self._job_rows.get(snap, v, keys, make, self._order(snap, len(keys)))
+        if len(cache) > len(rows):
+            self._labels = {row[3]: cache[row[3]] for row in rows}  # forget jobs that are gone
+        return rows, ends
 
     def _job_pieces(
-        self, snap: Snapshot, rows: list[Row], n: Callable[[float], str]
+        self, snap: Snapshot, rows: list[Row], ends: list[int], n: Callable[[float], str]
     ) -> list[list[Deflated]]:
         """Per family with a series per job (the per-result families, the latency histogram,
         runs): its pieces. A block's pieces are written once and kept while each of its rows
@@ -548,36 +550,26 @@ class Exposition:
             return (*lines, hist, ran)
 
         self._job_blocks, pieces = _blocks(
-            self._job_blocks, rows, stamp, texts, _RESULT_FAMILIES + 2
+            self._job_blocks, rows, ends, stamp, texts, _RESULT_FAMILIES + 2
         )
         return pieces
 
     def _parity_pieces(self, snap: Snapshot) -> list[Deflated]:
         """The verdicts, a series per verdict per (target, probe), in schedule order."""
         v = _escape(snap.vantage)
-        last = self._pair_rows
+
+        def make(key: PairKey) -> PairRow:
+            name, probe = key
+            t = snap.targets.get(name)
+            return (
+                f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
+                f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
+                f'vantage="{v}"',
+                key,
+            )
+
         pairs = snap.parity.keys()
-        if (
-            last is not None
-            and last[0] == v
-            and last[1] == pairs
-            and last[2].keys() == snap.targets.keys()
-            and all(snap.targets[name] is t for name, t in last[2].items())
-        ):
-            rows = last[3]
-        else:
-            rows = []
-            for name, probe in sorted(pairs, key=schedule_order(snap)):
-                t = snap.targets.get(name)
-                rows.append(
-                    (
-                        f'probe="{_escape(probe)}",region="{_escape(_region(t))}",'
-                        f'service="{_escape(t.service if t else "")}",target="{_escape(name)}",'
-                        f'vantage="{v}"',
-                        (name, probe),
-                    )
-                )
-            self._pair_rows = (v, set(pairs), dict(snap.targets), rows)
+        rows, ends = self._pair_rows.get(snap, v, pairs, make, self._order(snap, len(pairs)))
         parity = snap.parity
 
         def stamp(row: PairRow) -> object:
@@ -594,7 +586,7 @@ class Exposition:
                 ),
             )
 
-        self._parity_blocks, pieces = _blocks(self._parity_blocks, rows, stamp, texts, 1)
+        self._parity_blocks, pieces = _blocks(self._parity_blocks, rows, ends, stamp, texts, 1)
         return pieces[0]
 
 
@@ -607,7 +599,10 @@ Block = tuple[tuple[object, ...], tuple[Deflated | None, ...]]
 """A block of rows: what each row's text was written from, and the block's text per family
 (None where it has none), compressed."""
 BLOCK_ROWS = 32
-"""Rows per block: 10,000 jobs (20,000 rows) make 625 blocks, about 4 MB of pieces in all."""
+"""Rows per block on average: 10,000 jobs (20,000 rows) make about 625 blocks, about 4 MB of
+pieces in all."""
+MAX_BLOCK_ROWS = 4 * BLOCK_ROWS
+"""Rows per block at most."""
 _RESULT_FAMILIES = 11
 """Families with a series per result, in the order of `_result_families` (and _result_text)."""
 _NO_RESULT = ("",) * _RESULT_FAMILIES
@@ -615,30 +610,94 @@ _NO_RESULT = ("",) * _RESULT_FAMILIES
 R = TypeVar("R", Row, PairRow)
 
 
+KR = TypeVar("KR", ResultKey, PairKey)
+
+
+class KeptRows(Generic[KR, R]):
+    """Rows in schedule order (each row's key last), kept from one render to the next while the
+    vantage and the targets are the same: the same keys, the same rows; keys added and none
+    gone (jobs with a first result, as in a vantage's first interval), those rows put in their
+    places; anything else, every row made afresh."""
+
+    def __init__(self) -> None:
+        self._made_for: tuple[str, dict[str, Target]] | None = None
+        self._keys: set[KR] = set()
+        self.rows: list[R] = []
+        self.ends: list[int] = []
+        """Where the rows' blocks end (`block_ends`)."""
+
+    def get(
+        self,
+        snap: Snapshot,
+        vantage: str,
+        keys: AbstractSet[KR],
+        make: Callable[[KR], R],
+        order: Order,
+    ) -> tuple[list[R], list[int]]:
+        made = self._made_for
+        same = (
+            made is not None
+            and made[0] == vantage
+            and made[1].keys() == snap.targets.keys()
+            and all(snap.targets[name] is t for name, t in made[1].items())
+        )
+        if same and self._keys == keys:
+            return self.rows, self.ends
+        if same and keys > self._keys:
+            rows = list(self.rows)
+            for key in sorted(keys - self._keys, key=order):
+                at = bisect.bisect(rows, order(key), key=lambda row: order(row[-1]))
+                rows.insert(at, make(key))
+        else:
+            rows = [make(key) for key in sorted(keys, key=order)]
+            self._made_for = (vantage, dict(snap.targets))
+        self._keys = set(keys)
+        self.rows, self.ends = rows, block_ends(rows)
+        return self.rows, self.ends
+
+
+def block_ends(rows: Sequence[Row] | Sequence[PairRow]) -> list[int]:
+    """Where each block of rows ends (exclusive). A block ends after a row whose key hashes to
+    a multiple of `BLOCK_ROWS` (or after `MAX_BLOCK_ROWS` rows): the boundaries depend on the
+    rows around them, not on positions, so rows that appear or go (a job's first result, a
+    target added) change the block they fall in and not every block after it."""
+    ends = []
+    start = 0
+    for i, row in enumerate(rows, 1):
+        if hash(row[-1]) % BLOCK_ROWS == 0 or i - start >= MAX_BLOCK_ROWS:
+            ends.append(i)
+            start = i
+    if start < len(rows):
+        ends.append(len(rows))
+    return ends
+
+
 def _blocks(
-    kept: list[Block],
+    kept: dict[object, Block],
     rows: Sequence[R],
+    ends: Sequence[int],
     stamp: Callable[[R], object],
     texts: Callable[[R], tuple[str, ...]],
     families: int,
-) -> tuple[list[Block], list[list[Deflated]]]:
-    """Rows in blocks of `BLOCK_ROWS`, each block's text per family compressed once and kept
-    while its rows' stamps are the same (equal, or the same objects): the blocks to keep, and
-    per family its pieces in row order."""
-    fresh: list[Block] = []
+) -> tuple[dict[object, Block], list[list[Deflated]]]:
+    """Rows in blocks (`block_ends`), each block's text per family compressed once and kept,
+    by the key of its last row, while its rows' stamps are the same (equal, or the same
+    objects): the blocks to keep, and per family its pieces in row order."""
+    fresh: dict[object, Block] = {}
     pieces: list[list[Deflated]] = [[] for _ in range(families)]
     deflater: Deflater | None = None
-    for i in range(0, len(rows), BLOCK_ROWS):
-        block = rows[i : i + BLOCK_ROWS]
+    start = 0
+    for end in ends:
+        block = rows[start:end]
+        start = end
         stamps = tuple(map(stamp, block))
-        j = len(fresh)
-        if j < len(kept) and kept[j][0] == stamps:
-            done = kept[j]
-        else:
+        last = block[-1][-1]
+        done = kept.get(last)
+        if done is None or done[0] != stamps:
             deflater = deflater or Deflater()
             columns = zip(*map(texts, block), strict=True)
             done = (stamps, tuple(deflater.piece(t) if t else None for t in map("".join, columns)))
-        fresh.append(done)
+        fresh[last] = done
         for family, piece in zip(pieces, done[1], strict=True):
             if piece is not None:
                 family.append(piece)
