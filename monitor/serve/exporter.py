@@ -13,7 +13,8 @@ import bisect
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import Generic, TypeVar
+from operator import attrgetter
+from typing import Any, Generic, TypeVar
 
 from prometheus_client import exposition, openmetrics
 from prometheus_client.core import (
@@ -93,6 +94,8 @@ def _labeller(s: Snapshot) -> Labeller:
 
 
 Order = Callable[[tuple[str, ...]], tuple[float, float, tuple[str, ...]]]
+Span = tuple[int, int, tuple[Any, ...], tuple[str, ...]]
+"""A block of rows: where it starts and ends in the rows, their keys and label text."""
 
 
 def schedule_order(s: Snapshot, offsets: dict[tuple[str, str], float] | None = None) -> Order:
@@ -458,7 +461,7 @@ class Exposition:
                 encode([m]) for m in (*_result_families(empty), *_counter_families(empty))
             )
             self._headers[content_type] = headers
-        rows, ends = self._rows(snap)
+        rows, spans = self._rows(snap)
         num: dict[float, str] = {0.0: "0.0", 1.0: "1.0"}
 
         def n(value: float) -> str:
@@ -468,7 +471,7 @@ class Exposition:
                 text = num[value] = floatToGoString(value)
             return text
 
-        families = self._job_pieces(snap, rows, ends, n)
+        families = self._job_pieces(snap, rows, spans, n)
         h_latency, h_runs, h_errors, h_parity = headers[-4:]
         per_result = zip(headers[:_RESULT_FAMILIES], families[:_RESULT_FAMILIES], strict=True)
         for header, pieces in per_result:
@@ -490,10 +493,10 @@ class Exposition:
             self._offsets = {}  # forget jobs that are gone
         return schedule_order(snap, self._offsets)
 
-    def _rows(self, snap: Snapshot) -> tuple[list[Row], list[int]]:
+    def _rows(self, snap: Snapshot) -> tuple[list[Row], list[Span]]:
         """(all labels, where the family label ends, where `target` starts, key) per result
         key, in schedule order: the text around which every per-job sample is written; and
-        where their blocks end (`block_ends`)."""
+        their blocks (`block_spans`)."""
         v = snap.vantage
         keys = snap.latest.keys() | snap.runs.keys() | snap.latency.keys()
         keys |= {(name, probe, family) for name, probe, family, _ in snap.errors}
@@ -511,13 +514,13 @@ class Exposition:
                 c = cache[key] = (t, v, plain, len(fam), len(before))
             return (c[2], c[3], c[4], key)
 
-        rows, ends = self._job_rows.get(snap, v, keys, make, self._order(snap, len(keys)))
+        rows, spans = self._job_rows.get(snap, v, keys, make, self._order(snap, len(keys)))
         if len(cache) > len(rows):
             self._labels = {row[3]: cache[row[3]] for row in rows}  # forget jobs that are gone
-        return rows, ends
+        return rows, spans
 
     def _job_pieces(
-        self, snap: Snapshot, rows: list[Row], ends: list[int], n: Callable[[float], str]
+        self, snap: Snapshot, rows: list[Row], spans: list[Span], n: Callable[[float], str]
     ) -> list[list[Deflated]]:
         """Per family with a series per job (the per-result families, the latency histogram,
         runs): its pieces. A block's pieces are written once and kept while each of its rows
@@ -525,10 +528,14 @@ class Exposition:
         and histogram are replaced on each run, never changed: in schedule order, the jobs
         that ran since the last render are a few blocks)."""
         latest, latency, runs = snap.latest, snap.latency, snap.runs
+        got_result, got_histogram, got_runs = latest.get, latency.get, runs.get
 
-        def stamp(row: Row) -> object:
-            key = row[3]
-            return (row[0], latest.get(key), latency.get(key), runs.get(key))
+        def stamp(keys: tuple[ResultKey, ...]) -> tuple[object, ...]:
+            return (
+                tuple(map(got_result, keys)),
+                tuple(map(got_histogram, keys)),
+                tuple(map(got_runs, keys)),
+            )
 
         def texts(row: Row) -> tuple[str, ...]:
             plain, a, b, key = row
@@ -550,7 +557,7 @@ class Exposition:
             return (*lines, hist, ran)
 
         self._job_blocks, pieces = _blocks(
-            self._job_blocks, rows, ends, stamp, texts, _RESULT_FAMILIES + 2
+            self._job_blocks, rows, spans, stamp, texts, _RESULT_FAMILIES + 2
         )
         return pieces
 
@@ -569,11 +576,12 @@ class Exposition:
             )
 
         pairs = snap.parity.keys()
-        rows, ends = self._pair_rows.get(snap, v, pairs, make, self._order(snap, len(pairs)))
+        rows, spans = self._pair_rows.get(snap, v, pairs, make, self._order(snap, len(pairs)))
         parity = snap.parity
+        got_parity = parity.__getitem__
 
-        def stamp(row: PairRow) -> object:
-            return (row[0], parity[row[1]].verdict)
+        def stamp(keys: tuple[PairKey, ...]) -> tuple[object, ...]:
+            return (tuple(map(_VERDICT, map(got_parity, keys))),)
 
         def texts(row: PairRow) -> tuple[str, ...]:
             pair, key = row
@@ -586,7 +594,7 @@ class Exposition:
                 ),
             )
 
-        self._parity_blocks, pieces = _blocks(self._parity_blocks, rows, ends, stamp, texts, 1)
+        self._parity_blocks, pieces = _blocks(self._parity_blocks, rows, spans, stamp, texts, 1)
         return pieces[0]
 
 
@@ -596,8 +604,9 @@ and its key."""
 PairRow = tuple[str, PairKey]
 """A verdict's series: its label text but `verdict`, and its (target, probe)."""
 Block = tuple[tuple[object, ...], tuple[Deflated | None, ...]]
-"""A block of rows: what each row's text was written from, and the block's text per family
-(None where it has none), compressed."""
+"""A block of rows: what its text was written from (its label text, then per row what it is
+written from), and its text per family (None where it has none), compressed."""
+_VERDICT = attrgetter("verdict")
 BLOCK_ROWS = 32
 """Rows per block on average: 10,000 jobs (20,000 rows) make about 625 blocks, about 4 MB of
 pieces in all."""
@@ -623,8 +632,8 @@ class KeptRows(Generic[KR, R]):
         self._made_for: tuple[str, dict[str, Target]] | None = None
         self._keys: set[KR] = set()
         self.rows: list[R] = []
-        self.ends: list[int] = []
-        """Where the rows' blocks end (`block_ends`)."""
+        self.spans: list[Span] = []
+        """The rows' blocks (`block_spans`)."""
 
     def get(
         self,
@@ -633,7 +642,7 @@ class KeptRows(Generic[KR, R]):
         keys: AbstractSet[KR],
         make: Callable[[KR], R],
         order: Order,
-    ) -> tuple[list[R], list[int]]:
+    ) -> tuple[list[R], list[Span]]:
         made = self._made_for
         same = (
             made is not None
@@ -642,7 +651,7 @@ class KeptRows(Generic[KR, R]):
             and all(snap.targets[name] is t for name, t in made[1].items())
         )
         if same and self._keys == keys:
-            return self.rows, self.ends
+            return self.rows, self.spans
         if same and keys > self._keys:
             rows = list(self.rows)
             for key in sorted(keys - self._keys, key=order):
@@ -652,50 +661,48 @@ class KeptRows(Generic[KR, R]):
             rows = [make(key) for key in sorted(keys, key=order)]
             self._made_for = (vantage, dict(snap.targets))
         self._keys = set(keys)
-        self.rows, self.ends = rows, block_ends(rows)
-        return self.rows, self.ends
+        self.rows, self.spans = rows, block_spans(rows)
+        return self.rows, self.spans
 
 
-def block_ends(rows: Sequence[Row] | Sequence[PairRow]) -> list[int]:
-    """Where each block of rows ends (exclusive). A block ends after a row whose key hashes to
-    a multiple of `BLOCK_ROWS` (or after `MAX_BLOCK_ROWS` rows): the boundaries depend on the
-    rows around them, not on positions, so rows that appear or go (a job's first result, a
-    target added) change the block they fall in and not every block after it."""
-    ends = []
+def block_spans(rows: Sequence[Row] | Sequence[PairRow]) -> list[Span]:
+    """The rows in blocks: a block ends after a row whose key hashes to a multiple of
+    `BLOCK_ROWS` (or after `MAX_BLOCK_ROWS` rows). The boundaries depend on the rows around
+    them, not on positions, so rows that appear or go (a job's first result, a target added)
+    change the block they fall in and not every block after it."""
+    spans: list[Span] = []
     start = 0
     for i, row in enumerate(rows, 1):
-        if hash(row[-1]) % BLOCK_ROWS == 0 or i - start >= MAX_BLOCK_ROWS:
-            ends.append(i)
+        if i == len(rows) or hash(row[-1]) % BLOCK_ROWS == 0 or i - start >= MAX_BLOCK_ROWS:
+            block = rows[start:i]
+            spans.append((start, i, tuple(r[-1] for r in block), tuple(r[0] for r in block)))
             start = i
-    if start < len(rows):
-        ends.append(len(rows))
-    return ends
+    return spans
 
 
 def _blocks(
     kept: dict[object, Block],
     rows: Sequence[R],
-    ends: Sequence[int],
-    stamp: Callable[[R], object],
+    spans: Sequence[Span],
+    stamp: Callable[[Any], tuple[object, ...]],
     texts: Callable[[R], tuple[str, ...]],
     families: int,
 ) -> tuple[dict[object, Block], list[list[Deflated]]]:
-    """Rows in blocks (`block_ends`), each block's text per family compressed once and kept,
-    by the key of its last row, while its rows' stamps are the same (equal, or the same
-    objects): the blocks to keep, and per family its pieces in row order."""
+    """Rows in blocks (`block_spans`), each block's text per family compressed once and kept,
+    by the key of its last row, while the block's label text and `stamp` of its keys (what
+    its text is written from, per row) are the same (equal, or the same objects): the blocks
+    to keep, and per family its pieces in row order."""
     fresh: dict[object, Block] = {}
     pieces: list[list[Deflated]] = [[] for _ in range(families)]
     deflater: Deflater | None = None
-    start = 0
-    for end in ends:
-        block = rows[start:end]
-        start = end
-        stamps = tuple(map(stamp, block))
-        last = block[-1][-1]
+    block_keys: tuple[Any, ...]
+    for start, end, block_keys, labels in spans:
+        stamps = (labels, *stamp(block_keys))
+        last = block_keys[-1]
         done = kept.get(last)
         if done is None or done[0] != stamps:
             deflater = deflater or Deflater()
-            columns = zip(*map(texts, block), strict=True)
+            columns = zip(*map(texts, rows[start:end]), strict=True)
             done = (stamps, tuple(deflater.piece(t) if t else None for t in map("".join, columns)))
         fresh[last] = done
         for family, piece in zip(pieces, done[1], strict=True):
