@@ -456,6 +456,49 @@ def record_tcp(store: Store, name: str, duration: float) -> None:
     store.record([v4, v6], judge(t, "tcp", v4, v6, thresholds=Thresholds()))
 
 
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait for `condition`, failing after `within` seconds (a bound, not a timing check)."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_warm_key_renders_between_requests_and_goes_cold() -> None:
+    """A key asked for warm is rendered without requests (no body made: `renders` counts
+    bodies) until `warm_for` after its last request; the exposition's body after warm renders
+    is still prometheus_client's; a key not asked warm is rendered only when asked."""
+    store = rich_store(1)
+    exposition = Exposition()
+
+    def render(snap: Snapshot) -> Iterator[str | Deflated]:
+        return exposition.render(snap, "")
+
+    cache = RenderCache(store, max_age=0.01, warm_every=0.02, warm_for=0.3)
+    try:
+        await cache.get("/metrics", render, warm=True)
+        record_tcp(store, "t-000", 0.875)
+        await until(lambda: cache.warmed >= 2)
+        record_tcp(store, "t-000", 0.5)
+        await until(lambda: cache.warmed >= 4)
+        assert cache.renders == 1
+        await asyncio.sleep(0.02)  # past max_age
+        body = await cache.get("/metrics", render, warm=True)
+        snap = store.snapshot()
+        assert gzip.decompress(body.gzip).decode() == reference(snap, "")
+        warmer = cache._warmer
+        assert warmer is not None
+        await until(warmer.done)  # cold: warm_for after the last request
+        warmed = cache.warmed
+        await asyncio.sleep(0.1)
+        assert cache.warmed == warmed
+        await cache.get("/", lambda s: ["page"])
+        await asyncio.sleep(0.1)
+        assert cache.warmed == warmed and cache._warmer is warmer
+    finally:
+        cache.close()
+
+
 async def test_a_body_is_at_most_max_age_old() -> None:
     store = rich_store(1)
     clock = Clock()

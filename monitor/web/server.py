@@ -127,8 +127,10 @@ def make_app(
 
     app.on_cleanup.append(close_cache)
 
-    async def rendered(request: web.Request, key: str, render: Render) -> Rendered:
-        return await cache.get(key, render, request.remote)
+    async def rendered(
+        request: web.Request, key: str, render: Render, *, warm: bool = False
+    ) -> Rendered:
+        return await cache.get(key, render, request.remote, warm=warm)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         accept = request.headers.get("Accept", "")
@@ -137,7 +139,9 @@ def make_app(
         def render(snap: Snapshot) -> Iterable[str | Deflated]:
             return exposition.render(snap, accept)
 
-        body = await rendered(request, f"/metrics {content_type}", render)
+        # Warm: the exposition keeps what did not change, so a render a scrape waits for has
+        # only the last few seconds to write (the status page and JSON are written whole).
+        body = await rendered(request, f"/metrics {content_type}", render, warm=True)
         return await send(request, body, {"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
