@@ -22,9 +22,9 @@ from monitor.gz import Deflated, GzipWriter
 from monitor.serve.state import Snapshot, Store
 
 BUSY_SHARE = 0.25
-"""The render thread renders at most this share of the time: after a render of R seconds the
-next starts no sooner than 3R later (10,000 jobs on a quiet 2-vCPU machine: a render every
-2 s or so for clients scraping in a loop; Prometheus every 15 s never waits)."""
+"""Renders for requests take the render thread at most this share of the time: after one of R
+seconds the next starts no sooner than 3R later (10,000 jobs on a quiet 2-vCPU machine: about
+0.15 s a render, so clients scraping in a loop get a body a second, as `max_age` allows)."""
 WARM_EVERY = 2.0
 """While a client scrapes a warm key (`/metrics`), its render runs this often without a request
 (no body made): an exposition rewrites only what changed since its last render, so the render
@@ -181,12 +181,7 @@ class RenderCache:
             cached = self._cache.get(key)  # rendered while this flight waited its turn
             if cached is not None and cached is not stale and self._fresh(cached):
                 return cached
-            # The thread takes the GIL from the probes while it renders: it may be busy at most
-            # `busy_share` of the time. A client then waits; it never gets an older body.
-            await asyncio.sleep(max(0.0, self._next_start - self._clock()))
-            if self._store.before_scrape is not None:
-                self._store.before_scrape()
-            snap = self._store.snapshot()
+            snap = await self._snapshot_when_due()
             taken = self._clock()
             self.renders += 1
             loop = asyncio.get_running_loop()
@@ -200,6 +195,15 @@ class RenderCache:
                 del self._cache[old]  # keys come from request headers: keep only fresh ones
             self._cache[key] = done
             return done
+
+    async def _snapshot_when_due(self) -> Snapshot:
+        """The store's snapshot (taken on the loop) once the next render may start. The thread
+        takes the GIL from the probes while it renders: renders for requests keep it busy at
+        most `busy_share` of the time. A client then waits; it never gets an older body."""
+        await asyncio.sleep(max(0.0, self._next_start - self._clock()))
+        if self._store.before_scrape is not None:
+            self._store.before_scrape()
+        return self._store.snapshot()
 
     async def _keep_warm(self) -> None:
         """Render each warm key not rendered for `warm_every` seconds, until none is left."""
@@ -217,10 +221,7 @@ class RenderCache:
 
     async def _warm_render(self, key: str, render: Render) -> None:
         async with self._one_at_a_time:
-            await asyncio.sleep(max(0.0, self._next_start - self._clock()))
-            if self._store.before_scrape is not None:
-                self._store.before_scrape()
-            snap = self._store.snapshot()
+            snap = await self._snapshot_when_due()
             self._last_render[key] = self._clock()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, _consume, render, snap)
