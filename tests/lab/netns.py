@@ -9,9 +9,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import ctypes
+import ipaddress
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,8 +63,8 @@ def nft(ns: Netns, ruleset: str) -> None:
 
 
 def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> tuple[str, str]:
-    """A veth pair between two namespaces with the given addresses (CIDR), both ends up; the
-    names of its ends in `a` and in `b`."""
+    """A veth pair between two namespaces with the given addresses (CIDR), both ends up and
+    ready (`wait_ready`); the names of its ends in `a` and in `b`."""
     tag = uuid.uuid4().hex[:6]
     ea, eb = f"va{tag}", f"vb{tag}"
     ip("link", "add", ea, "netns", a.name, "type", "veth", "peer", "name", eb, "netns", b.name)
@@ -70,7 +72,43 @@ def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> tuple[st
         for addr in addrs:
             ip("addr", "add", addr, "dev", dev, *(("nodad",) if ":" in addr else ()), netns=ns.name)
         ip("link", "set", dev, "up", netns=ns.name)
+    wait_ready(a, ea, a_addrs)
+    wait_ready(b, eb, b_addrs)
     return ea, eb
+
+
+def solicited_node(address: str) -> str:
+    """The multicast group a host must have joined to answer neighbour solicitations for
+    `address` (RFC 4291 2.7.1: ff02::1:ff and the address's low 24 bits)."""
+    low = int(ipaddress.IPv6Address(address)) & 0xFFFFFF
+    return str(ipaddress.IPv6Address((0xFF02 << 112) | (1 << 32) | (0xFF << 24) | low))
+
+
+def wait_ready(ns: Netns, dev: str, addrs: list[str], timeout: float = 10.0) -> None:
+    """Wait until `dev` is operationally up and has joined the solicited-node group of each
+    of its IPv6 `addrs`. Both happen after `ip link set up` returns, in kernel work that waits
+    for the RTNL lock (linkwatch, addrconf), which parallel tests creating and deleting
+    namespaces hold for long stretches: until the group is joined the host ignores neighbour
+    solicitations for the address, so every first IPv6 packet to it is lost for a second (a
+    connect timing out at 1 s); IPv4's ARP is broadcast and does not wait."""
+    groups = {solicited_node(a.split("/")[0]) for a in addrs if ":" in a}
+    deadline = time.monotonic() + timeout
+    while True:
+        link = _ip_out("-o", "link", "show", "dev", dev, netns=ns.name)
+        joined = set(_ip_out("-6", "maddr", "show", "dev", dev, netns=ns.name).split())
+        if "state UP" in link and groups <= joined:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{ns.name} {dev} not ready after {timeout:g} s: {link.strip()!r}, "
+                f"groups not joined: {sorted(groups - joined)}"
+            )
+        time.sleep(0.02)
+
+
+def _ip_out(*args: str, netns: str) -> str:
+    cmd = ["ip", "-n", netns, *args]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
 CLONE_NEWNET = 0x40000000
