@@ -487,3 +487,17 @@ def test_readme_says_how_often_a_failure_is_logged() -> None:
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert f"a reminder every {FAILURE_REMINDER_SECONDS / 60:g} minutes while it lasts" in text
     assert "only with `--log-level debug`" in text
+
+
+def test_every_exported_metric_is_in_the_metrics_table() -> None:
+    """docs/stack.md's metric table lists every family the exporter writes, and no other
+    (counters by their exposed name, `_total`)."""
+    source = (ROOT / "monitor" / "serve" / "exporter.py").read_text(encoding="utf-8")
+    exported = {n.removesuffix("_total") for n in re.findall(r"[\"'](dualstack_\w+)[\"']", source)}
+    assert len(exported) >= 25
+    rows = table_rows(section(STACK_MD.read_text(encoding="utf-8"), "## Metrics"))
+    documented = [name.removesuffix("_total") for name in first_codes(rows)]
+    assert len(documented) == len(set(documented)), "a metric is listed twice"
+    assert set(documented) == exported
+    readme = README.read_text(encoding="utf-8")
+    assert "(docs/stack.md#metrics)" in subsection(readme, "### Metrics")
