@@ -437,8 +437,8 @@ T = TypeVar("T")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (a dependency on Linux): the commands that probe pay
-    a third of the CPU per probe on it. None: asyncio's own."""
+    """uvloop's loop when it is installed (a dependency on Linux): the commands that probe
+    spend less CPU per probe on it (benchmarks/README.md). None: asyncio's own."""
     try:
         import uvloop
     except ImportError:
