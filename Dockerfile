@@ -35,7 +35,10 @@ COPY monitor/ monitor/
 COPY probes/ probes/
 COPY configs/ configs/
 # The README's install step, into the virtual environment that the runtime stage copies.
-RUN pip install .
+# EXTRAS is empty for a vantage (no lab servers in it); compose's `lab` service builds its own
+# image with EXTRAS=[lab], for `probe lab up` (hypercorn, trustme).
+ARG EXTRAS=
+RUN pip install ".${EXTRAS}"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="dualstack-monitor" \

@@ -437,8 +437,8 @@ T = TypeVar("T")
 
 
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop when it is installed (a dependency on Linux): the commands that probe pay
-    a third of the CPU per probe on it. None: asyncio's own."""
+    """uvloop's loop when it is installed (a dependency on Linux): the commands that probe
+    spend less CPU per probe on it (benchmarks/README.md). None: asyncio's own."""
     try:
         import uvloop
     except ImportError:
@@ -548,8 +548,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
+LAB_EXTRA = ("hypercorn", "trustme")
+LAB_EXTRA_MISSING = "probe lab up needs the lab extra: pip install 'dualstack-monitor[lab]'"
+
+
 def cmd_lab(args: argparse.Namespace) -> int:
-    from monitor.lab.run import lab_up
+    # The lab's servers and PKI are an extra (pyproject.toml), not in the vantage image.
+    try:
+        from monitor.lab.run import lab_up
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in LAB_EXTRA:
+            raise
+        print(LAB_EXTRA_MISSING, file=sys.stderr)
+        return EXIT_USAGE
 
     status: int = lab_up(Path(args.dir))
     return status

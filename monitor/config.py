@@ -412,8 +412,8 @@ def _construct_mapping(
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 _FastUniqueKeyLoader: type[yaml.CSafeLoader] | None = None
-"""The same on libyaml's parser, where PyYAML was built with it (its wheels are): for a config
-of 5,000 targets, 1 s of CPU and 32 MiB of heap against 4.4 s and 50 MiB."""
+"""The same on libyaml's parser, where PyYAML was built with it (its wheels are): a large
+config loads in a fraction of the CPU and heap of the pure-Python parser (benchmarks/README.md)."""
 if getattr(yaml, "__with_libyaml__", False):
 
     class _FastLoader(yaml.CSafeLoader):

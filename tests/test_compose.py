@@ -244,7 +244,7 @@ def test_images_are_pinned() -> None:
         repo, _, tag = image.rpartition(":")
         assert repo and "/" not in tag, f"{name}: {image} has no tag"
         assert tag != "latest", f"{name}: {image}"
-        if repo == OWN_IMAGE:
+        if repo in (OWN_IMAGE, OWN_IMAGE + "-lab"):
             assert tag == version, f"{name}: {image} is not the project version {version}"
         else:
             assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image} is not a release"
@@ -594,13 +594,50 @@ def readme_install_command() -> list[str]:
     return shlex.split(step)
 
 
+def stage_args(stage: list[tuple[str, str]], given: dict[str, str]) -> dict[str, str]:
+    """The build arguments a stage declares: their defaults, or what the build gives."""
+    out = {}
+    for ins, arg in stage:
+        if ins == "ARG":
+            name, _, default = arg.partition("=")
+            out[name] = given.get(name, default)
+    return out
+
+
+def install_words(given: dict[str, str]) -> list[str]:
+    """The build's one `pip install`, build arguments expanded, pip's how-options dropped."""
+    runs = [
+        (stage, a) for stage in stages() for ins, a in stage if ins == "RUN" and "pip install" in a
+    ]
+    assert len(runs) == 1, runs
+    stage, run = runs[0]
+    args = stage_args(stage, given)
+    expanded = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], run)
+    return [w for w in shlex.split(expanded) if w not in PIP_HOW]
+
+
 def test_dockerfile_installs_as_the_readme_says() -> None:
     readme = readme_install_command()
     assert readme == ["pip", "install", "."]
-    runs = [a for stage in stages() for ins, a in stage if ins == "RUN" and "pip install" in a]
-    assert len(runs) == 1, runs
-    words = [w for w in shlex.split(runs[0]) if w not in PIP_HOW]
-    assert words == readme, f"Dockerfile: {runs[0]!r}; README: {shlex.join(readme)!r}"
+    words = install_words({})
+    assert words == readme, f"Dockerfile: {words!r}; README: {shlex.join(readme)!r}"
+
+
+def test_only_the_lab_image_has_the_lab_extra() -> None:
+    """The vantage image is the plain package; `probe lab up` needs the lab extra, so the
+    compose `lab` service builds an image of its own name with it."""
+    for name, service in SERVICES.items():
+        build = service.get("build")
+        if build is None:
+            continue
+        given = build.get("args", {})
+        words = install_words(given)
+        if name == "lab":
+            assert words == ["pip", "install", ".[lab]"], words
+            assert service["image"].split(":")[0] == OWN_IMAGE + "-lab"
+        else:
+            assert words == ["pip", "install", "."], f"{name}: {words}"
+            assert service["image"].split(":")[0] == OWN_IMAGE, name
 
 
 def exec_form(text: str) -> list[str]:

@@ -189,8 +189,17 @@ def test_readme_links_to_docs_exist() -> None:
 
 @pytest.mark.parametrize(
     "doc",
-    [PROBES_MD, CONFIG_MD, README, ROOT / "docs" / "stack.md", ROOT / "docs" / "runbook.md"],
-    ids=lambda p: p.name,
+    [
+        PROBES_MD,
+        CONFIG_MD,
+        README,
+        ROOT / "docs" / "stack.md",
+        ROOT / "docs" / "runbook.md",
+        ROOT / "docs" / "scale.md",
+        ROOT / "benchmarks" / "README.md",
+        ROOT / "CHANGELOG.md",
+    ],
+    ids=lambda p: str(p.relative_to(ROOT)),
 )
 def test_links_in_docs_resolve(doc: Path) -> None:
     for file_part, anchor in _relative_links(doc):
@@ -453,10 +462,12 @@ def test_stack_md_check_command_compares_both_families() -> None:
     assert "--family" not in check.group(1)
 
 
-def test_json_changes_are_said_in_the_schema_and_the_readme() -> None:
+def test_json_changes_are_said_in_the_changelog_and_the_readme() -> None:
     import json
 
     schema = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
+    assert "CHANGELOG.md" in schema["$comment"] and len(schema["$comment"].splitlines()) == 1
+    changelog = " ".join((ROOT / "CHANGELOG.md").read_text(encoding="utf-8").split())
     readme = " ".join(README.read_text(encoding="utf-8").split())
     for said in (
         "`counts`",
@@ -465,7 +476,7 @@ def test_json_changes_are_said_in_the_schema_and_the_readme() -> None:
         "`none`",
         "ISO 8601",
     ):
-        assert said in schema["$comment"], said
+        assert said in changelog, said
         assert said in readme, said
     assert "counts" in schema["required"] and "exit_status" not in schema["required"]
 
@@ -476,3 +487,17 @@ def test_readme_says_how_often_a_failure_is_logged() -> None:
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert f"a reminder every {FAILURE_REMINDER_SECONDS / 60:g} minutes while it lasts" in text
     assert "only with `--log-level debug`" in text
+
+
+def test_every_exported_metric_is_in_the_metrics_table() -> None:
+    """docs/stack.md's metric table lists every family the exporter writes, and no other
+    (counters by their exposed name, `_total`)."""
+    source = (ROOT / "monitor" / "serve" / "exporter.py").read_text(encoding="utf-8")
+    exported = {n.removesuffix("_total") for n in re.findall(r"[\"'](dualstack_\w+)[\"']", source)}
+    assert len(exported) >= 25
+    rows = table_rows(section(STACK_MD.read_text(encoding="utf-8"), "## Metrics"))
+    documented = [name.removesuffix("_total") for name in first_codes(rows)]
+    assert len(documented) == len(set(documented)), "a metric is listed twice"
+    assert set(documented) == exported
+    readme = README.read_text(encoding="utf-8")
+    assert "(docs/stack.md#metrics)" in subsection(readme, "### Metrics")

@@ -42,12 +42,15 @@ def env() -> dict[str, str]:
 
 
 def readme_quick_start() -> tuple[list[str], list[str]]:
-    """The two commands of the README's lab quick start, as written (comments dropped)."""
+    """The two commands of the README's lab quick start, as written (comments dropped), after
+    the install of the lab extra that comes first."""
     text = README.read_text(encoding="utf-8")
     block = re.search(r"No AWS, no internet, no root\?.*?```sh\n(.*?)```", text, re.DOTALL)
     assert block, "the README has no lab quick start"
     commands = [shlex.split(line.split("#")[0]) for line in block.group(1).splitlines()]
     commands = [c for c in commands if c]
+    assert commands[0] == ["pip", "install", ".[lab]"], commands[0]
+    commands = commands[1:]
     assert len(commands) == 2 and commands[0][:3] == ["probe", "lab", "up"]
     assert commands[1][:2] == ["probe", "run"]
     return commands[0], commands[1]
@@ -122,6 +125,48 @@ def test_readme_lab_quick_start_as_written(tmp_path: Path) -> None:
         other = run(as_typed(printed_argv), elsewhere)
         assert other.returncode == 1, other.stdout + other.stderr
         assert "ipv6_failed" in other.stdout
+
+
+def test_the_lab_extra_holds_what_only_the_lab_imports() -> None:
+    """hypercorn and trustme are the `lab` extra, not dependencies: nothing outside
+    monitor/lab/ imports them, and scripts/install installs the extra for the tests."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = {re.split(r"[<>=!~;\[ ]", req)[0].lower() for req in project["dependencies"]}
+    lab = {re.split(r"[<>=!~;\[ ]", r)[0].lower() for r in project["optional-dependencies"]["lab"]}
+    assert lab == {"hypercorn", "trustme"} and not lab & names
+    importers = [
+        str(path.relative_to(ROOT))
+        for package in ("monitor", "probes")
+        for path in (ROOT / package).rglob("*.py")
+        if re.search(r"^\s*(?:import|from) (?:hypercorn|trustme)\b", path.read_text(), re.M)
+    ]
+    assert importers and all(p.startswith("monitor/lab/") for p in importers), importers
+    assert "'.[test,dev,lab]'" in (ROOT / "scripts" / "install").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("missing", ["hypercorn", "trustme"])
+def test_lab_up_without_the_lab_extra_says_so(tmp_path: Path, missing: str) -> None:
+    """Without the extra, `probe lab up` prints one line naming it and exits 2, writing nothing."""
+    from monitor.cli import LAB_EXTRA_MISSING
+
+    code = (
+        "import sys\n"
+        "class Gone:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] == {missing!r}:\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Gone())\n"
+        "from monitor.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    lab_dir = tmp_path / "lab"
+    proc = run([sys.executable, "-c", code, "lab", "up", "--dir", str(lab_dir)], tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.splitlines() == [LAB_EXTRA_MISSING] and proc.stdout == ""
+    assert "pip install 'dualstack-monitor[lab]'" in LAB_EXTRA_MISSING
+    assert not lab_dir.exists()
 
 
 # -- finding 8: the lab's folder -------------------------------------------------------------
