@@ -287,6 +287,25 @@ def test_dashboard_urls_open_the_right_dashboard_with_its_variables() -> None:
             assert "var-vantage={{ $s.Labels.vantage | urlquery }}" in url, name
 
 
+EVENTS = (
+    "/api/v1/events?target={{ $labels.target | urlquery }}&probe={{ $labels.probe | urlquery }}"
+)
+
+
+def test_per_target_alerts_link_the_vantages_events() -> None:
+    """evidence_url: the vantage's own events for the target and probe, under the external URL
+    it exports (dualstack_vantage_info), read from the process that exports the target's
+    verdicts. Only per-target alerts have one (promtool tests check each rendered URL)."""
+    for name, rule in alerts().items():
+        url = rule["annotations"].get("evidence_url")
+        if name not in PER_TARGET:
+            assert url is None, name
+            continue
+        assert url and url.endswith(f"{{{{ end }}}}{EVENTS}"), name
+        assert 'label "external_url"' in url and "and on(instance) dualstack_parity{" in url, name
+        assert url.startswith("{{ with printf "), name  # nothing before the vantage's URL
+
+
 def test_severities() -> None:
     found = alerts()
     assert found["DualstackIPv6DownMultiVantage"]["labels"]["severity"] == "critical"
