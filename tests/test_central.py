@@ -190,6 +190,77 @@ def test_the_stand_in_keeps_a_firing_alert_firing_and_lets_a_pending_one_go(
             assert 12 <= kept <= 25, kept
 
 
+@pytest.mark.slow(20)
+def test_evidence_url_renders_in_vmalert_as_promtool_tests_it(tmp_path: Path) -> None:
+    """The evidence_url templates of the copy (`query`, `first`, `label`, `reReplaceAll`,
+    `sortByLabel`) evaluated by a real vmalert: the events of the process that exports the
+    target's verdicts (same `instance`: a sharded vantage's shard), its external URL without a
+    trailing slash; the multi-site alert, its first failing vantage's."""
+    copy = rules_of(COPY)
+    templates = {
+        "Down": copy["DualstackIPv6Down"]["annotations"]["evidence_url"],
+        "Multi": copy["DualstackIPv6DownMultiVantage"]["annotations"]["evidence_url"],
+    }
+    exprs = {
+        "Down": 'dualstack_parity{verdict="ipv6_failed"} == 1',
+        "Multi": "max by (target, probe) (dualstack:vantage_target_ipv6_failed:bool)",
+    }
+    rules = {
+        "groups": [
+            {
+                "name": "evidence",
+                "rules": [
+                    {"alert": name, "expr": exprs[name], "annotations": {"evidence_url": text}}
+                    for name, text in templates.items()
+                ],
+            }
+        ]
+    }
+    (tmp_path / "evidence.yml").write_text(yaml.safe_dump(rules))
+    body = "".join(
+        f"{series} 1 {{now}}\n"
+        for series in (
+            'dualstack_vantage_info{vantage="v",shard="0",external_url="http://v.example.net:9851",instance="i0"}',
+            'dualstack_vantage_info{vantage="v",shard="1",external_url="https://v.example.net/s1/",instance="i1"}',
+            'dualstack_vantage_info{vantage="w",external_url="http://w.example.net",instance="iw"}',
+            'dualstack_parity{vantage="v",target="s3",probe="tcp",verdict="ipv6_failed",instance="i1"}',
+            'dualstack_parity{vantage="w",target="s3",probe="tcp",verdict="ok",instance="iw"}',
+            'dualstack:vantage_target_ipv6_failed:bool{vantage="w",target="s3",probe="tcp"}',
+            'dualstack:vantage_target_ipv6_failed:bool{vantage="v",target="s3",probe="tcp"}',
+        )
+    )
+    with victoria_metrics(tmp_path) as vm:
+        flags = ("-evaluationInterval=1s", "-datasource.queryStep=1s")
+        with vmalert([tmp_path / "evidence.yml"], tmp_path, vm.url, None, *flags) as alerter:
+
+            def evidence() -> dict[str, str]:
+                now = int(time.time() * 1000)
+                req = urllib.request.Request(
+                    f"{vm.url}/api/v1/import/prometheus",
+                    data=body.replace("{now}", str(now)).encode(),
+                    method="POST",
+                )
+                urllib.request.urlopen(req, timeout=10).close()
+                vm.flush()
+                with urllib.request.urlopen(f"{alerter.url}/api/v1/alerts", timeout=10) as resp:
+                    doc = yaml.safe_load(resp.read())
+                return {
+                    a["name"]: a["annotations"].get("evidence_url", "")
+                    for a in doc["data"]["alerts"] or []
+                }
+
+            want = {
+                "Down": "https://v.example.net/s1/api/v1/events?target=s3&probe=tcp",
+                "Multi": "https://v.example.net/s1/api/v1/events?target=s3&probe=tcp",
+            }
+            deadline = time.monotonic() + 20
+            got = evidence()
+            while got != want and time.monotonic() < deadline:
+                time.sleep(0.5)
+                got = evidence()
+            assert got == want
+
+
 # --- the compose profile ----------------------------------------------------------------------
 
 

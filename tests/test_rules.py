@@ -25,6 +25,10 @@ import pytest
 import yaml
 from promstack import alertmanager
 
+from monitor.engine.parity import VERDICTS
+from monitor.engine.vantage import MIN_JUDGED_TARGETS, TRANSPORT_KINDS
+from probes.base import PROBE_KINDS
+
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "configs" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
@@ -283,6 +287,25 @@ def test_dashboard_urls_open_the_right_dashboard_with_its_variables() -> None:
             assert "var-vantage={{ $s.Labels.vantage | urlquery }}" in url, name
 
 
+EVENTS = (
+    "/api/v1/events?target={{ $labels.target | urlquery }}&probe={{ $labels.probe | urlquery }}"
+)
+
+
+def test_per_target_alerts_link_the_vantages_events() -> None:
+    """evidence_url: the vantage's own events for the target and probe, under the external URL
+    it exports (dualstack_vantage_info), read from the process that exports the target's
+    verdicts. Only per-target alerts have one (promtool tests check each rendered URL)."""
+    for name, rule in alerts().items():
+        url = rule["annotations"].get("evidence_url")
+        if name not in PER_TARGET:
+            assert url is None, name
+            continue
+        assert url and url.endswith(f"{{{{ end }}}}{EVENTS}"), name
+        assert 'label "external_url"' in url and "and on(instance) dualstack_parity{" in url, name
+        assert url.startswith("{{ with printf "), name  # nothing before the vantage's URL
+
+
 def test_severities() -> None:
     found = alerts()
     assert found["DualstackIPv6DownMultiVantage"]["labels"]["severity"] == "critical"
@@ -374,6 +397,57 @@ def test_per_target_ipv6_alerts_are_guarded_on_the_vantage_self_check() -> None:
     # The multi-vantage alert is guarded in the witnesses it counts.
     [count] = [r for r in rules() if r.get("record") == "dualstack:vantage_target_ipv6_failed:bool"]
     assert IPV6_GUARD.search(count["expr"])
+
+
+def recorded(name: str) -> str:
+    [rule] = [r for r in rules() if r.get("record") == name]
+    return " ".join(rule["expr"].split())
+
+
+def test_a_vantage_or_site_is_blamed_on_its_own_evidence_only() -> None:
+    """A vantage counts as down (and its site, when all its vantages are) only on its
+    self-check or when no target works over IPv6 there: one target that does is a veto, so
+    endpoints failing at a working vantage (an AWS incident) never make a site or vantage alert
+    that mutes them. The same veto guards the degraded vantage."""
+    veto = "unless on(vantage) dualstack:vantage_ipv6_working_targets:count > 0"
+    down = recorded("dualstack:vantage_ipv6_down:bool")
+    assert veto in down and "dualstack_vantage_ipv6_available" in down
+    assert "ratio" not in down, "a share of failing targets is no evidence against the site"
+    assert veto in recorded("dualstack:vantage_ipv6_degraded:ratio")
+    # As many targets as the vantage's own self-check needs before it blames itself.
+    m = re.search(r"dualstack:vantage_ipv6_failing_targets:count >= (\d+)", down)
+    assert m and int(m.group(1)) == MIN_JUDGED_TARGETS, down
+    # Both counts look at transport probes only, as the self-check does: every probe kind but
+    # dns (a host's dns probe is an A and an AAAA lookup, not IPv6 packets getting through).
+    assert set(PROBE_KINDS) - TRANSPORT_KINDS == {"dns"}
+    for name in ("failing", "working"):
+        assert 'probe!="dns"' in recorded(f"dualstack:vantage_ipv6_{name}_targets:count"), name
+    # Every verdict but these says the IPv6 probe succeeded.
+    working = recorded("dualstack:vantage_ipv6_working_targets:count")
+    [verdicts] = re.findall(r'verdict=~"([^"]+)"', working)
+    failed = {"ipv6_failed", "both_failed", "ipv6_missing", "skipped"}
+    assert set(verdicts.split("|")) == {str(v) for v in VERDICTS} - failed
+    found = alerts()
+    assert "dualstack:site_ipv6_down:bool" in found["DualstackIPv6DownEverywhere"]["expr"]
+    assert "dualstack:vantage_ipv6_degraded:ratio" in found["DualstackVantageIPv6Degraded"]["expr"]
+
+
+def test_only_evidence_of_the_site_or_vantage_inhibits() -> None:
+    """The inhibitors: the site and vantage alerts built on their own evidence, and the
+    critical multi-site alert, which mutes only the warnings of its own target and probe."""
+    cfg = load(AM_CONFIG)
+    equal = {
+        src: tuple(rule["equal"])
+        for rule in cfg["inhibit_rules"]
+        for m in rule["source_matchers"]
+        for src in alternatives(m)
+    }
+    assert equal == {
+        "DualstackIPv6DownEverywhere": ("site",),
+        "DualstackVantageIPv6Lost": ("vantage",),
+        "DualstackVantageIPv6Degraded": ("vantage",),
+        "DualstackIPv6DownMultiVantage": ("target", "probe"),
+    }
 
 
 def test_every_alert_fires_in_a_promtool_test() -> None:
