@@ -9,6 +9,7 @@ trusted by all three probes or by none. No other bundle (certifi's) is read.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import ssl
 from collections.abc import Sequence
@@ -82,7 +83,10 @@ def client_context(
     # What ssl.create_default_context() makes, with the store named here, not found by it.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if where.system_file or where.system_dir:
-        ctx.load_verify_locations(cafile=where.system_file, capath=where.system_dir)
+        # An empty or damaged system bundle is no client error: what did load is trusted,
+        # as OpenSSL's own default paths would have it (x509_store does the same).
+        with contextlib.suppress(ssl.SSLError):
+            ctx.load_verify_locations(cafile=where.system_file, capath=where.system_dir)
     if where.ca_file:
         ctx.load_verify_locations(cafile=where.ca_file)
     if not verify:
@@ -110,7 +114,7 @@ _STORES: dict[
 
 def x509_store(cafile: str | None) -> crypto.X509Store:
     """anchors(`cafile`) as the X509Store the http3 probe verifies against. Raises OSError or
-    ValueError for an unreadable or malformed CA file (or system bundle).
+    ValueError for an unreadable or malformed CA file.
 
     One store per set of files, built again when one changes (a CA bundle rewritten in place,
     a restarted lab, a rotation): aioquic would build one on every handshake instead."""
@@ -119,11 +123,9 @@ def x509_store(cafile: str | None) -> crypto.X509Store:
     if hit is not None and hit[0] == where.stamps:
         return hit[1]
     store = crypto.X509Store()
-    try:
-        if where.system_file or where.system_dir:
+    if where.system_file or where.system_dir:
+        with contextlib.suppress(crypto.Error):  # as in client_context
             store.load_locations(where.system_file, where.system_dir)
-    except crypto.Error as exc:
-        raise ValueError(f"system trust store: {exc}") from exc
     if where.ca_file:
         for cert in x509.load_pem_x509_certificates(Path(where.ca_file).read_bytes()):
             store.add_cert(crypto.X509.from_cryptography(cert))
