@@ -37,6 +37,8 @@ COPY configs/ configs/
 # The README's install step, into the virtual environment that the runtime stage copies.
 RUN pip install .
 
+# The runtime image's CA store (Debian's ca-certificates, part of the python slim images) is
+# what tls, http2 and http3 trust, plus tls.ca_file (docs/probes.md#trust-stores).
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="dualstack-monitor" \
       org.opencontainers.image.description="IPv6-versus-IPv4 parity vantage point (probe serve)" \

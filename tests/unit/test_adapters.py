@@ -173,3 +173,31 @@ def test_only_adapters_import_private_library_modules() -> None:
         if any(name == m or name.startswith(m + ".") for m in PRIVATE_MODULES)
     )
     assert bad == []
+
+
+def private_uses(path: Path) -> list[str]:
+    """`x._name` and `super()._name` where x is not self or cls: another object's private
+    attribute (a library's, or a project class's reached from outside it)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+            continue
+        if node.attr.startswith("__") and node.attr.endswith("__"):
+            continue  # dunders are public protocol
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_other_objects_private_attributes_are_touched_in_adapters_only() -> None:
+    adapter_files = {ROOT / (a.replace(".", "/") + ".py") for a in ADAPTERS}
+    bad = [
+        use
+        for pkg in ("monitor", "probes")
+        for path in sorted((ROOT / pkg).rglob("*.py"))
+        if path not in adapter_files
+        for use in private_uses(path)
+    ]
+    assert bad == []
