@@ -146,14 +146,26 @@ async def start_tls(sock: socket.socket, ctx: ssl.SSLContext, server_name: str) 
 
     A bare socket, not a stream or asyncio's TLS transport: the transport's 256 KiB buffer per
     connection in flight set a vantage's peak RSS."""
-    conn: ssl.SSLSocket | None = None
+    conn = _wrap(sock, ctx, server_name)
+    await _shake(conn)
+    return conn
+
+
+def _wrap(sock: socket.socket, ctx: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:
+    """`sock` as a TLS socket, its handshake not started (`sock` is detached from its fd)."""
     try:
-        conn = ctx.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
+        return ctx.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _shake(conn: ssl.SSLSocket) -> None:
+    try:
         await _until_done(conn, conn.do_handshake)
     except BaseException:  # failed or cancelled (the probe's deadline): ours to close
-        (conn or sock).close()
+        conn.close()
         raise
-    return conn
 
 
 async def handshake(
@@ -179,8 +191,10 @@ async def handshake(
     announced = announced_mss(sock)  # read while the socket is open
     cut: asyncio.Timeout | None = None
     try:
-        async with cut_if_stalled(sock, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
-            conn = await start_tls(sock, ctx, req.target.sni)
+        conn = _wrap(sock, ctx, req.target.sni)
+        # cut_if_stalled reads the socket's unread bytes: the TLS socket's, which owns the fd now
+        async with cut_if_stalled(conn, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
+            await _shake(conn)
     except (OSError, ssl.SSLError) as exc:
         phases = {"connect": connect, "tls": clock() - t1}
         raise await _failure(req, alpn, exc, phases, announced, cut) from exc
