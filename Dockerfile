@@ -40,6 +40,8 @@ COPY configs/ configs/
 ARG EXTRAS=
 RUN pip install ".${EXTRAS}"
 
+# The runtime image's CA store (Debian's ca-certificates, part of the python slim images) is
+# what tls, http2 and http3 trust, plus tls.ca_file (docs/probes.md#trust-stores).
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="dualstack-monitor" \
       org.opencontainers.image.description="IPv6-versus-IPv4 parity vantage point (probe serve)" \

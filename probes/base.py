@@ -6,10 +6,8 @@ of the closed set in ErrorKind. The shared handler in probes/handler.py owns tim
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -390,41 +388,3 @@ def file_stamp(path: str | None) -> FileStamp:
     except OSError:
         return None
     return (path, st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-_CONTEXTS: collections.OrderedDict[
-    tuple[str | None, tuple[str, ...], TlsSpec, bool],
-    tuple[tuple[FileStamp, ...], ssl.SSLContext],
-] = collections.OrderedDict()
-_CONTEXTS_MAX = 256
-
-
-def make_client_context(
-    cafile: str | None, alpn: tuple[str, ...], spec: TlsSpec, *, verify: bool = True
-) -> ssl.SSLContext:
-    """A client context trusting the system store plus `cafile`, offering `alpn`.
-
-    Cached (loading the system store costs milliseconds of CPU, and a context is reusable):
-    one context per (CA file, ALPN, TLS settings, verify), made again when a file it read has
-    changed (file_stamp), the old one dropped; at most 256, the least recently used go first."""
-    key = (cafile, alpn, spec, verify)
-    stamps = (file_stamp(cafile), file_stamp(spec.client_cert), file_stamp(spec.client_key))
-    hit = _CONTEXTS.get(key)
-    if hit is not None and hit[0] == stamps:
-        _CONTEXTS.move_to_end(key)
-        return hit[1]
-    ctx = ssl.create_default_context()
-    if cafile:
-        ctx.load_verify_locations(cafile=cafile)
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(list(alpn))
-    if spec.client_cert:
-        ctx.load_cert_chain(spec.client_cert, spec.client_key)
-    _CONTEXTS[key] = (stamps, ctx)
-    _CONTEXTS.move_to_end(key)
-    while len(_CONTEXTS) > _CONTEXTS_MAX:
-        _CONTEXTS.popitem(last=False)
-    return ctx

@@ -8,6 +8,7 @@ to a bound and discarded.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import h2.config
 import h2.connection
@@ -28,9 +29,9 @@ from probes.httpbase import (
     parse_status,
     status_error,
 )
-from probes.netutil import announced_mss, close_stream
+from probes.netutil import announced_mss
 from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
-from probes.tls import HandshakeFailed, handshake
+from probes.tls import HandshakeFailed, close, handshake, receive, send_all
 
 ALPN = ("h2", "http/1.1")
 
@@ -43,17 +44,15 @@ class _Response:
         self.ttfb: float | None = None
 
 
-async def _exchange_h2(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: ProbeRequest, resp: _Response
-) -> None:
+async def _exchange_h2(tls: ssl.SSLSocket, req: ProbeRequest, resp: _Response) -> None:
     clock = req.env.clock
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    h2c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     # hpack refuses a header list over this decoded size (h2's default, set here on purpose:
     # it is the cap docs/probes.md states), and h2 buffers at most 64 CONTINUATION frames.
-    conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
-    conn.initiate_connection()
-    stream_id = conn.get_next_available_stream_id()
-    conn.send_headers(
+    h2c.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
+    h2c.initiate_connection()
+    stream_id = h2c.get_next_available_stream_id()
+    h2c.send_headers(
         stream_id,
         [
             (":method", "GET"),
@@ -65,23 +64,23 @@ async def _exchange_h2(
         ],
         end_stream=True,
     )
-    writer.write(conn.data_to_send())
+    await send_all(tls, h2c.data_to_send())
     t_sent = clock()
     first = True
     while True:
-        data = await reader.read(65536)
+        data = await receive(tls)
         if not data:
             raise EOFError("connection closed before the response ended")
         if first and len(data) >= 3:
             # h2 waits for a whole frame before judging its length: a peer that answers
             # "HTTP/1.1 ..." announces a 4.7 MB frame, and the probe would wait for it.
             announced = int.from_bytes(data[:3], "big")
-            if announced > conn.max_inbound_frame_size:
+            if announced > h2c.max_inbound_frame_size:
                 raise h2.exceptions.FrameTooLargeError(
                     f"first frame announces {announced} bytes (not HTTP/2?)"
                 )
         first = False
-        for event in conn.receive_data(data):
+        for event in h2c.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                 resp.ttfb = clock() - t_sent
                 check_headers(event.headers or [])
@@ -92,7 +91,7 @@ async def _exchange_h2(
                 resp.status = parse_status(resp.headers.get(":status"))
             elif isinstance(event, h2.events.DataReceived):
                 resp.body_bytes += len(event.data)
-                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
                 return
             elif isinstance(event, h2.events.StreamReset) and event.stream_id == stream_id:
@@ -101,12 +100,10 @@ async def _exchange_h2(
                 raise h2.exceptions.ProtocolError(f"GOAWAY from peer (code {event.error_code})")
         if resp.body_bytes > MAX_BODY and resp.status is not None:
             return
-        writer.write(conn.data_to_send())
+        await send_all(tls, h2c.data_to_send())
 
 
-async def _exchange_h11(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: ProbeRequest, resp: _Response
-) -> None:
+async def _exchange_h11(tls: ssl.SSLSocket, req: ProbeRequest, resp: _Response) -> None:
     clock = req.env.clock
     # h11 refuses a header block still incomplete past this many bytes; check_headers then
     # holds a complete one (however it arrived) to the same caps as HTTP/2 and HTTP/3.
@@ -121,12 +118,12 @@ async def _exchange_h11(
             ("connection", "close"),
         ],
     )
-    writer.write(conn.send(request) + (conn.send(h11.EndOfMessage()) or b""))
+    await send_all(tls, (conn.send(request) or b"") + (conn.send(h11.EndOfMessage()) or b""))
     t_sent = clock()
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
+            conn.receive_data(await receive(tls))
         elif isinstance(event, h11.Response):
             resp.ttfb = clock() - t_sent
             check_headers(event.headers)
@@ -161,20 +158,20 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
     version = "2" if alpn == "h2" else "1.1"
     resp = _Response()
     t0 = clock()
-    announced = announced_mss(hs.writer)
+    announced = announced_mss(hs.conn)
     cut: asyncio.Timeout | None = None
     try:
         async with cut_if_stalled(
-            hs.writer.get_extra_info("socket"), None if cut_at is None else max(0.0, cut_at - t0)
+            hs.conn, None if cut_at is None else max(0.0, cut_at - t0)
         ) as cut:
             if version == "2":
-                await _exchange_h2(hs.reader, hs.writer, req, resp)
+                await _exchange_h2(hs.conn, req, resp)
             else:
-                await _exchange_h11(hs.reader, hs.writer, req, resp)
+                await _exchange_h11(hs.conn, req, resp)
         err = None
     except TimeoutError as exc:
         if cut is not None and cut.expired():
-            hs.writer.transport.abort()  # a stalled peer would hold a graceful close
+            hs.conn.close()  # a stalled peer would hold a graceful close
             raise Stalled(mss=announced, phases=phases, details=hs.details) from exc
         err = classify(exc)
     except (h2.exceptions.H2Error, h11.ProtocolError, ResponseRefused) as exc:
@@ -183,7 +180,7 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
         err = classify(exc)
     finally:
         t_end = clock()  # closing the connection is not part of the measured exchange
-        await close_stream(hs.writer)
+        await close(hs.conn)
     if resp.ttfb is not None:
         phases["ttfb"] = resp.ttfb
         phases["transfer"] = max(0.0, t_end - t0 - resp.ttfb)

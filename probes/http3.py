@@ -11,19 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import ssl
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
-import certifi
-import pylsqpack
-import service_identity.cryptography
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection, Setting
+from aioquic.h3.connection import H3_ALPN, ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -34,18 +27,9 @@ from aioquic.quic.events import (
     StreamDataReceived,
 )
 from aioquic.tls import AlertDescription
-from cryptography import x509
-from OpenSSL import crypto
 
-from probes.base import (
-    Clock,
-    ErrorKind,
-    FileStamp,
-    Outcome,
-    ProbeError,
-    ProbeRequest,
-    file_stamp,
-)
+from probes.adapters.aioquic import BoundedH3, BoundedQuic, peer_certificates
+from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
 from probes.details import QuicExchange
 from probes.errors import classify, error
 from probes.httpbase import (
@@ -58,58 +42,15 @@ from probes.httpbase import (
     parse_status,
     status_error,
 )
+from probes.trust import verify_peer, x509_store
 
 STREAM_WINDOW = MAX_BODY + 4 * MAX_HEADER_LIST_SIZE
 """Bytes the server may send on the request stream, in all: the body bound plus room for the
-header section and framing. It never grows (see _BoundedQuic)."""
+header section and framing. It never grows (see BoundedQuic)."""
 CONNECTION_WINDOW = STREAM_WINDOW + 256 * 1024
 """Bytes the server may send on all streams together (control and QPACK streams included)."""
 _HEADERS_FRAME = 0x1
 _PUSH_PROMISE_FRAME = 0x5
-
-
-class _BoundedQuic(QuicConnection):
-    """aioquic doubles a receive window whenever half of it has been received, without end (and
-    counts out-of-order data too). A probe reads one bounded response, so its windows stay at
-    their first size: a peer can never make it buffer more than STREAM_WINDOW of a stream or
-    CONNECTION_WINDOW in all."""
-
-    def _write_connection_limits(self, builder: Any, space: Any) -> None:
-        limit = self._local_max_data
-        used = limit.used
-        limit.used = min(used, limit.value // 2)  # never "over half used": no doubling
-        try:
-            super()._write_connection_limits(builder, space)
-        finally:
-            limit.used = used
-
-    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
-        receiver = stream.receiver
-        highest = receiver.highest_offset
-        receiver.highest_offset = min(highest, stream.max_stream_data_local // 2)
-        try:
-            super()._write_stream_limits(builder, space, stream)
-        finally:
-            receiver.highest_offset = highest
-
-
-class _BoundedH3(H3Connection):
-    """HTTP/3 whose QPACK dynamic table has capacity 0 and no blocked streams (a reference can
-    expand to a static-table entry at most, and a server that inserts anyway is a QPACK encoder
-    stream error), without server push, announcing SETTINGS_MAX_FIELD_SECTION_SIZE."""
-
-    def _init_connection(self) -> None:
-        # Called at the end of H3Connection.__init__, before the SETTINGS frame is sent.
-        self._max_table_capacity = 0
-        self._blocked_streams = 0
-        self._decoder = pylsqpack.Decoder(0, 0)
-        self._max_push_id = None  # no MAX_PUSH_ID: a PUSH_PROMISE is a connection error
-        super()._init_connection()
-
-    def _get_local_settings(self) -> dict[int, int]:
-        settings: dict[int, int] = super()._get_local_settings()
-        settings[Setting.MAX_FIELD_SECTION_SIZE] = MAX_HEADER_LIST_SIZE
-        return settings
 
 
 def _varint(data: bytes) -> tuple[int, int] | None:
@@ -132,29 +73,29 @@ class _FrameGuard:
     header cap is refused at its first bytes."""
 
     def __init__(self) -> None:
-        self._head = b""
-        self._payload_left = 0
+        self.head = b""
+        self.payload_left = 0
 
     def feed(self, data: bytes) -> None:
         while data:
-            if self._payload_left:
-                taken = min(self._payload_left, len(data))
-                self._payload_left -= taken
+            if self.payload_left:
+                taken = min(self.payload_left, len(data))
+                self.payload_left -= taken
                 data = data[taken:]
                 continue
-            self._head += data
+            self.head += data
             data = b""
-            kind = _varint(self._head)
-            size = _varint(self._head[kind[1] :]) if kind else None
+            kind = _varint(self.head)
+            size = _varint(self.head[kind[1] :]) if kind else None
             if kind is None or size is None:
                 return  # the frame header is still incomplete
             if kind[0] in (_HEADERS_FRAME, _PUSH_PROMISE_FRAME) and size[0] > MAX_HEADER_LIST_SIZE:
                 raise ResponseRefused(
                     f"response header block of {size[0]} bytes (at most {MAX_HEADER_LIST_SIZE})"
                 )
-            data = self._head[kind[1] + size[1] :]
-            self._head = b""
-            self._payload_left = size[0]
+            data = self.head[kind[1] + size[1] :]
+            self.head = b""
+            self.payload_left = size[0]
 
 
 class _ConnectedTransport(asyncio.DatagramTransport):
@@ -164,34 +105,35 @@ class _ConnectedTransport(asyncio.DatagramTransport):
 
     def __init__(self, inner: asyncio.DatagramTransport) -> None:
         super().__init__()
-        self._inner = inner
+        self.inner = inner
 
     def sendto(self, data: bytes | bytearray | memoryview, addr: object = None) -> None:
-        self._inner.sendto(data)
+        self.inner.sendto(data)
 
     def close(self) -> None:
-        self._inner.close()
+        self.inner.close()
 
     def abort(self) -> None:
-        self._inner.abort()
+        self.inner.abort()
 
     def is_closing(self) -> bool:
-        return self._inner.is_closing()
+        return self.inner.is_closing()
 
     def get_extra_info(self, name: str, default: object = None) -> object:
-        return self._inner.get_extra_info(name, default)
+        return self.inner.get_extra_info(name, default)
 
 
 class _H3Client(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, clock: Clock) -> None:
         super().__init__(quic)
-        self._http: H3Connection | None = None
-        self._clock = clock
+        self.quic = quic  # aioquic's own reference to it is private
+        self.http: H3Connection | None = None
+        self.clock = clock
         self.socket_error: OSError | None = None
         self.refused: ResponseRefused | None = None
         self.terminated: ConnectionTerminated | None = None
-        self._stream_id: int | None = None
-        self._guard = _FrameGuard()
+        self.stream_id: int | None = None
+        self.guard = _FrameGuard()
         self.status: int | None = None
         self.headers: dict[str, str] = {}
         self.body_bytes = 0
@@ -208,11 +150,11 @@ class _H3Client(QuicConnectionProtocol):
         # An ICMP port unreachable arrives here: fail now instead of waiting for the timeout.
         if isinstance(exc, OSError) and self.socket_error is None:
             self.socket_error = exc
-            self._quic.close(error_code=0, reason_phrase="socket error")
+            self.quic.close(error_code=0, reason_phrase="socket error")
             self.transmit()
-            self._fail(exc)
+            self.fail(exc)
 
-    def _fail(self, exc: Exception) -> None:
+    def fail(self, exc: Exception) -> None:
         for fut in (self.handshake, self.done):
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
@@ -228,21 +170,21 @@ class _H3Client(QuicConnectionProtocol):
             elif not fut.cancelled():
                 fut.exception()
 
-    def _refuse(self, exc: ResponseRefused) -> None:
+    def refuse(self, exc: ResponseRefused) -> None:
         """The response broke a cap: stop reading it, close the connection, fail the request."""
         if self.refused is not None:
             return
         self.refused = exc
-        self._quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="response refused")
+        self.quic.close(error_code=ErrorCode.H3_EXCESSIVE_LOAD, reason_phrase="response refused")
         self.transmit()
-        self._fail(exc)
+        self.fail(exc)
 
     def request(self, path: str, authority_: str) -> asyncio.Future[None]:
         self.done = asyncio.get_running_loop().create_future()
-        self._http = _BoundedH3(self._quic)
-        stream_id = self._quic.get_next_available_stream_id()
-        self._stream_id = stream_id
-        self._http.send_headers(
+        self.http = BoundedH3(self.quic, max_field_section_size=MAX_HEADER_LIST_SIZE)
+        stream_id = self.quic.get_next_available_stream_id()
+        self.stream_id = stream_id
+        self.http.send_headers(
             stream_id,
             [
                 (b":method", b"GET"),
@@ -261,21 +203,21 @@ class _H3Client(QuicConnectionProtocol):
             self.handshake.set_result(None)
         if isinstance(event, ConnectionTerminated):
             self.terminated = event
-            self._fail(ConnectionError(event.reason_phrase or "closed"))
-        if self._http is None or self.refused is not None:
+            self.fail(ConnectionError(event.reason_phrase or "closed"))
+        if self.http is None or self.refused is not None:
             return
         try:
-            if isinstance(event, StreamDataReceived) and event.stream_id == self._stream_id:
-                self._guard.feed(event.data)
-            for h3 in self._http.handle_event(event):
-                self._h3_event(h3)
+            if isinstance(event, StreamDataReceived) and event.stream_id == self.stream_id:
+                self.guard.feed(event.data)
+            for h3 in self.http.handle_event(event):
+                self.h3_event(h3)
         except ResponseRefused as exc:
-            self._refuse(exc)
+            self.refuse(exc)
 
-    def _h3_event(self, event: H3Event) -> None:
+    def h3_event(self, event: H3Event) -> None:
         if isinstance(event, HeadersReceived):
             if self.t_headers is None:
-                self.t_headers = self._clock()
+                self.t_headers = self.clock()
             check_headers(event.headers)
             for name, value in event.headers:
                 self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -285,71 +227,6 @@ class _H3Client(QuicConnectionProtocol):
         ended = getattr(event, "stream_ended", False)
         if (ended or self.body_bytes > MAX_BODY) and self.done and not self.done.done():
             self.done.set_result(None)
-
-
-def trust_store(cafile: str | None) -> crypto.X509Store:
-    """certifi's bundle plus `cafile`, like the ssl probes' system store plus `ca_file`.
-
-    One store per file, built again when the file changes (probes.base.file_stamp: a CA bundle
-    rewritten in place, a restarted lab or a rotation), so a file that changes often costs
-    one store, not one per version."""
-    stamp = file_stamp(cafile) if cafile else None
-    hit = _STORES.get(cafile)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    store = crypto.X509Store()
-    store.load_locations(certifi.where())
-    if cafile:
-        for cert in x509.load_pem_x509_certificates(Path(cafile).read_bytes()):
-            store.add_cert(crypto.X509.from_cryptography(cert))
-    if len(_STORES) >= _MAX_STORES:
-        _STORES.clear()
-    _STORES[cafile] = (stamp, store)
-    return store
-
-
-_MAX_STORES = 16
-_STORES: dict[str | None, tuple[FileStamp | None, crypto.X509Store]] = {}
-
-
-def verify_peer(
-    leaf: x509.Certificate | None,
-    chain: Sequence[x509.Certificate],
-    server_name: str,
-    store: crypto.X509Store,
-) -> ProbeError | None:
-    """What aioquic's own verification checks (validity, name, chain), as an error kind."""
-    if leaf is None:
-        return error(ErrorKind.TLS_UNTRUSTED, "QUIC TLS: no certificate presented")
-    now = datetime.now(UTC)
-    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-        return error(ErrorKind.TLS_CERT_EXPIRED, "QUIC TLS: certificate is not valid now")
-    try:
-        try:
-            ipaddress.ip_address(server_name)
-        except ValueError:
-            service_identity.cryptography.verify_certificate_hostname(leaf, server_name)
-        else:
-            service_identity.cryptography.verify_certificate_ip_address(leaf, server_name)
-    except (service_identity.CertificateError, service_identity.VerificationError):
-        names = service_identity.cryptography.extract_patterns(leaf)
-        return error(
-            ErrorKind.TLS_HOSTNAME_MISMATCH,
-            f"QUIC TLS: hostname {server_name!r} doesn't match "
-            + (", ".join(repr(str(n)) for n in names) or "any name"),
-        )
-    except ValueError:
-        return error(ErrorKind.TLS_UNTRUSTED, "QUIC TLS: certificate names cannot be parsed")
-    ctx = crypto.X509StoreContext(
-        store,
-        crypto.X509.from_cryptography(leaf),
-        [crypto.X509.from_cryptography(c) for c in chain],
-    )
-    try:
-        ctx.verify_certificate()
-    except crypto.X509StoreContextError as exc:
-        return error(ErrorKind.TLS_UNTRUSTED, f"QUIC TLS: {exc.args[0]}")
-    return None
 
 
 # QUIC carries a TLS alert as CRYPTO_ERROR 0x100 + alert (RFC 9001, 4.8).
@@ -383,9 +260,10 @@ def _handshake_error(client: _H3Client) -> ProbeError:
 async def probe(req: ProbeRequest) -> Outcome:
     clock = req.env.clock
     loop = asyncio.get_running_loop()
-    # aioquic would build a trust store from certifi's bundle on every handshake (23 ms of
-    # CPU on this loop, each time): it is told not to verify, and the probe verifies the
-    # chain itself against a store built once, before it sends a request.
+    # aioquic would build a trust store on every handshake (23 ms of CPU on this loop, each
+    # time), from certifi's bundle unless told otherwise: it is told not to verify, and the
+    # probe verifies the chain itself against probes/trust.py's store, built once, before it
+    # sends a request.
     config = QuicConfiguration(
         is_client=True,
         alpn_protocols=list(H3_ALPN),
@@ -395,7 +273,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         max_data=CONNECTION_WINDOW,
     )
     try:
-        store = trust_store(req.env.ssl_cafile)
+        store = x509_store(req.env.ssl_cafile)
         if req.target.tls.client_cert:
             config.load_cert_chain(req.target.tls.client_cert, req.target.tls.client_key)
     except (OSError, ValueError) as exc:  # unreadable or malformed CA, client cert or key
@@ -415,7 +293,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         # Connected, so the kernel reports ICMP port unreachable to us (error_received).
         sock.connect(peer)
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _H3Client(_BoundedQuic(configuration=config), clock), sock=sock
+            lambda: _H3Client(BoundedQuic(configuration=config), clock), sock=sock
         )
     except OSError as exc:
         sock.close()
@@ -432,8 +310,9 @@ async def probe(req: ProbeRequest) -> Outcome:
         except OSError:  # ConnectionError (the peer closed) or the socket's own error
             return Outcome(success=False, error=_handshake_error(client), phases=phases)
         handshake = clock() - t0
-        tls = client._quic.tls
-        bad = verify_peer(tls._peer_certificate, tls._peer_certificate_chain, req.target.sni, store)
+        tls = client.quic.tls
+        leaf, chain = peer_certificates(tls)
+        bad = verify_peer(leaf, chain, req.target.sni, store)
         if bad is not None:
             return Outcome(success=False, error=bad, phases=phases)
         phases["handshake"] = handshake

@@ -6,9 +6,7 @@ An optional per-family source address binds the socket to one uplink of a multi-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import ssl
 import struct
 
 from probes.base import ProbeRequest
@@ -19,47 +17,13 @@ def local_addr(req: ProbeRequest) -> tuple[str, int] | None:
     return (source, 0) if source else None
 
 
-async def open_stream(
-    req: ProbeRequest,
-    *,
-    ssl_context: ssl.SSLContext | None = None,
-    server_hostname: str | None = None,
-    mss: int | None = None,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to `req.address` (never the name), optionally with TLS and SNI. `mss` caps the
-    segment size this end announces in its SYN, so the peer sends no larger segments."""
-    if mss is None:
-        reader, writer = await asyncio.open_connection(
-            host=req.address,
-            port=req.target.port,
-            ssl=ssl_context,
-            server_hostname=server_hostname if ssl_context else None,
-            local_addr=local_addr(req),
-            # The handshake is bounded by the probe timeout, not asyncio's 60 s default.
-            ssl_handshake_timeout=req.timeout if ssl_context else None,
-        )
-    else:
-        # TCP_MAXSEG must be set before the SYN leaves: asyncio cannot, so connect by hand.
-        sock = await connect_socket(req, mss=mss)
-        reader, writer = await asyncio.open_connection(
-            sock=sock,
-            ssl=ssl_context,
-            server_hostname=server_hostname if ssl_context else None,
-            ssl_handshake_timeout=req.timeout if ssl_context else None,
-        )
-    sock = writer.get_extra_info("socket")
-    if sock is not None:  # measured latency must be the network's, never Nagle's
-        # ValueError: uvloop's socket of a connection the peer has already closed
-        with contextlib.suppress(OSError, ValueError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return reader, writer
-
-
 async def connect_socket(
     req: ProbeRequest, *, mss: int | None = None, nodelay: bool = False
 ) -> socket.socket:
-    """A non-blocking TCP socket connected to `req.address`, for a probe that does its own
-    reading and writing (no stream). `mss` as in open_stream; `nodelay`: TCP_NODELAY."""
+    """A non-blocking TCP socket connected to `req.address` (never the name), for a probe that
+    does its own reading and writing. `mss` caps the segment size this end announces in its
+    SYN, so the peer sends no larger segments; `nodelay`: TCP_NODELAY (measured latency must be
+    the network's, never Nagle's)."""
     family = socket.AF_INET6 if req.family == "ipv6" else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -85,14 +49,10 @@ _TCPI_RTT_OFFSET = 68
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 
 
-def connect_seconds(writer: asyncio.StreamWriter, wall: float) -> float:
+def connect_seconds(sock: socket.socket | None, wall: float) -> float:
     """The TCP handshake's round trip as the kernel timed it (Linux TCP_INFO), so a busy event
-    loop that noticed the connection late does not inflate it; else the wall-clock time."""
-    return socket_connect_seconds(writer.get_extra_info("socket"), wall)
-
-
-def socket_connect_seconds(sock: socket.socket | None, wall: float) -> float:
-    """connect_seconds() of a connected socket (None: the wall-clock time)."""
+    loop that noticed the connection late does not inflate it; else (or without a socket) the
+    wall-clock time."""
     if sock is None or _TCP_INFO is None:
         return wall
     try:
@@ -115,14 +75,9 @@ _TCPI_OPT_TIMESTAMPS = 1
 _TIMESTAMP_OPTION = 12
 
 
-def announced_mss(writer: asyncio.StreamWriter) -> int | None:
+def announced_mss(sock: socket.socket | None) -> int | None:
     """The MSS this end announced (Linux TCP_INFO), else the connection's TCP_MAXSEG; None
     when neither can be read."""
-    return socket_announced_mss(writer.get_extra_info("socket"))
-
-
-def socket_announced_mss(sock: socket.socket | None) -> int | None:
-    """announced_mss() of a socket (None: unknown)."""
     if sock is None:
         return None
     try:
@@ -139,20 +94,7 @@ def socket_announced_mss(sock: socket.socket | None) -> int | None:
 
 
 CLOSE_GRACE = 1.0
-
-
-async def close_stream(writer: asyncio.StreamWriter) -> None:
-    """Close and wait a little; a peer that resets or never acks the close changes nothing
-    already measured, and must not hold the probe."""
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError, TimeoutError):
-        await asyncio.wait_for(writer.wait_closed(), CLOSE_GRACE)
-
-
-def abort_stream(writer: asyncio.StreamWriter) -> None:
-    """Drop a connection that already failed: after a failed start_tls, Python 3.11's
-    wait_closed() can wait forever, so don't ask for a graceful close."""
-    writer.transport.abort()
+"""Seconds a probe waits at most for an orderly close; the peer cannot hold it longer."""
 
 
 async def wait_readable(sock: socket.socket) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -34,10 +35,11 @@ from probes.base import (
     RaceResult,
     Resolution,
     Target,
-    make_client_context,
 )
 from probes.errors import classify, error
-from probes.netutil import abort_stream, close_stream, connect_seconds, open_stream
+from probes.netutil import connect_seconds, connect_socket
+from probes.tls import close, start_tls
+from probes.trust import client_context
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ class _Try:
     error: ProbeError | None = None
     connected_after: float | None = None
     """Its TCP handshake as the kernel timed it, when it connected."""
-    writer: asyncio.StreamWriter | None = None
+    sock: socket.socket | None = None
 
     def frozen(self) -> RaceAttempt:
         return RaceAttempt(
@@ -205,9 +207,9 @@ class _Race:
             env=self.env,
         )
         begun = self.clock()
-        _reader, writer = await open_stream(req)
-        t.writer = writer
-        t.connected_after = connect_seconds(writer, self.clock() - begun)
+        sock = await connect_socket(req, nodelay=True)
+        t.sock = sock
+        t.connected_after = connect_seconds(sock, self.clock() - begun)
 
     async def run(self) -> RaceResult:
         q_start = self.clock()
@@ -312,35 +314,35 @@ class _Race:
         except OSError:  # TimeoutError included
             return None
         finally:
-            if t.writer is not None:
-                await close_stream(t.writer)
+            if t.sock is not None:
+                t.sock.close()
         return t.connected_after
 
     async def _tls(self, winner: _Try, deadline: float) -> tuple[float | None, ProbeError | None]:
         """The winner's TLS handshake, as the tls probe makes it: (seconds, or the error)."""
-        assert winner.writer is not None
+        assert winner.sock is not None
         spec = self.target.tls
         try:
-            ctx = make_client_context(self.env.ssl_cafile, spec.alpn, spec)
+            ctx = client_context(self.env.ssl_cafile, spec.alpn, spec)
         except (OSError, ssl.SSLError) as exc:
             return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}")
         t1 = self.clock()
         budget = max(0.0, deadline - t1)
         try:
             async with asyncio.timeout(budget):
-                await winner.writer.start_tls(
-                    ctx, server_hostname=self.target.sni, ssl_handshake_timeout=self.target.timeout
-                )
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-            abort_stream(winner.writer)
-            winner.writer = None
+                conn = await start_tls(winner.sock, ctx, self.target.sni)
+        except OSError as exc:  # ssl.SSLError and TimeoutError included
+            winner.sock = None  # start_tls closed it
             found = classify(exc)
             if isinstance(exc, TimeoutError):
                 return None, error(
                     ErrorKind.TIMEOUT, f"winner's TLS handshake: no answer within {budget:.3g} s"
                 )
             return None, ProbeError(kind=found.kind, message=f"winner's TLS: {found.message}")
-        return self.clock() - t1, None
+        seconds = self.clock() - t1
+        winner.sock = None
+        await close(conn)
+        return seconds, None
 
     def _no_winner(self, timed_out: bool) -> ProbeError:
         if not self.order:
@@ -371,11 +373,11 @@ class _Race:
             await asyncio.wait(set(self.lookups))
         self.lookups.clear()
         for t in self.order:
-            if t.writer is not None:
-                writer, t.writer = t.writer, None
+            if t.sock is not None:
+                sock, t.sock = t.sock, None
                 if t.outcome != "connected":
                     t.outcome = "cancelled"  # connected, but after the winner
-                await close_stream(writer)
+                sock.close()
 
 
 def _connected_at(t: _Try) -> float:

@@ -12,7 +12,7 @@ import socket
 from probes.base import Outcome, ProbeRequest
 from probes.details import TcpConnect
 from probes.errors import classify
-from probes.netutil import local_addr, socket_connect_seconds
+from probes.netutil import connect_seconds, local_addr
 
 
 async def probe(req: ProbeRequest) -> Outcome:
@@ -30,7 +30,7 @@ async def probe(req: ProbeRequest) -> Outcome:
             sock.bind(source)
         t0 = clock()
         await asyncio.get_running_loop().sock_connect(sock, (req.address, req.target.port))
-        connect = socket_connect_seconds(sock, clock() - t0)
+        connect = connect_seconds(sock, clock() - t0)
         sockname = sock.getsockname()
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"connect": clock() - t0})

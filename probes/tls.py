@@ -10,37 +10,37 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cryptography import x509
 
-from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, make_client_context
+from probes.adapters.ssl import verified_chain
+from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
 from probes.netutil import (
     CLOSE_GRACE,
-    abort_stream,
     announced_mss,
-    close_stream,
     connect_seconds,
     connect_socket,
-    open_stream,
-    socket_announced_mss,
-    socket_connect_seconds,
     wait_readable,
     wait_writable,
 )
 from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
+from probes.trust import client_context
 
-_ENCODING_DER = 2  # _ssl.ENCODING_DER, not exported by the ssl module before 3.13
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Handshake:
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    conn: ssl.SSLSocket
+    """The connection, non-blocking: read it with receive(), write it with send_all(), end it
+    with close()."""
     connect_seconds: float
     tls_seconds: float
     details: TlsHandshake
@@ -118,28 +118,6 @@ def _describe(der: bytes, chain: tuple[bytes, ...]) -> Certificate | None:
     )
 
 
-def verified_chain(sslobj: ssl.SSLObject | ssl.SSLSocket) -> list[bytes]:
-    """The chain OpenSSL verified, leaf to trust anchor, DER. Public from Python 3.13
-    (`get_verified_chain`); 3.11 and 3.12 have the same method on the inner object."""
-    get = getattr(sslobj, "get_verified_chain", None)
-    if get is None:
-        get = getattr(getattr(sslobj, "_sslobj", None), "get_verified_chain", None)
-    if get is None:
-        return []
-    try:
-        chain = get() or []
-    except (ssl.SSLError, ValueError):
-        return []
-    return [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain]
-
-
-def _session_details(writer: asyncio.StreamWriter, *, verified: bool) -> TlsHandshake:
-    sslobj: ssl.SSLObject | None = writer.get_extra_info("ssl_object")
-    if sslobj is None:
-        return TlsHandshake(verified=False)
-    return _details(sslobj, verified=verified)
-
-
 def _details(sslobj: ssl.SSLObject | ssl.SSLSocket, *, verified: bool) -> TlsHandshake:
     cipher = sslobj.cipher()
     der = sslobj.getpeercert(binary_form=True)
@@ -153,13 +131,80 @@ def _details(sslobj: ssl.SSLObject | ssl.SSLSocket, *, verified: bool) -> TlsHan
     )
 
 
-def _context(req: ProbeRequest, alpn: tuple[str, ...]) -> ssl.SSLContext:
+def _context(req: ProbeRequest, alpn: tuple[str, ...], *, verify: bool = True) -> ssl.SSLContext:
     try:
-        return make_client_context(req.env.ssl_cafile, alpn, req.target.tls)
+        return client_context(req.env.ssl_cafile, alpn, req.target.tls, verify=verify)
     except (OSError, ssl.SSLError) as exc:  # unreadable CA file, client cert or key
         raise HandshakeFailed(
             error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}"), {}, None
         ) from exc
+
+
+async def start_tls(sock: socket.socket, ctx: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:
+    """The TLS handshake on a connected non-blocking socket, driven by the running loop's
+    readiness callbacks. On failure or cancellation the socket is closed and the error raised.
+
+    A bare socket, not a stream or asyncio's TLS transport: the transport's 256 KiB buffer per
+    connection in flight set a vantage's peak RSS."""
+    conn = _wrap(sock, ctx, server_name)
+    await _shake(conn)
+    return conn
+
+
+def _wrap(sock: socket.socket, ctx: ssl.SSLContext, server_name: str) -> ssl.SSLSocket:
+    """`sock` as a TLS socket, its handshake not started (`sock` is detached from its fd)."""
+    try:
+        return ctx.wrap_socket(sock, server_hostname=server_name, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+
+
+async def _shake(conn: ssl.SSLSocket) -> None:
+    try:
+        await _until_done(conn, conn.do_handshake)
+    except BaseException:  # failed or cancelled (the probe's deadline): ours to close
+        conn.close()
+        raise
+
+
+async def handshake(
+    req: ProbeRequest,
+    alpn: tuple[str, ...],
+    *,
+    mss: int | None = None,
+    cut_at: float | None = None,
+) -> Handshake:
+    """TCP connect then TLS handshake; raises HandshakeFailed with the error as data, and
+    Stalled when the handshake has not completed by clock time `cut_at` (None: no cut).
+    `mss`: the segment size to announce (None: the kernel's). The caller ends the connection
+    with close()."""
+    clock = req.env.clock
+    ctx = _context(req, alpn)
+    t0 = clock()
+    try:
+        sock = await connect_socket(req, mss=mss, nodelay=True)
+    except OSError as exc:
+        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
+    t1 = clock()
+    connect = connect_seconds(sock, t1 - t0)
+    announced = announced_mss(sock)  # read while the socket is open
+    cut: asyncio.Timeout | None = None
+    try:
+        conn = _wrap(sock, ctx, req.target.sni)
+        # cut_if_stalled reads the socket's unread bytes: the TLS socket's, which owns the fd now
+        async with cut_if_stalled(conn, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
+            await _shake(conn)
+    except (OSError, ssl.SSLError) as exc:
+        phases = {"connect": connect, "tls": clock() - t1}
+        raise await _failure(req, alpn, exc, phases, announced, cut) from exc
+    t2 = clock()
+    try:
+        details = _details(conn, verified=True)
+    except BaseException:
+        conn.close()
+        raise
+    return Handshake(conn=conn, connect_seconds=connect, tls_seconds=t2 - t1, details=details)
 
 
 async def _failure(
@@ -180,132 +225,66 @@ async def _failure(
     return HandshakeFailed(_handshake_error(exc), phases, seen)
 
 
-async def handshake(
-    req: ProbeRequest,
-    alpn: tuple[str, ...],
-    *,
-    mss: int | None = None,
-    cut_at: float | None = None,
-) -> Handshake:
-    """TCP connect then TLS handshake; raises HandshakeFailed with the error as data, and
-    Stalled when the handshake has not completed by clock time `cut_at` (None: no cut).
-    `mss`: the segment size to announce (None: the kernel's)."""
-    clock = req.env.clock
-    ctx = _context(req, alpn)
-    t0 = clock()
+async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHandshake:
+    """What the peer presents, without judging it: only for showing a failed verification."""
     try:
-        reader, writer = await open_stream(req, mss=mss)
-    except OSError as exc:
-        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
-    t1 = clock()
-    connect = connect_seconds(writer, t1 - t0)  # before TLS: the socket's own handshake RTT
-    cut: asyncio.Timeout | None = None
+        ctx = _context(req, alpn, verify=False)
+        sock = await connect_socket(req, nodelay=True)
+        conn = await start_tls(sock, ctx, req.target.sni)
+    except (HandshakeFailed, OSError):  # ssl.SSLError is an OSError
+        return TlsHandshake(verified=False)
     try:
-        delay = None if cut_at is None else max(0.0, cut_at - t1)
-        async with cut_if_stalled(writer.get_extra_info("socket"), delay) as cut:
-            await writer.start_tls(
-                ctx, server_hostname=req.target.sni, ssl_handshake_timeout=req.timeout
-            )
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
-        phases = {"connect": connect, "tls": clock() - t1}
-        announced = announced_mss(writer)
-        abort_stream(writer)
-        raise await _failure(req, alpn, exc, phases, announced, cut) from exc
-    t2 = clock()
-    details = _session_details(writer, verified=True)
-    return Handshake(
-        reader=reader, writer=writer, connect_seconds=connect, tls_seconds=t2 - t1, details=details
-    )
-
-
-async def bare_handshake(
-    req: ProbeRequest,
-    alpn: tuple[str, ...],
-    *,
-    mss: int | None = None,
-    cut_at: float | None = None,
-) -> tuple[float, float, TlsHandshake]:
-    """handshake() for a probe that sends nothing after it: (connect, tls seconds, details).
-    A bare non-blocking socket whose handshake and close the loop only waits on: no stream and
-    no TLS transport, whose 256 KiB buffer per connection in flight set the vantage's peak RSS
-    (10,000 jobs: 194 MiB with streams, 138 MiB without). Fails as handshake() does."""
-    clock = req.env.clock
-    ctx = _context(req, alpn)
-    t0 = clock()
-    try:
-        sock = await connect_socket(req, mss=mss, nodelay=True)
-    except OSError as exc:
-        raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
-    t1 = clock()
-    connect = socket_connect_seconds(sock, t1 - t0)
-    cut: asyncio.Timeout | None = None
-    tls: ssl.SSLSocket | None = None
-    try:
-        tls = ctx.wrap_socket(sock, server_hostname=req.target.sni, do_handshake_on_connect=False)
-        async with cut_if_stalled(tls, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
-            await _until_done(tls, tls.do_handshake)
-    except (OSError, ssl.SSLError) as exc:
-        phases = {"connect": connect, "tls": clock() - t1}
-        announced = socket_announced_mss(tls or sock)
-        (tls or sock).close()
-        raise await _failure(req, alpn, exc, phases, announced, cut) from exc
-    except BaseException:  # cancelled (the probe's deadline): the socket is ours to close
-        (tls or sock).close()
-        raise
-    t2 = clock()
-    try:
-        details = _details(tls, verified=True)
+        return _details(conn, verified=False)
     finally:
-        await _close(tls)
-    return connect, t2 - t1, details
+        await close(conn)
 
 
-async def _until_done(tls: ssl.SSLSocket, step: Callable[[], object]) -> None:
-    """A TLS step (handshake, shutdown) on a non-blocking socket, retried whenever the socket
-    is ready for what OpenSSL waits for."""
+async def _until_done(conn: ssl.SSLSocket, step: Callable[[], T]) -> T:
+    """A TLS step (handshake, read, write, shutdown) on a non-blocking socket, retried whenever
+    the socket is ready for what OpenSSL waits for; what the step returned."""
     while True:
         try:
-            step()
-            return
+            return step()
         except ssl.SSLWantReadError:
-            await wait_readable(tls)
+            await wait_readable(conn)
         except ssl.SSLWantWriteError:
-            await wait_writable(tls)
+            await wait_writable(conn)
+
+
+async def receive(conn: ssl.SSLSocket, size: int = 65536) -> bytes:
+    """Up to `size` bytes of what the peer sent once it sends any; b"" when it has closed."""
+    return await _until_done(conn, functools.partial(conn.recv, size))
+
+
+async def send_all(conn: ssl.SSLSocket, data: bytes) -> None:
+    """All of `data`, waiting whenever the socket's buffer is full."""
+    view = memoryview(data)
+    while view:
+        view = view[await _until_done(conn, functools.partial(conn.send, view)) :]
 
 
 def _handshake_error(exc: BaseException) -> ProbeError:
-    """classify(), with a peer that hangs up mid-handshake named as asyncio's TLS transport
-    names it (connection_reset), whichever way the handshake was driven."""
+    """classify(), with a peer that hangs up mid-handshake named connection_reset (as asyncio's
+    TLS transport names it)."""
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return classify(ConnectionResetError())
     return classify(exc)
 
 
-async def _close(tls: ssl.SSLSocket) -> None:
+async def close(conn: ssl.SSLSocket) -> None:
     """Our close_notify, then the peer's, read with whatever it sent after the handshake (TLS
     1.3 session tickets), for at most CLOSE_GRACE: a socket closed with bytes unread, or before
     they arrive, answers them with a reset. A peer that resets or never answers changes
     nothing already measured."""
+    if conn.fileno() < 0:  # already closed (a cut connection)
+        return
     try:
         async with asyncio.timeout(CLOSE_GRACE):
-            await _until_done(tls, tls.unwrap)
+            await _until_done(conn, conn.unwrap)
     except (OSError, ValueError):  # TimeoutError and ssl.SSLError are OSErrors
         pass
     finally:
-        tls.close()
-
-
-async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHandshake:
-    """What the peer presents, without judging it: only for showing a failed verification."""
-    ctx = make_client_context(req.env.ssl_cafile, alpn, req.target.tls, verify=False)
-    try:
-        _reader, writer = await open_stream(req, ssl_context=ctx, server_hostname=req.target.sni)
-    except (OSError, ssl.SSLError):
-        return TlsHandshake(verified=False)
-    try:
-        return _session_details(writer, verified=False)
-    finally:
-        await close_stream(writer)
+        conn.close()
 
 
 async def probe(req: ProbeRequest) -> Outcome:
@@ -317,11 +296,14 @@ async def probe(req: ProbeRequest) -> Outcome:
 
 async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Outcome:
     try:
-        connect, tls, details = await bare_handshake(
-            req, req.target.tls.alpn, mss=mss, cut_at=cut_at
-        )
+        hs = await handshake(req, req.target.tls.alpn, mss=mss, cut_at=cut_at)
     except HandshakeFailed as failed:
         return Outcome(
             success=False, error=failed.error, phases=failed.phases, details=failed.details
         )
-    return Outcome(success=True, phases={"connect": connect, "tls": tls}, details=details)
+    await close(hs.conn)  # nothing is sent: the handshake is the probe
+    return Outcome(
+        success=True,
+        phases={"connect": hs.connect_seconds, "tls": hs.tls_seconds},
+        details=hs.details,
+    )

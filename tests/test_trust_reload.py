@@ -59,7 +59,7 @@ async def test_a_ca_file_rewritten_in_place_is_read_again(kind: ProbeKind, tmp_p
 def test_a_rotated_ca_replaces_its_context_not_adds_one(tmp_path: Path) -> None:
     """The 30-minute soak's RSS grew by a few hundred kB per lab restart: every new CA kept the
     old contexts too. One context per (CA file, ALPN, settings), however often it changes."""
-    from probes import base
+    from probes import trust
 
     ca_file = tmp_path / "ca.pem"
     spec = TlsSpec()
@@ -67,7 +67,7 @@ def test_a_rotated_ca_replaces_its_context_not_adds_one(tmp_path: Path) -> None:
         (tmp_path / f"{i}").mkdir()
         shutil.copy(issue(tmp_path / f"{i}", "trust.example").ca_file, ca_file)
         os.utime(ca_file, ns=(0, 10**18 + i))
-        base.make_client_context(str(ca_file), ("h2",), spec)
-        base.make_client_context(str(ca_file), ("h2",), spec, verify=False)
-    mine = [k for k in base._CONTEXTS if k[0] == str(ca_file)]
+        trust.client_context(str(ca_file), ("h2",), spec)
+        trust.client_context(str(ca_file), ("h2",), spec, verify=False)
+    mine = [k for k in trust._CONTEXTS if k[0][2] == str(ca_file)]
     assert len(mine) == 2

@@ -12,18 +12,10 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.udp_server import UDPServer
-from hypercorn.asyncio.worker_context import WorkerContext
 from hypercorn.config import Config
-from hypercorn.typing import (
-    ASGIReceiveCallable,
-    ASGISendCallable,
-    LifespanState,
-    Scope,
-)
-from hypercorn.utils import wrap_app
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
 
+from monitor.lab.adapters.hypercorn import Serving
 from monitor.lab.pki import IssuedCert
 from monitor.lab.ports import SocketSpec, bind_same_port
 
@@ -134,8 +126,8 @@ def _addr(sock: socket.socket) -> tuple[str, int]:
 class WebServer(LabServer):
     """Hypercorn on one family: TLS over TCP (ALPN h2, http/1.1) and, given a UDP socket, h3.
 
-    Drives hypercorn's per-connection TCPServer/UDPServer directly instead of
-    `hypercorn.asyncio.serve`: serve() wants to bind (or fd://-adopt) sockets itself, never
+    Drives hypercorn's per-connection TCPServer/UDPServer directly (monitor/lab/adapters/) instead
+    of `hypercorn.asyncio.serve`: serve() wants to bind (or fd://-adopt) sockets itself, never
     closes its QUIC datagram transport (ResourceWarning at loop teardown), leaves its QUIC task
     asleep on shutdown until graceful_timeout, and cannot reach connections mid-handshake.
     """
@@ -158,7 +150,7 @@ class WebServer(LabServer):
         self.h3 = udp_sock is not None
         self.app = LabApp(label, _addr(udp_sock)[1] if udp_sock is not None else None)
         self.config = self._make_config()
-        self._context = WorkerContext(None)
+        self.serving = Serving(self.app, self.config)
         self._tcp_server: asyncio.Server | None = None
         self._udp_transport: asyncio.DatagramTransport | None = None
         self._udp_task: asyncio.Task[None] | None = None
@@ -195,8 +187,6 @@ class WebServer(LabServer):
         if self._tcp_sock is None:
             raise RuntimeError("WebServer was stopped; make a new one")
         loop = asyncio.get_running_loop()
-        app = wrap_app(self.app, self.config.wsgi_max_body_size, "asgi")
-        state: LifespanState = {}
         ssl_context = self.config.create_ssl_context()
 
         assert ssl_context is not None  # certfile and keyfile are always set
@@ -223,7 +213,7 @@ class WebServer(LabServer):
                     return  # failed handshake (ssl.SSLError is an OSError); asyncio closed it
                 finally:
                     self._handshaking.discard(task)
-                await TCPServer(app, loop, self.config, self._context, state, reader, writer)
+                await self.serving.connection(reader, writer)
             except asyncio.CancelledError:
                 # Only stop() cancels these tasks. Ending normally matters: asyncio's
                 # start_server callback calls task.exception(), which raises (and gets logged
@@ -238,15 +228,14 @@ class WebServer(LabServer):
         )
         if self._udp_sock is not None:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: UDPServer(app, loop, self.config, self._context, state),
+                self.serving.datagram_protocol,
                 sock=self._udp_sock,
             )
             self._udp_transport = transport
             self._udp_task = loop.create_task(protocol.run(), name=f"lab-h3-{self.label}")
 
     async def stop(self) -> None:
-        # Tells idle keep-alive connections to close (hypercorn's idle timer waits on it).
-        await self._context.terminated.set()
+        await self.serving.terminate()
         if self._tcp_server is not None:
             self._tcp_server.close()
         # Connections still in the TLS handshake have no request to finish: cut them now.

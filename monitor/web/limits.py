@@ -12,7 +12,8 @@ nothing (or half a request) cannot take the descriptors the probes need.
   closed (aiohttp's keep-alive timer; it also ends a half-sent second request).
 
 Connections are counted from accept, TLS ones before their handshake too: TLS is started here
-(asyncio's SSLProtocol, as loop.start_tls would), not by the listening server, for that reason.
+(asyncio's SSLProtocol, as loop.start_tls would: monitor/web/adapters/asyncio.py), not by the
+listening server, for that reason.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import logging
 import socket
 import ssl
 import time
-from asyncio import sslproto
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
+
+from monitor.web.adapters.aiohttp import ProtocolSite
+from monitor.web.adapters.asyncio import ServerTls
 
 log = logging.getLogger("dualstack.web")
 
@@ -167,24 +170,13 @@ class _Conn(asyncio.Protocol):
         forward = _Forward(self)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
-        tls = sslproto.SSLProtocol(
-            loop,
-            forward,
-            ctx,
-            waiter,
-            server_side=True,
-            call_connection_made=False,
-            # seconds, a float as call_later takes them (typeshed says int)
-            ssl_handshake_timeout=self._gate.limits.header_timeout,  # type: ignore[arg-type]
-        )
-        raw.set_protocol(tls)
-        tls.connection_made(raw)
+        tls = ServerTls(raw, forward, ctx, waiter, self._gate.limits.header_timeout)
         self._tls = loop.create_task(self._handshake(raw, tls, forward, waiter))
 
     async def _handshake(
         self,
         raw: asyncio.Transport,
-        tls: sslproto.SSLProtocol,
+        tls: ServerTls,
         forward: _Forward,
         waiter: asyncio.Future[None],
     ) -> None:
@@ -196,7 +188,7 @@ class _Conn(asyncio.Protocol):
             raw.abort()
             self.closed()
             return
-        app = tls._app_transport  # what loop.start_tls hands back
+        app = tls.app_transport
         if forward.lost or app is None:
             self.closed()
             return
@@ -375,30 +367,14 @@ class ConnectionGate:
         return track
 
 
-class GatedSite(web.BaseSite):
+class GatedSite(ProtocolSite):
     """aiohttp's SockSite with every connection passing the gate, TLS started by the gate."""
 
-    __slots__ = ("_gate", "_name", "_sock")
+    __slots__ = ()
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, gate: ConnectionGate) -> None:
-        super().__init__(runner, backlog=ACCEPT_BACKLOG)
-        self._sock = sock
-        self._gate = gate
+        scheme = "https" if gate.ssl_context is not None else "http"
+        super().__init__(runner, sock, gate.protocol, scheme=scheme, backlog=ACCEPT_BACKLOG)
         server = runner.server
         assert server is not None  # BaseSite already refuses a runner that is not set up
         gate.make_handler = server
-        host, port = sock.getsockname()[:2]
-        scheme = "https" if gate.ssl_context is not None else "http"
-        shown = f"[{host}]" if ":" in host else host
-        self._name = f"{scheme}://{shown}:{port}"
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    async def start(self) -> None:
-        await super().start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._gate.protocol, sock=self._sock, backlog=self._backlog
-        )

@@ -49,13 +49,16 @@ class Listening(LabServer):
         self._server = await asyncio.start_server(keep, sock=self._sock)
 
     async def stop(self) -> None:
+        if self._server is None:
+            self._sock.close()
+            return
+        self._server.close()
+        # The race closes its sockets without waiting for the peer: a connection accepted just
+        # now has its callback still to run, a few loop turns on.
+        await asyncio.sleep(0.05)
         for w in self._writers:
             w.close()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        else:
-            self._sock.close()
+        await self._server.wait_closed()
 
 
 @contextlib.asynccontextmanager
