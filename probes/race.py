@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from probes import kinds
 from probes.base import (
     FAMILIES,
     ErrorKind,
@@ -36,13 +37,17 @@ from probes.base import (
     Target,
     make_client_context,
 )
+from probes.details import TlsHandshake
 from probes.errors import classify, error
 from probes.netutil import abort_stream, close_stream, connect_seconds, open_stream
 
 log = logging.getLogger(__name__)
 
-TLS_KINDS = frozenset({"tls", "http2"})
-"""The probes whose presence makes the race's winner shake hands in TLS too."""
+
+def speaks_tls(target: Target) -> bool:
+    """The target has a probe that shakes hands in TLS over TCP (its details say so): the
+    race's winner then does too, as a browser's would."""
+    return any(TlsHandshake in kinds.get(p).details for p in target.probes if p != kinds.RACE)
 
 
 class Resolves(Protocol):
@@ -220,7 +225,7 @@ class _Race:
             err: ProbeError | None = None
             if winner is not None and winner.family == "ipv4":
                 direct = await self._direct(winner.address, deadline)
-            if winner is not None and TLS_KINDS & set(self.target.probes):
+            if winner is not None and speaks_tls(self.target):
                 tls, err = await self._tls(winner, deadline)
         finally:
             await self._cleanup()
