@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from probes import kinds
 from probes.base import (
     FAMILIES,
-    PROBE_KINDS,
     Expectation,
     ExpectationField,
     Family,
@@ -96,8 +96,9 @@ def expand_catalog(
         for ep in services[service]["endpoints"]:
             if ep["plane"] not in planes:
                 continue
+            listable = kinds.listable()
             probes: tuple[ProbeKind, ...] = tuple(
-                p for p in ep.get("probes", PROBE_KINDS) if p in PROBE_KINDS
+                p for p in ep.get("probes", kinds.default_names()) if p in listable
             )
             for region, host in sorted(ep["hosts"].items()):
                 if region != GLOBAL and region not in wanted_regions:

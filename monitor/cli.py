@@ -36,7 +36,8 @@ from monitor.run.output import (
 )
 from monitor.run.select import Selection, from_args
 from monitor.sharding import Shard, parse_shard, shard_of
-from probes.base import ALL_PROBE_KINDS, FAMILIES, Family, Target
+from probes import kinds
+from probes.base import FAMILIES, Family, Target
 
 DEFAULT_CONFIG = "default.yml"
 
@@ -146,9 +147,9 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         "--probe",
         action="append",
         default=[],
-        choices=ALL_PROBE_KINDS,
+        choices=kinds.listable(),
         metavar="KIND",
-        help=f"only this probe kind (repeatable): one of {', '.join(ALL_PROBE_KINDS)}",
+        help=f"only this probe kind (repeatable): one of {', '.join(kinds.listable())}",
     )
     p.add_argument(
         "--family",

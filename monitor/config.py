@@ -7,6 +7,7 @@ number is finite, and `interval` and `timeout` are at most a day.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -31,15 +32,13 @@ from pydantic import (
 from monitor.catalog import CatalogError, expand_catalog, user_target_defaults
 from monitor.sharding import MAX_SHARDS, UNSHARDED
 from monitor.sharding import Shard as Shard  # the type of Config.shard, for every layer
-from probes import ipranges
+from probes import ipranges, kinds
 from probes.base import (
     FAMILIES,
     NO_REGION,
-    PROBE_KINDS,
     Family,
     HttpSpec,
     IcmpSpec,
-    ProbeKind,
     RaceSpec,
     Target,
     TlsSpec,
@@ -59,8 +58,29 @@ HOST_RE = re.compile(
 
 Plane = Literal["data", "control"]
 PLANES: tuple[Plane, ...] = ("data", "control")
-NAMESERVER_PROBES: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp")
 NAMESERVER_PREFIX = "route53-ns-"
+
+
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" for a near miss among `known`, else ""."""
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _one_of(known: Sequence[str]) -> str:
+    quoted = [repr(k) for k in known]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else "".join(quoted)
+
+
+def _probe_kind(v: str) -> str:
+    known = kinds.listable()
+    if v not in known:
+        raise ValueError(f"{v!r} is not one of {_one_of(known)}{did_you_mean(v, known)}")
+    return v
+
+
+ProbeName = Annotated[str, AfterValidator(_probe_kind)]
+"""A probe kind a target may list: a registered kind's name (probes/kinds.py) or `race`."""
 
 
 class ConfigError(Exception):
@@ -198,7 +218,7 @@ class TargetConfig(_Strict):
     region: str | None = None
     host: str
     port: int = Field(443, ge=1, le=65535)
-    probes: list[ProbeKind] = Field(default_factory=lambda: list(PROBE_KINDS))
+    probes: list[ProbeName] = Field(default_factory=lambda: list(kinds.default_names()))
     families: list[Family] | None = Field(None, min_length=1)
     http: HttpConfig = Field(default_factory=HttpConfig)
     tls: TargetTlsConfig = Field(default_factory=TargetTlsConfig)
@@ -235,7 +255,7 @@ class TargetConfig(_Strict):
 class Route53Config(_Strict):
     zones: list[str] = Field(default_factory=list)
     port: int = Field(53, ge=1, le=65535)
-    probes: list[ProbeKind] = Field(default_factory=lambda: list(NAMESERVER_PROBES))
+    probes: list[ProbeName] = Field(default_factory=lambda: list(kinds.NAMESERVER_DEFAULT))
     max_nameservers: int = Field(8, ge=1, le=16)
 
 

@@ -9,23 +9,20 @@ from __future__ import annotations
 import enum
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
+from probes import kinds
 from probes.details import Details
 from probes.ipranges import Attribution, IpRanges
 from probes.text import peer_text
 
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
-ProbeKind = Literal["dns", "icmp", "tcp", "tls", "http2", "http3", "race"]
-PROBE_KINDS: tuple[ProbeKind, ...] = ("dns", "icmp", "tcp", "tls", "http2", "http3")
-"""The default "all six": each runs once per family and is judged by parity."""
-ALL_PROBE_KINDS: tuple[ProbeKind, ...] = (*PROBE_KINDS, "race")
-"""Every kind a target may list. `race` (Happy Eyeballs, probes/race.py) races the families
-in one client instead, so it adds nothing to results or parity and is never a default."""
+ProbeKind = str
+"""A probe kind's name: one registered in probes/kinds.py, or `race`."""
 NO_REGION = "none"
 """The region of a target that has none: one spelling in JSON, metrics, tables and pages."""
 Clock = Callable[[], float]
@@ -155,7 +152,7 @@ class Target:
     """An AWS region, `global`, or NO_REGION ("none") when the configuration gives none."""
     host: str
     port: int = 443
-    probes: tuple[ProbeKind, ...] = PROBE_KINDS
+    probes: tuple[ProbeKind, ...] = field(default_factory=kinds.default_names)
     plane: str = ""
     """"data" or "control" for catalog entries, "" for user targets."""
     http: HttpSpec = field(default_factory=HttpSpec)
@@ -301,8 +298,6 @@ class ProbeResult:
     note: str | None = None
     """What a person should know about the result (AAAA records dropped as not native)."""
 
-
-ProbeFn = Callable[[ProbeRequest], Awaitable[Outcome]]
 
 RaceOutcome = Literal["connected", "failed", "cancelled", "not_started"]
 

@@ -1,4 +1,4 @@
-"""What each probe kind reports beyond success and timings: one frozen dataclass per kind.
+"""What the built-in probe kinds report beyond success and timings: frozen dataclasses.
 
 These are the typed contract every reader (parity, exporter, JSON report, status page) relies on;
 `mypy --strict` checks each access. The JSON keys of `details` are the field names below.
@@ -26,8 +26,16 @@ def _clean(obj: object, *names: str) -> None:
             object.__setattr__(obj, name, peer_text_or_none(value))
 
 
+class Details:
+    """The base of every kind's details type (frozen dataclasses): `ProbeResult.details` is one.
+    Which kind reports which type, and what parity compares in it, is the kind's declaration
+    (probes/kinds.py)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class DnsAnswer:
+class DnsAnswer(Details):
     """The dns probe of a host target: the A (ipv4) or AAAA (ipv6) answer via the resolver."""
 
     rcode: str
@@ -51,7 +59,7 @@ class DnsAnswer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SoaAnswer:
+class SoaAnswer(Details):
     """The dns probe of a name-server target: the zone's SOA asked of the server itself."""
 
     rcode: str
@@ -70,7 +78,7 @@ class SoaAnswer:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class IcmpEcho:
+class IcmpEcho(Details):
     """The icmp probe: echo requests sent and replies received."""
 
     sent: int
@@ -95,7 +103,7 @@ class IcmpEcho:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TcpConnect:
+class TcpConnect(Details):
     """The tcp probe: a completed three-way handshake."""
 
     source_address: str | None
@@ -133,7 +141,7 @@ class Certificate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TlsHandshake:
+class TlsHandshake(Details):
     """The tls probe (and http2 when its handshake failed): what the TLS server presented.
 
     When verification failed, a second, unverified handshake fills in what was presented."""
@@ -154,7 +162,7 @@ class TlsHandshake:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class HttpExchange:
+class HttpExchange(Details):
     """The http2 probe: one GET over TLS with ALPN h2 (HTTP/1.1 when the server declines h2)."""
 
     http_version: str
@@ -177,7 +185,7 @@ class HttpExchange:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class QuicExchange:
+class QuicExchange(Details):
     """The http3 probe: a QUIC handshake and one GET over HTTP/3."""
 
     http_version: str
@@ -195,28 +203,6 @@ class QuicExchange:
 
     def __post_init__(self) -> None:
         _clean(self, "alpn", "alt_svc", "server")
-
-
-Details = DnsAnswer | SoaAnswer | IcmpEcho | TcpConnect | TlsHandshake | HttpExchange | QuicExchange
-DETAIL_TYPES: tuple[type[Details], ...] = (
-    DnsAnswer,
-    SoaAnswer,
-    IcmpEcho,
-    TcpConnect,
-    TlsHandshake,
-    HttpExchange,
-    QuicExchange,
-)
-
-DETAILS_OF_KIND: dict[str, tuple[type[Details], ...]] = {
-    "dns": (DnsAnswer, SoaAnswer),
-    "icmp": (IcmpEcho,),
-    "tcp": (TcpConnect,),
-    "tls": (TlsHandshake,),
-    "http2": (HttpExchange,),  # TlsHandshake when its handshake failed (never compared)
-    "http3": (QuicExchange,),
-}
-"""The details each probe kind reports when it succeeds (what parity compares)."""
 
 
 def details_json(details: Details | None) -> dict[str, Any]:

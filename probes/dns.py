@@ -17,6 +17,7 @@ import dns.rdatatype
 from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
 from probes.details import DnsAnswer, SoaAnswer
 from probes.errors import classify, error
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 
 
 def _from_resolution(res: Resolution) -> Outcome:
@@ -94,3 +95,38 @@ async def probe(req: ProbeRequest) -> Outcome:
     if req.resolution is None:
         return Outcome(success=False, error=error(ErrorKind.INTERNAL_ERROR, "not resolved"))
     return _from_resolution(req.resolution)
+
+
+KIND = register(
+    Kind(
+        name="dns",
+        probe=probe,
+        summary="A/AAAA lookups of a host, or a name server's SOA, over each family",
+        details=(DnsAnswer, SoaAnswer),
+        compared={
+            DnsAnswer: (
+                Compared[DnsAnswer]("cname_chain", lambda d: d.cname_chain, NORMAL),
+                Compared[DnsAnswer]("records", lambda d: d.records, NOT),  # A against AAAA
+                Compared[DnsAnswer]("ttl", lambda d: d.ttl, NOT),
+                Compared[DnsAnswer]("rcode", lambda d: d.rcode, NOT),  # both answered to get here
+                Compared[DnsAnswer]("nameserver", lambda d: d.nameserver, NOT),
+                Compared[DnsAnswer]("nat64_synthesized", lambda d: d.nat64_synthesized, NOT),
+                Compared[DnsAnswer]("not_native", lambda d: d.not_native, NOT),  # judged as missing
+            ),
+            SoaAnswer: (
+                Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
+                Compared[SoaAnswer](
+                    "serial", lambda d: d.serial, NORMAL
+                ),  # zone transfer in progress
+                Compared[SoaAnswer]("rcode", lambda d: d.rcode, NOT),
+                Compared[SoaAnswer]("zone", lambda d: d.zone, NOT),
+                Compared[SoaAnswer]("transport", lambda d: d.transport, NOT),
+            ),
+        },
+        phases=("query",),
+        transport=False,
+        cost=Cost.LIGHT,
+        sampled=False,
+        per_address=False,
+    )
+)

@@ -1,8 +1,8 @@
-"""The table of probe kinds and the shared handler that runs one (target, probe kind, family).
+"""The shared handler that runs one (target, probe kind, family), whatever the kind.
 
-Adding a protocol is a module with `async def probe(req) -> Outcome` plus one line in PROBES.
-The handler owns what every probe shares: the address pinning, the deadline, crash isolation.
-Importing it loads every protocol library (aioquic, h2, icmplib): only code that probes does.
+The kind's declaration (probes/kinds.py) says what to call and how; the handler owns what every
+probe shares: the address pinning, the deadline, crash isolation. Importing it loads every
+built-in protocol library (aioquic, h2, icmplib): only code that probes does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import statistics
 import time
 from collections.abc import Mapping, Sequence
 
-from probes import dns, http2, http3, icmp, tcp, tls
+from probes import kinds
 from probes.base import (
     AddressResult,
     ErrorKind,
@@ -21,7 +21,6 @@ from probes.base import (
     Outcome,
     ProbeEnv,
     ProbeError,
-    ProbeFn,
     ProbeKind,
     ProbeRequest,
     ProbeResult,
@@ -31,14 +30,7 @@ from probes.base import (
 from probes.errors import error
 from probes.ipranges import Attribution
 
-PROBES: dict[ProbeKind, ProbeFn] = {
-    "dns": dns.probe,
-    "icmp": icmp.probe,
-    "tcp": tcp.probe,
-    "tls": tls.probe,
-    "http2": http2.probe,
-    "http3": http3.probe,
-}
+kinds.kinds()  # the built-in kinds, loaded here so that a probe never waits for an import
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +61,6 @@ def skipped(target: Target, kind: ProbeKind, family: Family, reason: str) -> Pro
     return not_run(target, kind, family, skipped=reason)
 
 
-SAMPLED: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls"})
-"""Kinds whose latency may be sampled several times (`probe run --samples`)."""
 SAMPLE_SPACING = 0.05
 
 
@@ -85,7 +75,9 @@ async def run_probe(
     at most `target.max_addresses`), concurrently within the probe's deadline. The family
     succeeds only when every address did."""
     started = time.time()
-    uses_resolution_only = kind == "dns" and target.zone is None
+    spec = kinds.get(kind)
+    # A kind that asks once (dns) of a host target times the resolution itself.
+    uses_resolution_only = not spec.per_address and target.zone is None
     address = resolution.addresses[0] if resolution.addresses else None
     resolve_phase = {"resolve": resolution.seconds}
     note = _dropped_note(resolution)
@@ -106,11 +98,11 @@ async def run_probe(
             aws=_attribute(env, address),
             note=note,
         )
-    if kind == "dns":  # asks once: the lookup itself, or the name server's first address
+    if not spec.per_address:  # asks once: the lookup itself, or the name server's first address
         dialled: tuple[str, ...] = (address or "",)
     else:
         dialled = resolution.addresses[: target.max_addresses]
-    samples = env.samples if kind in SAMPLED else 1
+    samples = env.samples if spec.sampled else 1
     if len(dialled) == 1:  # the common case: no task of its own
         per_address = [
             await _one_address(kind, target, family, dialled[0], resolution, env, samples)
@@ -144,7 +136,7 @@ async def run_probe(
         error=family_error,
         details=first.details,
         aws=_attribute(env, address),
-        addresses=tuple(per_address) if kind != "dns" else (),
+        addresses=tuple(per_address) if spec.per_address else (),
         note=note,
     )
 
@@ -200,7 +192,7 @@ async def _attempt(kind: ProbeKind, req: ProbeRequest, budget: float) -> tuple[O
     t0 = clock()
     try:
         async with asyncio.timeout(budget):
-            outcome = await PROBES[kind](req)
+            outcome = await kinds.get(kind).probe(req)
     except TimeoutError:
         outcome = Outcome(
             success=False,

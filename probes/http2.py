@@ -17,7 +17,7 @@ import h2.exceptions
 import h11
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
-from probes.details import HttpExchange
+from probes.details import HttpExchange, TlsHandshake
 from probes.errors import classify, error
 from probes.httpbase import (
     MAX_BODY,
@@ -27,8 +27,10 @@ from probes.httpbase import (
     authority,
     check_headers,
     parse_status,
+    status_class,
     status_error,
 )
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 from probes.netutil import announced_mss
 from probes.pmtu import Stalled, cut_if_stalled, with_blackhole_retry
 from probes.tls import HandshakeFailed, close, handshake, receive, send_all
@@ -196,3 +198,32 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
     if err is None:
         err = status_error(req, resp.status, f"HTTP/{version}")
     return Outcome(success=err is None, error=err, phases=phases, details=details)
+
+
+KIND = register(
+    Kind(
+        name="http2",
+        probe=probe,
+        summary="HTTPS request offering h2 (HTTP/1.1 when declined): status and HTTP version",
+        details=(HttpExchange, TlsHandshake),
+        compared={
+            HttpExchange: (
+                Compared[HttpExchange]("http_version", lambda d: d.http_version, SIG),
+                Compared[HttpExchange](
+                    "status_class", lambda d: status_class(d.status), SIG, ("status",)
+                ),
+                Compared[HttpExchange]("tls_version", lambda d: d.tls_version, SIG),
+                Compared[HttpExchange]("status", lambda d: d.status, NORMAL),
+                Compared[HttpExchange]("alt_svc", lambda d: d.alt_svc, NORMAL),
+                Compared[HttpExchange]("server", lambda d: d.server, NORMAL),
+                Compared[HttpExchange]("alpn", lambda d: d.alpn, NOT),  # http_version says it
+                Compared[HttpExchange]("body_bytes", lambda d: d.body_bytes, NOT),
+            ),
+        },
+        phases=("connect", "tls", "ttfb", "transfer"),
+        transport=True,
+        cost=Cost.HEAVY,
+        sampled=False,
+        per_address=True,
+    )
+)

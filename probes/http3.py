@@ -40,8 +40,10 @@ from probes.httpbase import (
     authority,
     check_headers,
     parse_status,
+    status_class,
     status_error,
 )
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 from probes.trust import verify_peer, x509_store
 
 STREAM_WINDOW = MAX_BODY + 4 * MAX_HEADER_LIST_SIZE
@@ -353,3 +355,31 @@ async def probe(req: ProbeRequest) -> Outcome:
     if err is None:
         err = status_error(req, client.status, "HTTP/3")
     return Outcome(success=err is None, error=err, phases=phases, details=details)
+
+
+KIND = register(
+    Kind(
+        name="http3",
+        probe=probe,
+        summary="HTTP/3 request over QUIC: status and ALPN",
+        details=(QuicExchange,),
+        compared={
+            QuicExchange: (
+                Compared[QuicExchange](
+                    "status_class", lambda d: status_class(d.status), SIG, ("status",)
+                ),
+                Compared[QuicExchange]("alpn", lambda d: d.alpn, SIG),
+                Compared[QuicExchange]("status", lambda d: d.status, NORMAL),
+                Compared[QuicExchange]("server", lambda d: d.server, NORMAL),
+                Compared[QuicExchange]("http_version", lambda d: d.http_version, NOT),  # always 3
+                Compared[QuicExchange]("alt_svc", lambda d: d.alt_svc, NOT),
+                Compared[QuicExchange]("body_bytes", lambda d: d.body_bytes, NOT),
+            ),
+        },
+        phases=("handshake", "ttfb", "transfer"),
+        transport=True,
+        cost=Cost.HEAVY,
+        sampled=False,
+        per_address=True,
+    )
+)

@@ -65,3 +65,8 @@ def status_error(req: ProbeRequest, status: int | None, protocol: str) -> ProbeE
     if expect and status not in expect:
         return error(ErrorKind.HTTP_STATUS, f"status {status} not in {list(expect)}")
     return None
+
+
+def status_class(status: int | None) -> str | None:
+    """200 -> "2xx": what parity holds against the other family."""
+    return f"{status // 100}xx" if status is not None else None

@@ -16,6 +16,7 @@ import icmplib
 from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import IcmpEcho
 from probes.errors import classify, error
+from probes.kinds import NORMAL, NOT, Compared, Cost, Kind, register
 from probes.pmtu import SizeEchoes, echo_sizes
 
 
@@ -121,3 +122,40 @@ async def _echo(req: ProbeRequest, sizes: asyncio.Future[SizeEchoes | None] | No
         details=details,
         duration=host.avg_rtt / 1000,
     )
+
+
+KIND = register(
+    Kind(
+        name="icmp",
+        probe=probe,
+        summary="ICMP/ICMPv6 echo of each address: loss and round-trip time, and the path MTU",
+        details=(IcmpEcho,),
+        compared={
+            IcmpEcho: (  # latency is judged apart; loss fails the probe or not
+                Compared[IcmpEcho](
+                    "echo",
+                    lambda d: None,
+                    NOT,
+                    (
+                        "sent",
+                        "received",
+                        "loss_ratio",
+                        "rtt_min_seconds",
+                        "rtt_avg_seconds",
+                        "rtt_max_seconds",
+                    ),
+                ),
+                # Listed, never a mismatch: a tunnel on one family's path is common and works.
+                Compared[IcmpEcho]("path_mtu_bytes", lambda d: d.path_mtu_bytes, NORMAL),
+                Compared[IcmpEcho](
+                    "sizes", lambda d: None, NOT, ("sizes_answered", "sizes_unanswered")
+                ),
+            ),
+        },
+        phases=("rtt",),
+        transport=True,
+        cost=Cost.LIGHT,
+        sampled=True,
+        per_address=True,
+    )
+)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from probes import kinds
 from probes.base import (
     FAMILIES,
     ErrorKind,
@@ -36,6 +37,7 @@ from probes.base import (
     Resolution,
     Target,
 )
+from probes.details import TlsHandshake
 from probes.errors import classify, error
 from probes.netutil import connect_seconds, connect_socket
 from probes.tls import close, start_tls
@@ -43,8 +45,11 @@ from probes.trust import client_context
 
 log = logging.getLogger(__name__)
 
-TLS_KINDS = frozenset({"tls", "http2"})
-"""The probes whose presence makes the race's winner shake hands in TLS too."""
+
+def speaks_tls(target: Target) -> bool:
+    """The target has a probe that shakes hands in TLS over TCP (its details say so): the
+    race's winner then does too, as a browser's would."""
+    return any(TlsHandshake in kinds.get(p).details for p in target.probes if p != kinds.RACE)
 
 
 class Resolves(Protocol):
@@ -222,7 +227,7 @@ class _Race:
             err: ProbeError | None = None
             if winner is not None and winner.family == "ipv4":
                 direct = await self._direct(winner.address, deadline)
-            if winner is not None and TLS_KINDS & set(self.target.probes):
+            if winner is not None and speaks_tls(self.target):
                 tls, err = await self._tls(winner, deadline)
         finally:
             await self._cleanup()

@@ -12,6 +12,7 @@ import socket
 from probes.base import Outcome, ProbeRequest
 from probes.details import TcpConnect
 from probes.errors import classify
+from probes.kinds import NOT, Compared, Cost, Kind, register
 from probes.netutil import connect_seconds, local_addr
 
 
@@ -41,3 +42,21 @@ async def probe(req: ProbeRequest) -> Outcome:
         phases={"connect": connect},
         details=TcpConnect(source_address=sockname[0] if sockname else None),
     )
+
+
+KIND = register(
+    Kind(
+        name="tcp",
+        probe=probe,
+        summary="TCP connect to each address: the three-way handshake",
+        details=(TcpConnect,),
+        compared={
+            TcpConnect: (Compared[TcpConnect]("source_address", lambda d: d.source_address, NOT),),
+        },
+        phases=("connect",),
+        transport=True,
+        cost=Cost.LIGHT,
+        sampled=True,
+        per_address=True,
+    )
+)

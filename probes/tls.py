@@ -22,6 +22,7 @@ from probes.adapters.ssl import verified_chain
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 from probes.netutil import (
     CLOSE_GRACE,
     announced_mss,
@@ -307,3 +308,69 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
         phases={"connect": hs.connect_seconds, "tls": hs.tls_seconds},
         details=hs.details,
     )
+
+
+def _cert(d: TlsHandshake) -> Certificate | None:
+    return d.certificate
+
+
+KIND = register(
+    Kind(
+        name="tls",
+        probe=probe,
+        summary="TLS handshake with each address: version, ALPN and the certificate presented",
+        details=(TlsHandshake,),
+        compared={
+            TlsHandshake: (
+                Compared[TlsHandshake]("tls_version", lambda d: d.tls_version, SIG),
+                Compared[TlsHandshake]("alpn", lambda d: d.alpn, SIG),
+                # ACM issues from several intermediates under one root and rotates them: which one
+                # signed is normal; the root, the CA's organisation, the names and trust count.
+                Compared[TlsHandshake](
+                    "certificate.trust_anchor",
+                    lambda d: c.trust_anchor if (c := _cert(d)) else None,
+                    SIG,
+                ),
+                Compared[TlsHandshake](
+                    "certificate.issuer_organization",
+                    lambda d: c.issuer_organization if (c := _cert(d)) else None,
+                    SIG,
+                ),
+                Compared[TlsHandshake](
+                    "certificate.intermediate",
+                    lambda d: (c.issuer, c.intermediates) if (c := _cert(d)) else None,
+                    NORMAL,
+                    ("certificate.issuer", "certificate.intermediates"),
+                ),
+                Compared[TlsHandshake](
+                    "certificate.sans", lambda d: c.sans if (c := _cert(d)) else None, SIG
+                ),
+                Compared[TlsHandshake](
+                    "certificate.verified", lambda d: d.verified, SIG, ("verified",)
+                ),
+                Compared[TlsHandshake](
+                    "certificate.fingerprint_sha256",
+                    lambda d: c.fingerprint_sha256 if (c := _cert(d)) else None,
+                    NORMAL,
+                    ("certificate.fingerprint_sha256", "certificate.serial"),
+                ),
+                Compared[TlsHandshake](
+                    "certificate.not_after",
+                    lambda d: c.not_after if (c := _cert(d)) else None,
+                    NORMAL,
+                    ("certificate.not_after", "certificate.not_after_timestamp"),
+                ),
+                # The subject of an AWS leaf is its first name; the SANs are what a client checks.
+                Compared[TlsHandshake](
+                    "certificate.subject", lambda d: c.subject if (c := _cert(d)) else None, NOT
+                ),
+                Compared[TlsHandshake]("cipher", lambda d: d.cipher, NORMAL),
+            ),
+        },
+        phases=("connect", "tls"),
+        transport=True,
+        cost=Cost.HEAVY,
+        sampled=True,
+        per_address=True,
+    )
+)

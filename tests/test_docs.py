@@ -30,8 +30,8 @@ from monitor.config import (
     validate,
 )
 from monitor.engine import parity
+from probes import kinds
 from probes.base import ErrorKind
-from probes.details import DETAILS_OF_KIND
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -101,21 +101,22 @@ def test_compared_fields_table_matches_parity() -> None:
         if (m := CODE.fullmatch(probe))
     }
 
-    def names(kind: str, role: parity.Role) -> set[str]:
+    def names(kind: str, role: kinds.Role) -> set[str]:
+        spec = kinds.get(kind)
         return {
             row.field
-            for cls in DETAILS_OF_KIND[kind]
-            for row in parity.COMPARED[cls]
+            for cls in spec.details
+            for row in spec.compared.get(cls, ())
             if row.role is role
         }
 
     expected = {
         kind: (
-            names(kind, parity.Role.SIGNIFICANT),
-            names(kind, parity.Role.NORMAL),
-            names(kind, parity.Role.NOT_COMPARED),
+            names(kind, kinds.Role.SIGNIFICANT),
+            names(kind, kinds.Role.NORMAL),
+            names(kind, kinds.Role.NOT_COMPARED),
         )
-        for kind in DETAILS_OF_KIND
+        for kind in kinds.names()
     }
     assert documented == expected
 

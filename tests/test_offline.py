@@ -24,11 +24,12 @@ import yaml
 from serving import serve
 
 from monitor.cli import main
+from monitor.engine.schema import report_schema
 from monitor.lab import LabFacts, endpoint_host
 from monitor.lab.run import write_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
+SCHEMA = report_schema()
 RESOLVERS = ("2001:db8::53", "198.51.100.53")
 
 

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from monitor.engine.parity import COMPARED, Parity, Thresholds, Verdict
+from monitor.engine.parity import Parity, Thresholds, Verdict
 from monitor.engine.parity import judge as judge_pair
+from probes import kinds
 from probes.base import (
     ErrorKind,
     Expectation,
@@ -20,7 +21,6 @@ from probes.base import (
     Target,
 )
 from probes.details import (
-    DETAIL_TYPES,
     Certificate,
     Details,
     DnsAnswer,
@@ -242,12 +242,12 @@ def _leaf_fields(cls: type[Any], prefix: str = "") -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("cls", DETAIL_TYPES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", kinds.details_types(), ids=lambda c: c.__name__)
 def test_every_details_field_has_a_row_in_the_table(cls: type[Any]) -> None:
     """A field added to a probe's details without a row (compared, normal or not compared)
     fails here: nothing is silently left out of the comparison."""
-    covered = {f for row in COMPARED[cls] for f in row.fields()}
-    assert _leaf_fields(cls) - covered == set(), "fields without a row in parity.COMPARED"
+    covered = {f for row in kinds.of_details(cls) for f in row.fields()}
+    assert _leaf_fields(cls) - covered == set(), "fields without a row in the kind's `compared`"
     assert covered - _leaf_fields(cls) == set(), "rows naming fields that do not exist"
 
 
@@ -256,12 +256,15 @@ def test_the_table_check_can_fail() -> None:
     class Grown(TlsHandshake):
         session_ticket: str = ""
 
-    covered = {f for row in COMPARED[TlsHandshake] for f in row.fields()}
+    covered = {f for row in kinds.of_details(TlsHandshake) for f in row.fields()}
     assert _leaf_fields(Grown) - covered == {"session_ticket"}
 
 
-def test_details_union_is_the_declared_types() -> None:
-    assert set(typing.get_args(Details)) == set(DETAIL_TYPES) == set(COMPARED)
+def test_every_details_type_is_details_with_its_comparison_declared_once() -> None:
+    declared = [cls for k in kinds.kinds() for cls in k.compared]
+    assert len(declared) == len(set(declared)), "a details type compared by two kinds"
+    assert set(kinds.details_types()) == set(declared)
+    assert all(issubclass(cls, Details) for cls in declared)
 
 
 def _tcp(family: Family, aws: Attribution | None) -> ProbeResult:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from monitor.config import Config, ConfigError, build, validate
-from probes.base import ALL_PROBE_KINDS, PROBE_KINDS, RaceSpec
+from probes import kinds
+from probes.base import RaceSpec
 
 
 def load(doc: dict[str, Any]) -> Config:
@@ -21,8 +22,8 @@ def one(**target: Any) -> dict[str, Any]:
 
 
 def test_race_is_a_kind_but_not_a_default() -> None:
-    assert "race" in ALL_PROBE_KINDS and "race" not in PROBE_KINDS
-    assert load(one()).targets[0].probes == PROBE_KINDS
+    assert "race" in kinds.listable() and "race" not in kinds.default_names()
+    assert load(one()).targets[0].probes == kinds.default_names()
     assert load(one(probes=["race", "tls"])).targets[0].probes == ("race", "tls")
 
 

@@ -19,13 +19,12 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
+from monitor.engine.schema import report_schema
 from monitor.lab import LabFacts
 from monitor.lab.run import RACE_WINNERS
 from probes.base import RaceResult
 
-SCHEMA = json.loads(
-    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
-)
+SCHEMA = report_schema()
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
+from monitor.engine.schema import report_schema
 from monitor.lab import FAULTS, LabFacts
 from monitor.lab.run import EXPECTED, expected
 from probes import icmp
@@ -38,9 +39,7 @@ def details(r: ProbeResult, cls: type[D]) -> D:
     return r.details
 
 
-SCHEMA = json.loads(
-    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
-)
+SCHEMA = report_schema()
 
 
 def icmp_permitted() -> bool:

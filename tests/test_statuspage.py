@@ -17,7 +17,10 @@ import pytest
 from aiohttp import web
 from browser import BrowserMissingError, load_page
 
-from monitor.web.statuspage import PROBES, VERDICT_STYLE, render_status_page
+from monitor.web.statuspage import VERDICT_STYLE, render_status_page
+from probes.kinds import default_names
+
+PROBES = default_names()
 
 ROOT = Path(__file__).parents[1]
 FIXTURE = Path(__file__).parent / "testdata" / "status" / "report.json"

@@ -7,22 +7,13 @@ lists its differences, marking which ones make a `mismatch` and which are normal
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
+from probes import kinds
 from probes.base import ErrorKind, Expectation, ProbeKind, ProbeResult, Target
-from probes.details import (
-    Certificate,
-    Details,
-    DnsAnswer,
-    HttpExchange,
-    IcmpEcho,
-    QuicExchange,
-    SoaAnswer,
-    TcpConnect,
-    TlsHandshake,
-)
+from probes.details import DnsAnswer, HttpExchange, QuicExchange, TlsHandshake
+from probes.kinds import Role
 
 
 class Verdict(enum.StrEnum):
@@ -126,147 +117,6 @@ class Thresholds:
     slower_margin: float = 0.05
 
 
-class Role(enum.StrEnum):
-    """What a difference in one field between the families means."""
-
-    SIGNIFICANT = "significant"
-    """The IPv6 endpoint presents something else: the verdict is `mismatch`."""
-    NORMAL = "normal"
-    """Listed, never a mismatch: variation across a healthy fleet (a rotated leaf, a server)."""
-    NOT_COMPARED = "not_compared"
-    """Differs between families by nature (A against AAAA), or says nothing about parity."""
-
-
-D = TypeVar("D", bound=Details)
-
-
-# Not slotted: `Compared[T](...)` sets __orig_class__, which a frozen slotted class refuses.
-@dataclass(frozen=True)
-class Compared(Generic[D]):
-    """One row of the table: a field of a probe's details and what a difference in it means."""
-
-    field: str
-    """The difference's name in reports (e.g. certificate.issuer)."""
-    get: Callable[[D], object]
-    """Reads the compared value from the details (it may normalise, e.g. 200 -> 2xx)."""
-    role: Role
-    covers: tuple[str, ...] = ()
-    """The details fields this row accounts for (dotted for nested ones); default: `field`."""
-
-    def fields(self) -> tuple[str, ...]:
-        return self.covers or (self.field,)
-
-
-def _status_class(status: int | None) -> str | None:
-    return f"{status // 100}xx" if status is not None else None
-
-
-def _cert(d: TlsHandshake) -> Certificate | None:
-    return d.certificate
-
-
-SIG, NORMAL, NOT = Role.SIGNIFICANT, Role.NORMAL, Role.NOT_COMPARED
-# Every field of every details class has a row (tests/test_parity.py checks it): a new field
-# is compared, or declared not compared, never forgotten.
-COMPARED: Mapping[type[Details], tuple[Compared[Any], ...]] = {
-    DnsAnswer: (
-        Compared[DnsAnswer]("cname_chain", lambda d: d.cname_chain, NORMAL),
-        Compared[DnsAnswer]("records", lambda d: d.records, NOT),  # A against AAAA
-        Compared[DnsAnswer]("ttl", lambda d: d.ttl, NOT),
-        Compared[DnsAnswer]("rcode", lambda d: d.rcode, NOT),  # both answered to get here
-        Compared[DnsAnswer]("nameserver", lambda d: d.nameserver, NOT),
-        Compared[DnsAnswer]("nat64_synthesized", lambda d: d.nat64_synthesized, NOT),
-        Compared[DnsAnswer]("not_native", lambda d: d.not_native, NOT),  # judged as missing
-    ),
-    SoaAnswer: (
-        Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
-        Compared[SoaAnswer]("serial", lambda d: d.serial, NORMAL),  # zone transfer in progress
-        Compared[SoaAnswer]("rcode", lambda d: d.rcode, NOT),
-        Compared[SoaAnswer]("zone", lambda d: d.zone, NOT),
-        Compared[SoaAnswer]("transport", lambda d: d.transport, NOT),
-    ),
-    IcmpEcho: (  # latency is judged apart; loss fails the probe or not
-        Compared[IcmpEcho](
-            "echo",
-            lambda d: None,
-            NOT,
-            (
-                "sent",
-                "received",
-                "loss_ratio",
-                "rtt_min_seconds",
-                "rtt_avg_seconds",
-                "rtt_max_seconds",
-            ),
-        ),
-        # Listed, never a mismatch: a tunnel on one family's path is common and works.
-        Compared[IcmpEcho]("path_mtu_bytes", lambda d: d.path_mtu_bytes, NORMAL),
-        Compared[IcmpEcho]("sizes", lambda d: None, NOT, ("sizes_answered", "sizes_unanswered")),
-    ),
-    TcpConnect: (Compared[TcpConnect]("source_address", lambda d: d.source_address, NOT),),
-    TlsHandshake: (
-        Compared[TlsHandshake]("tls_version", lambda d: d.tls_version, SIG),
-        Compared[TlsHandshake]("alpn", lambda d: d.alpn, SIG),
-        # ACM issues from several intermediates under one root and rotates them: which one
-        # signed is normal; the root, the CA's organisation, the names and trust count.
-        Compared[TlsHandshake](
-            "certificate.trust_anchor", lambda d: c.trust_anchor if (c := _cert(d)) else None, SIG
-        ),
-        Compared[TlsHandshake](
-            "certificate.issuer_organization",
-            lambda d: c.issuer_organization if (c := _cert(d)) else None,
-            SIG,
-        ),
-        Compared[TlsHandshake](
-            "certificate.intermediate",
-            lambda d: (c.issuer, c.intermediates) if (c := _cert(d)) else None,
-            NORMAL,
-            ("certificate.issuer", "certificate.intermediates"),
-        ),
-        Compared[TlsHandshake](
-            "certificate.sans", lambda d: c.sans if (c := _cert(d)) else None, SIG
-        ),
-        Compared[TlsHandshake]("certificate.verified", lambda d: d.verified, SIG, ("verified",)),
-        Compared[TlsHandshake](
-            "certificate.fingerprint_sha256",
-            lambda d: c.fingerprint_sha256 if (c := _cert(d)) else None,
-            NORMAL,
-            ("certificate.fingerprint_sha256", "certificate.serial"),
-        ),
-        Compared[TlsHandshake](
-            "certificate.not_after",
-            lambda d: c.not_after if (c := _cert(d)) else None,
-            NORMAL,
-            ("certificate.not_after", "certificate.not_after_timestamp"),
-        ),
-        # The subject of an AWS leaf is its first name; the SANs are what a client checks.
-        Compared[TlsHandshake](
-            "certificate.subject", lambda d: c.subject if (c := _cert(d)) else None, NOT
-        ),
-        Compared[TlsHandshake]("cipher", lambda d: d.cipher, NORMAL),
-    ),
-    HttpExchange: (
-        Compared[HttpExchange]("http_version", lambda d: d.http_version, SIG),
-        Compared[HttpExchange]("status_class", lambda d: _status_class(d.status), SIG, ("status",)),
-        Compared[HttpExchange]("tls_version", lambda d: d.tls_version, SIG),
-        Compared[HttpExchange]("status", lambda d: d.status, NORMAL),
-        Compared[HttpExchange]("alt_svc", lambda d: d.alt_svc, NORMAL),
-        Compared[HttpExchange]("server", lambda d: d.server, NORMAL),
-        Compared[HttpExchange]("alpn", lambda d: d.alpn, NOT),  # http_version says it
-        Compared[HttpExchange]("body_bytes", lambda d: d.body_bytes, NOT),
-    ),
-    QuicExchange: (
-        Compared[QuicExchange]("status_class", lambda d: _status_class(d.status), SIG, ("status",)),
-        Compared[QuicExchange]("alpn", lambda d: d.alpn, SIG),
-        Compared[QuicExchange]("status", lambda d: d.status, NORMAL),
-        Compared[QuicExchange]("server", lambda d: d.server, NORMAL),
-        Compared[QuicExchange]("http_version", lambda d: d.http_version, NOT),  # always 3
-        Compared[QuicExchange]("alt_svc", lambda d: d.alt_svc, NOT),
-        Compared[QuicExchange]("body_bytes", lambda d: d.body_bytes, NOT),
-    ),
-}
-
-
 def differences(v4: ProbeResult, v6: ProbeResult) -> tuple[Difference, ...]:
     """What the two families presented differently, by the table; details of different kinds
     (one family's handshake failed inside http2) are not compared."""
@@ -274,7 +124,7 @@ def differences(v4: ProbeResult, v6: ProbeResult) -> tuple[Difference, ...]:
     if a is None or b is None or type(a) is not type(b):
         return ()
     out = []
-    for row in COMPARED[type(a)]:
+    for row in kinds.of_details(type(a)):
         if row.role is Role.NOT_COMPARED:
             continue
         x, y = row.get(a), row.get(b)
@@ -294,7 +144,6 @@ def _plain(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 
-TRANSPORT_KINDS: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls", "http2", "http3"})
 VANTAGE_REASONS = {
     "no_route": "this vantage has no IPv6 route",
     "ipv6_broken": "this vantage's IPv6 is broken (every IPv6 target fails here, IPv4 works)",
@@ -307,7 +156,7 @@ def address_differences(
     """Where each family's address lies in AWS's published ranges. Only an IPv6 address
     outside every prefix while IPv4's is inside counts (a proxy, DNS interception, a wrong
     AAAA); other differences are normal: regions, border groups, the reverse, a service key."""
-    if kind not in TRANSPORT_KINDS or target.service == "custom":
+    if not kinds.get(kind).transport or target.service == "custom":
         return ()
     a, b = v4.aws, v6.aws
     out: list[Difference] = []
@@ -465,14 +314,11 @@ def judge(
 
 
 __all__ = [
-    "COMPARED",
     "REGRESSIONS",
     "VERDICTS",
     "WORST_FIRST",
-    "Compared",
     "Difference",
     "Parity",
-    "Role",
     "Thresholds",
     "Unexpected",
     "Verdict",

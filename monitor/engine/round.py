@@ -22,6 +22,7 @@ from monitor.engine.check import (
 )
 from monitor.engine.report import Report
 from monitor.engine.vantage import VantageCheck, check_vantage, ipv6_broken
+from probes import kinds as registry
 from probes.base import (
     FAMILIES,
     Family,
@@ -32,15 +33,13 @@ from probes.base import (
     Resolution,
     Target,
 )
+from probes.kinds import RACE, Cost
 from probes.race import race
 from probes.resolve import Resolver
 
 Progress = Callable[[int, int], None]
 Pick = Callable[[Target], Target | None]
 """A selection: the target as it is to be probed (its probe kinds narrowed), or None."""
-LIGHT: frozenset[ProbeKind] = frozenset({"dns", "icmp", "tcp"})
-HEAVY: frozenset[ProbeKind] = frozenset({"tls", "http2", "http3"})
-STAGES: tuple[frozenset[ProbeKind], ...] = (LIGHT, HEAVY)
 
 
 async def run_round(
@@ -87,7 +86,7 @@ async def run_round(
     )
     plan = [(t, [k for k in t.probes if kinds is None or k in kinds]) for t in all_targets]
     # A race is one client over both families: one step of progress, not two.
-    total = sum(len(FAMILIES) * len(ks) - ("race" in ks) for _, ks in plan)
+    total = sum(len(FAMILIES) * len(ks) - (RACE in ks) for _, ks in plan)
     finished = 0
 
     def done() -> None:
@@ -97,16 +96,16 @@ async def run_round(
             progress(finished, total)
 
     results: list[ProbeResult] = []
-    for stage in STAGES:
+    for stage in Cost:
         # Handshakes cost CPU on this one event loop; run alongside light probes, they would
         # delay the timestamps of everything else. Light kinds go first and wide, the heavy
         # ones after and narrower, so latencies are the network's, not the loop's.
-        stage_sem = sem if stage is LIGHT else asyncio.Semaphore(max(1, cfg.concurrency // 8))
+        stage_sem = sem if stage is Cost.LIGHT else asyncio.Semaphore(max(1, cfg.concurrency // 8))
         per_target = await asyncio.gather(
             *(
                 check_target(
                     t,
-                    [k for k in ks if k in stage],
+                    [k for k in ks if k != RACE and registry.get(k).cost is stage],
                     families,
                     by_target[t.name],
                     env,
@@ -127,7 +126,7 @@ async def run_round(
             done()
 
     # Last and apart: the probes above do not load the loop while a race is timed.
-    races = await asyncio.gather(*(one_race(t) for t, ks in plan if "race" in ks))
+    races = await asyncio.gather(*(one_race(t) for t, ks in plan if RACE in ks))
     if check.ipv6 and ipv6_broken(results):
         check = check.broken()
     target_map = {t.name: t for t in all_targets}

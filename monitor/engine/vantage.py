@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from probes.base import ProbeKind, ProbeResult
+from probes import kinds
+from probes.base import ProbeResult
 
 VantageReason = Literal["no_route", "ipv6_broken"]
-TRANSPORT_KINDS: frozenset[ProbeKind] = frozenset({"icmp", "tcp", "tls", "http2", "http3"})
 MIN_JUDGED_TARGETS = 3
 """Targets with native AAAA needed before their failing together is blamed on the vantage."""
 
@@ -52,7 +52,7 @@ def ipv6_broken(results: Iterable[ProbeResult]) -> bool:
     v6_ok: set[str] = set()
     v4_ok: set[str] = set()
     for r in results:
-        if r.skipped or r.probe not in TRANSPORT_KINDS:
+        if r.skipped or not kinds.get(r.probe).transport:
             continue
         if r.family == "ipv6":
             if not r.addresses:  # nothing dialled: no native AAAA, or not probed

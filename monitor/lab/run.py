@@ -18,14 +18,13 @@ import yaml
 
 from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab, LabFacts
 from monitor.lab.pki import write_file
-from probes.base import PROBE_KINDS
+from probes import kinds
 
-_TRANSPORT = ("tcp", "tls", "http2", "http3")
-_TLS = ("tls", "http2", "http3")
+_V6_DEAD = "ipv6_failed"
 
 
 def _verdicts(default: str, **over: str) -> dict[str, str]:
-    return {p: over.get(p, default) for p in PROBE_KINDS}
+    return {p: over.get(p, default) for p in kinds.default_names()}
 
 
 # fault -> probe -> verdict, for a vantage that may send ICMP (see expected()).
@@ -33,17 +32,17 @@ EXPECTED: dict[str, dict[str, str]] = {
     "healthy": _verdicts("ok"),
     "alias": _verdicts("ok"),
     "no_aaaa": _verdicts("ipv6_missing"),
-    "v4_only": _verdicts("ok", **dict.fromkeys(_TRANSPORT, "ipv6_failed")),
+    "v4_only": _verdicts("ok", tcp=_V6_DEAD, tls=_V6_DEAD, http2=_V6_DEAD, http3=_V6_DEAD),
     "cert_differs_v6": _verdicts("ok", tls="mismatch"),
     "rotated_v6": _verdicts("ok"),
-    "expired_v6": _verdicts("ok", **dict.fromkeys(_TLS, "ipv6_failed")),
-    "v6_reset": _verdicts("ok", **dict.fromkeys(_TLS, "ipv6_failed")),
-    "v6_timeout": _verdicts("ok", **dict.fromkeys(_TRANSPORT, "ipv6_failed")),
+    "expired_v6": _verdicts("ok", tls=_V6_DEAD, http2=_V6_DEAD, http3=_V6_DEAD),
+    "v6_reset": _verdicts("ok", tls=_V6_DEAD, http2=_V6_DEAD, http3=_V6_DEAD),
+    "v6_timeout": _verdicts("ok", tcp=_V6_DEAD, tls=_V6_DEAD, http2=_V6_DEAD, http3=_V6_DEAD),
     "nat64": _verdicts("ipv6_missing"),
     "v4_mapped": _verdicts("ipv6_missing"),
     "missing": {"dns": "both_failed"},
 }
-NAMESERVER_EXPECTED = {"dns": "ok", "icmp": "ok", "tcp": "ok"}
+NAMESERVER_EXPECTED = dict.fromkeys(kinds.NAMESERVER_DEFAULT, "ok")
 # Endpoints that also get a Happy Eyeballs race (no verdict): fault -> the family that wins.
 RACE_WINNERS: dict[str, str] = {"healthy": "ipv6", "v6_timeout": "ipv4"}
 
@@ -67,7 +66,7 @@ def lab_config(
             "region": "us-east-1",
             "host": ep.host,
             "port": ep.port,
-            "probes": [*PROBE_KINDS, *(("race",) if ep.name in RACE_WINNERS else ())],
+            "probes": [*kinds.default_names(), *((kinds.RACE,) if ep.name in RACE_WINNERS else ())],
         }
         for ep in lab.endpoints
     ]
@@ -79,7 +78,7 @@ def lab_config(
             "service": "custom",
             "host": ALIAS_HOST,
             "port": healthy.port,
-            "probes": list(PROBE_KINDS),
+            "probes": list(kinds.default_names()),
             "tls": {"server_name": healthy.host},
         }
     )
@@ -126,7 +125,7 @@ VERDICTS_WIDTH = 34
 
 def expected_text(verdicts: dict[str, str]) -> str:
     """`all ok`, `all ipv6_missing`, or each verdict but ok with its probe kinds."""
-    if len(set(verdicts.values())) == 1 and len(verdicts) == len(PROBE_KINDS):
+    if len(set(verdicts.values())) == 1 and len(verdicts) == len(kinds.default_names()):
         return f"all {next(iter(verdicts.values()))}"
     by: dict[str, list[str]] = {}
     for probe, verdict in verdicts.items():

@@ -17,7 +17,8 @@ from typing import IO, Any, Literal
 
 from monitor.engine.parity import REGRESSIONS, VERDICTS, WORST_FIRST, Parity, Verdict
 from monitor.engine.report import Report, iso_utc, milliseconds, report_json
-from probes.base import PROBE_KINDS, ProbeResult, RaceResult
+from probes import kinds
+from probes.base import ProbeResult, RaceResult
 
 EXIT_OK = 0
 EXIT_IPV6_WORSE = 1
@@ -289,10 +290,11 @@ def _groups(report: Report) -> list[tuple[str, list[_Row]]]:
         by_target, key=lambda t: min(rank[p.verdict] for p in by_target[t])
     )  # stable: the configuration's order within one verdict
     groups = []
+    kind_order = kinds.names()
     for name in order:
         rows: list[_Row] = []
         said: dict[str, str] = {}
-        for p in sorted(by_target[name], key=lambda p: PROBE_KINDS.index(p.probe)):
+        for p in sorted(by_target[name], key=lambda p: kind_order.index(p.probe)):
             why = _why(p)
             if why and why in said:
                 why = f"same as {said[why]}"

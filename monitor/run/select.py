@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TypeGuard
 
 from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, nameserver_target
-from probes.base import ALL_PROBE_KINDS, ProbeKind, Target
+from probes import kinds as registry
+from probes.base import ProbeKind, Target
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,4 +134,4 @@ def from_args(
 
 
 def _is_kind(p: str) -> TypeGuard[ProbeKind]:
-    return p in ALL_PROBE_KINDS
+    return p in registry.listable()

@@ -21,9 +21,10 @@ from monitor.engine.check import (
     thresholds,
 )
 from monitor.engine.parity import Parity, judge
-from monitor.engine.vantage import TRANSPORT_KINDS, check_vantage, ipv6_broken
+from monitor.engine.vantage import check_vantage, ipv6_broken
 from monitor.serve.scheduler import Clock, Scheduler
 from monitor.serve.state import Store
+from probes import kinds
 from probes.base import (
     FAMILIES,
     Family,
@@ -197,7 +198,7 @@ class Vantage:
             self.store.vantage_check.reason == "ipv6_broken"
             and v6 is not None
             and v6.success
-            and v6.probe in TRANSPORT_KINDS
+            and kinds.get(v6.probe).transport
         ):
             self.check_vantage()  # a target works over IPv6 again: clear at once
         for r in results:

@@ -11,9 +11,9 @@ from typing import Any
 
 from monitor.engine.parity import Verdict
 from monitor.engine.report import milliseconds
-from probes.base import FAMILIES, NO_REGION, PROBE_KINDS
+from probes import kinds
+from probes.base import FAMILIES, NO_REGION
 
-PROBES = PROBE_KINDS
 # verdict: (background, accent, short meaning). The background is what a cell is painted with.
 VERDICT_STYLE: Mapping[str, tuple[str, str, str]] = {
     Verdict.OK: ("#d4f1d8", "#2e7d32", "IPv6 as good as IPv4"),
@@ -146,7 +146,9 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
     targets = list(
         dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts])
     )
-    probes = _ordered([str(r.get("probe")) for r in results] + [k for _, k in verdicts], PROBES)
+    probes = _ordered(
+        [str(r.get("probe")) for r in results] + [k for _, k in verdicts], kinds.names()
+    )
     where: dict[str, Mapping[str, Any]] = {}
     for r in results:
         where.setdefault(str(r.get("target")), r)
@@ -475,4 +477,4 @@ def render_status_page(
     )
 
 
-__all__ = ["CSP", "FAMILIES", "PROBES", "VERDICT_STYLE", "render_status_page"]
+__all__ = ["CSP", "FAMILIES", "VERDICT_STYLE", "render_status_page"]

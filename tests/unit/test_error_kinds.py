@@ -20,6 +20,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from toykind import registered
 
 from monitor.lab.pki import IssuedCert, LabPki
 from monitor.lab.ports import SocketSpec, bind_same_port
@@ -38,6 +39,7 @@ from probes.base import (
     TlsSpec,
 )
 from probes.details import HttpExchange, SoaAnswer, TlsHandshake
+from probes.kinds import Kind
 from probes.resolve import Resolver
 
 LOOPBACK: dict[Family, str] = {"ipv4": "127.0.0.1", "ipv6": "::1"}
@@ -475,33 +477,33 @@ async def test_bad_udp_answers_to_the_resolver_are_ignored_until_the_deadline() 
 
 
 async def test_internal_error_a_crashing_probe_is_a_result(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def crashing(req: ProbeRequest) -> Outcome:
         raise RuntimeError(f"bug while probing {req.address}")
 
-    monkeypatch.setitem(handler.PROBES, "tcp", crashing)
-    with caplog.at_level(logging.ERROR, logger="probes.handler"):
-        result = await run("tcp", make_target("tcp", UNUSED_PORT))
+    with (
+        registered(Kind(name="crashing", probe=crashing, summary="raises")),
+        caplog.at_level(logging.ERROR, logger="probes.handler"),
+    ):
+        result = await run("crashing", make_target("crashing", UNUSED_PORT))
     assert kind_of(result) is ErrorKind.INTERNAL_ERROR
     assert result.error is not None
     assert result.error.message == "RuntimeError: bug while probing 127.0.0.1"
     assert not result.success
-    assert (result.target, result.probe, result.family) == ("unit", "tcp", "ipv4")
+    assert (result.target, result.probe, result.family) == ("unit", "crashing", "ipv4")
     assert result.address == "127.0.0.1"
-    assert "probe tcp crashed on unit (ipv4)" in caplog.text
+    assert "probe crashing crashed on unit (ipv4)" in caplog.text
 
 
-async def test_timeout_a_hung_probe_is_cut_at_the_target_deadline(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+async def test_timeout_a_hung_probe_is_cut_at_the_target_deadline() -> None:
     async def hung(req: ProbeRequest) -> Outcome:
         await asyncio.Event().wait()  # never set
         raise AssertionError("unreachable")
 
-    monkeypatch.setitem(handler.PROBES, "tcp", hung)
     target = Target(name="unit", service="unit", region="", host=HOST, timeout=0.05)
-    result = await run("tcp", target)
+    with registered(Kind(name="hung", probe=hung, summary="never answers")):
+        result = await run("hung", target)
     assert kind_of(result) is ErrorKind.TIMEOUT
     assert not result.success
     # A failure keeps its wall time (the loop may fire a timer a clock tick early).

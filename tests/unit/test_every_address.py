@@ -107,7 +107,7 @@ def result(target: str, family: str, ok: bool, *, probe: str = "tcp") -> ProbeRe
     address = "2001:db8::1" if family == "ipv6" else "192.0.2.1"
     return ProbeResult(
         target=target,
-        probe=probe,  # type: ignore[arg-type]
+        probe=probe,
         family=family,  # type: ignore[arg-type]
         address=address,
         success=ok,
