@@ -23,12 +23,11 @@ from serving import Served, serve
 
 from monitor.config import load_config
 from monitor.engine.parity import VERDICTS
+from monitor.engine.schema import report_schema
 from monitor.lab import NAMESERVERS, LabFacts
 from monitor.lab.run import EXPECTED, expected, write_config
 
-SCHEMA = json.loads(
-    (Path(__file__).parents[1] / "monitor" / "schemas" / "run-report.schema.json").read_text()
-)
+SCHEMA = report_schema()
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 

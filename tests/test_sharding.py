@@ -20,13 +20,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving import ROOT, serve
 
 from monitor.config import ConfigError, load_config
+from monitor.engine.schema import report_schema
 from monitor.lab import NAMESERVERS, ZONE, Lab
 from monitor.lab.run import lab_config
 from monitor.serve.exporter import make_registry
 from monitor.serve.state import Store
 from monitor.sharding import UNSHARDED, Shard, assignment, parse_shard, shard_of
 
-SCHEMA = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
+SCHEMA = report_schema()
 
 
 def names(n: int, start: int = 0) -> list[str]:

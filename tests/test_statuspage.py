@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from browser import BrowserMissingError, load_page
 
+from monitor.engine.schema import report_schema
 from monitor.web.statuspage import VERDICT_STYLE, render_status_page
 from probes.kinds import default_names
 
@@ -24,7 +25,7 @@ PROBES = default_names()
 
 ROOT = Path(__file__).parents[1]
 FIXTURE = Path(__file__).parent / "testdata" / "status" / "report.json"
-SCHEMA = json.loads((ROOT / "monitor" / "schemas" / "run-report.schema.json").read_text())
+SCHEMA = report_schema()
 ARTIFACTS = Path(__file__).parent / "artifacts"
 NOW = 1747215042.0  # 42 s after the fixture's round started
 

@@ -158,11 +158,9 @@ def kind_lists(source: str, names: set[str]) -> list[int]:
     """Lines of tuple/list/set literals (and dict literals' keys) of two or more kind names."""
     hits = []
     for node in ast.walk(ast.parse(source)):
-        items: list[ast.expr | None] = []
-        if isinstance(node, ast.Tuple | ast.List | ast.Set):
-            items = list(node.elts)
-        elif isinstance(node, ast.Dict):
-            items = list(node.keys)
+        if not isinstance(node, ast.Tuple | ast.List | ast.Set | ast.Dict):
+            continue
+        items: list[ast.expr | None] = list(node.keys if isinstance(node, ast.Dict) else node.elts)
         strings = [i.value for i in items if isinstance(i, ast.Constant)]
         if len(strings) >= 2 and len(strings) == len(items) and set(strings) <= names:
             hits.append(node.lineno)

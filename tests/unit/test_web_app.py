@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import bcrypt
 import jsonschema
@@ -19,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.engine.parity import Thresholds, judge
+from monitor.engine.schema import report_schema
 from monitor.serve.exporter import Exposition
 from monitor.serve.state import Store
 from monitor.web.server import make_app
@@ -26,9 +25,7 @@ from monitor.web.webconfig import WebConfig
 from probes.base import ErrorKind, Family, ProbeError, ProbeKind, ProbeResult, Target
 from probes.details import Certificate, Details, DnsAnswer, HttpExchange, TlsHandshake
 
-SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "monitor" / "schemas" / "run-report.schema.json").read_text()
-)
+SCHEMA = report_schema()
 VANTAGE = "unit-web"
 TARGET = Target(
     name="web",
