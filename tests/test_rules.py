@@ -26,8 +26,8 @@ import yaml
 from promstack import alertmanager
 
 from monitor.engine.parity import VERDICTS
-from monitor.engine.vantage import MIN_JUDGED_TARGETS, TRANSPORT_KINDS
-from probes.base import PROBE_KINDS
+from monitor.engine.vantage import MIN_JUDGED_TARGETS
+from probes import kinds
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM_DIR = ROOT / "configs" / "prometheus"
@@ -419,7 +419,7 @@ def test_a_vantage_or_site_is_blamed_on_its_own_evidence_only() -> None:
     assert m and int(m.group(1)) == MIN_JUDGED_TARGETS, down
     # Both counts look at transport probes only, as the self-check does: every probe kind but
     # dns (a host's dns probe is an A and an AAAA lookup, not IPv6 packets getting through).
-    assert set(PROBE_KINDS) - TRANSPORT_KINDS == {"dns"}
+    assert {k.name for k in kinds.kinds() if not k.transport} == {"dns"}
     for name in ("failing", "working"):
         assert 'probe!="dns"' in recorded(f"dualstack:vantage_ipv6_{name}_targets:count"), name
     # Every verdict but these says the IPv6 probe succeeded.
