@@ -221,9 +221,6 @@ KIND = register(
             ),
         },
         phases=("connect", "tls", "ttfb", "transfer"),
-        transport=True,
         cost=Cost.HEAVY,
-        sampled=False,
-        per_address=True,
     )
 )

@@ -377,9 +377,6 @@ KIND = register(
             ),
         },
         phases=("handshake", "ttfb", "transfer"),
-        transport=True,
         cost=Cost.HEAVY,
-        sampled=False,
-        per_address=True,
     )
 )

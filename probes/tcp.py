@@ -12,7 +12,7 @@ import socket
 from probes.base import Outcome, ProbeRequest
 from probes.details import TcpConnect
 from probes.errors import classify
-from probes.kinds import NOT, Compared, Cost, Kind, register
+from probes.kinds import NOT, Compared, Kind, register
 from probes.netutil import connect_seconds, local_addr
 
 
@@ -54,9 +54,6 @@ KIND = register(
             TcpConnect: (Compared[TcpConnect]("source_address", lambda d: d.source_address, NOT),),
         },
         phases=("connect",),
-        transport=True,
-        cost=Cost.LIGHT,
         sampled=True,
-        per_address=True,
     )
 )

@@ -368,9 +368,7 @@ KIND = register(
             ),
         },
         phases=("connect", "tls"),
-        transport=True,
         cost=Cost.HEAVY,
         sampled=True,
-        per_address=True,
     )
 )
