@@ -15,7 +15,7 @@ import dns.resolver
 import pytest
 
 from monitor.lab.dnsserver import DnsRecord, DnsServer
-from probes.base import ErrorKind
+from probes.base import ErrorKind, Family
 from probes.resolve import Resolver
 
 RECORDS = {
@@ -46,7 +46,8 @@ async def test_resolves_as_dnspython_does(host: str) -> None:
         theirs = dns.asyncresolver.Resolver(configure=False)
         theirs.nameservers = ["127.0.0.1"]
         theirs.port = server.port
-        for family, rdtype in (("ipv4", "A"), ("ipv6", "AAAA")):
+        pairs: tuple[tuple[Family, str], ...] = (("ipv4", "A"), ("ipv6", "AAAA"))
+        for family, rdtype in pairs:
             res = await ours.resolve(host, family)
             try:
                 answer = await theirs.resolve(host + ".", rdtype, raise_on_no_answer=False)
@@ -126,7 +127,8 @@ async def test_a_closed_port_is_connect_refused_not_a_timeout() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
-    for family, server in (("ipv4", "127.0.0.1"), ("ipv6", "::1")):
+    servers: tuple[tuple[Family, str], ...] = (("ipv4", "127.0.0.1"), ("ipv6", "::1"))
+    for family, server in servers:
         resolver = Resolver([server], port, timeout=5.0, clock=time.perf_counter)
         start = time.perf_counter()
         res = await resolver.resolve("both.example.com", family)
