@@ -2,7 +2,7 @@
 
 Adding a protocol is a module with `async def probe(req) -> Outcome` plus one line in PROBES.
 The handler owns what every probe shares: the address pinning, the deadline, crash isolation.
-Importing it loads every protocol library (aioquic, h2, icmplib): only code that probes does.
+Importing it loads every protocol library (aioquic, h2): only code that probes does.
 """
 
 from __future__ import annotations
