@@ -22,10 +22,21 @@ _TIMESPEC = struct.Struct("@ll")  # struct timespec: tv_sec, tv_nsec, two native
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
+_keeper: socket.socket | None = None
+
+
 def stamp_arrivals(sock: socket.socket) -> None:
     """Ask the kernel to stamp every datagram this socket receives (best effort)."""
+    global _keeper
     # not Linux: recv_stamped falls back to the time of the read
     with contextlib.suppress(OSError):
+        if _keeper is None:
+            # Linux stamps arrivals only while some socket wants stamps, and switches that on
+            # from a work queue a moment after the first asks (net_enable_timestamp): until
+            # then a datagram is stamped when read. One socket kept open for the process keeps
+            # it on, so that only the very first queries can miss their stamp.
+            _keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            _keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
