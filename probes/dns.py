@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
 
+from probes import dnsquery
 from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
 from probes.details import DnsAnswer, SoaAnswer
 from probes.errors import classify, error
@@ -47,16 +47,19 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
     source = req.env.source_addresses.get(req.family)
     t0 = clock()
     try:
-        response = await dns.asyncquery.udp(
-            query, req.address, timeout=req.timeout, port=req.target.port, source=source
+        # strict: a name server is judged by what it sends, so a reply that is not one to
+        # this query is dns_bad_response rather than ignored
+        reply = await dnsquery.exchange(
+            query, req.address, req.target.port, timeout=req.timeout, source=source, strict=True
         )
-    except dns.exception.Timeout:
+    except TimeoutError:
         return Outcome(success=False, error=error(ErrorKind.TIMEOUT, "no DNS answer"))
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"query": clock() - t0})
     except dns.exception.DNSException as exc:
         return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
-    seconds = clock() - t0
+    response = reply.message
+    seconds = reply.seconds
     rcode = dns.rcode.to_text(response.rcode())
     soa = next((rr for rr in response.answer if rr.rdtype == dns.rdatatype.SOA), None)
     details = SoaAnswer(
@@ -64,7 +67,7 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
         zone=zone,
         authoritative=bool(response.flags & dns.flags.AA),
         serial=soa[0].serial if soa else None,
-        transport="udp",
+        transport="tcp" if reply.tcp else "udp",
     )
     phases = {"query": seconds}
     if rcode != "NOERROR":

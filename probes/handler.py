@@ -2,7 +2,7 @@
 
 The kind's declaration (probes/kinds.py) says what to call and how; the handler owns what every
 probe shares: the address pinning, the deadline, crash isolation. Importing it loads every
-built-in protocol library (aioquic, h2, icmplib): only code that probes does.
+built-in protocol library (aioquic, h2): only code that probes does.
 """
 
 from __future__ import annotations

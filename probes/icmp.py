@@ -1,45 +1,25 @@
-"""ICMP / ICMPv6 echo to the target's address of one family, via icmplib.
+"""ICMP / ICMPv6 echo to the target's address of one family, over probes/echo.py.
 
-Tries an unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux and by
-default on macOS), then a raw socket; with neither permitted it reports `icmp_not_permitted`.
-With the target's `icmp.sizes`, echoes of those sizes with fragmentation forbidden run beside
-the ping on a socket of their own (probes/pmtu.py) and give the family's path MTU.
+An unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux), then, as
+root, a raw socket; with neither permitted it reports `icmp_not_permitted`. Round trips run
+from the send to the kernel's stamp on the reply. With the target's `icmp.sizes`, echoes of
+those sizes with fragmentation forbidden run beside the ping on a socket of their own
+(probes/pmtu.py) and give the family's path MTU.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-
-import icmplib
+import statistics
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import IcmpEcho
+from probes.echo import OVERHEAD, PING_PAYLOAD, Echoes, EchoSocket, exchange, has_root
 from probes.errors import classify, error
-from probes.kinds import NORMAL, NOT, Compared, Cost, Kind, register
+from probes.kinds import NORMAL, NOT, Compared, Kind, register
 from probes.pmtu import SizeEchoes, echo_sizes
 
-
-def _has_root() -> bool:
-    geteuid = getattr(os, "geteuid", None)
-    return geteuid is not None and geteuid() == 0
-
-
-async def _ping(req: ProbeRequest, privileged: bool) -> icmplib.Host:
-    count = req.target.icmp.count
-    # icmplib waits for each echo in turn: split the probe timeout (with a margin) between them,
-    # so lost echoes end as icmp_no_reply with the counts rather than as a probe timeout.
-    budget = req.timeout * 0.9 - (count - 1) * req.env.icmp_interval
-    per_reply = max(0.05, budget / count)
-    return await icmplib.async_ping(
-        req.address,
-        count=count,
-        interval=req.env.icmp_interval,
-        timeout=per_reply,
-        source=req.env.source_addresses.get(req.family),
-        family=6 if req.family == "ipv6" else 4,
-        privileged=privileged,
-    )
+_has_root = has_root  # tests ask whether ICMP may be permitted here
 
 
 async def probe(req: ProbeRequest) -> Outcome:
@@ -68,60 +48,67 @@ async def _sizes(req: ProbeRequest) -> SizeEchoes | None:
         return None
 
 
+async def _ping(req: ProbeRequest) -> Echoes:
+    """`icmp.count` echoes `icmp_interval` apart; replies are awaited in nine tenths of the
+    timeout, so lost echoes end as icmp_no_reply with the counts, not as a probe timeout."""
+    source = req.env.source_addresses.get(req.family)
+    with EchoSocket(req.family, req.address, source=source) as sock:
+        return await exchange(
+            sock,
+            [PING_PAYLOAD + OVERHEAD[req.family]],
+            rounds=req.target.icmp.count,
+            spacing=req.env.icmp_interval,
+            budget=req.timeout * 0.9,
+            until_answered=False,
+        )
+
+
 async def _echo(req: ProbeRequest, sizes: asyncio.Future[SizeEchoes | None] | None) -> Outcome:
-    host = None
-    last_denied: Exception | None = None
-    for privileged in (False, True):
-        if privileged and not _has_root():
-            break
-        try:
-            host = await _ping(req, privileged)
-            break
-        except icmplib.SocketPermissionError as exc:
-            last_denied = exc
-        except icmplib.ICMPLibError as exc:
-            return Outcome(success=False, error=error(ErrorKind.SOCKET_ERROR, str(exc)))
-        except OSError as exc:
-            return Outcome(success=False, error=classify(exc))
-    if host is None:
+    try:
+        echoes = await _ping(req)
+    except PermissionError as exc:
         return Outcome(
             success=False,
             error=error(
                 ErrorKind.ICMP_NOT_PERMITTED,
                 "no ICMP socket allowed: run as root, grant CAP_NET_RAW, or widen "
-                f"net.ipv4.ping_group_range ({last_denied})",
+                f"net.ipv4.ping_group_range ({exc})",
             ),
         )
+    except OSError as exc:  # a `source` that cannot be bound, say
+        return Outcome(success=False, error=error(ErrorKind.SOCKET_ERROR, exc.strerror or str(exc)))
     measured = await sizes if sizes is not None else None
+    sent = len(echoes.sent)
+    rtts = [e.seconds for e in echoes.sent if e.seconds is not None]
+    mean = statistics.fmean(rtts) if rtts else 0.0
     details = IcmpEcho(
-        sent=host.packets_sent,
-        received=host.packets_received,
-        loss_ratio=host.packet_loss,
-        rtt_min_seconds=host.min_rtt / 1000,
-        rtt_avg_seconds=host.avg_rtt / 1000,
-        rtt_max_seconds=host.max_rtt / 1000,
+        sent=sent,
+        received=len(rtts),
+        loss_ratio=round(1 - len(rtts) / sent, 2) if sent else 0.0,
+        rtt_min_seconds=min(rtts, default=0.0),
+        rtt_avg_seconds=mean,
+        rtt_max_seconds=max(rtts, default=0.0),
         path_mtu_bytes=max(measured.answered) if measured and measured.answered else None,
         sizes_answered=measured.answered if measured else (),
         sizes_unanswered=measured.unanswered if measured else (),
     )
-    if host.packets_sent == 0:  # icmplib swallows send errors: no route, no source address
+    if sent == 0:  # no route, no source address, a local firewall
+        why = classify(echoes.send_error) if echoes.send_error else None
         return Outcome(
             success=False,
-            error=error(ErrorKind.NETWORK_UNREACHABLE, "no echo request could be sent"),
+            error=error(
+                why.kind if why else ErrorKind.NETWORK_UNREACHABLE,
+                f"no echo request could be sent ({why.message if why else 'none sent'})",
+            ),
             details=details,
         )
-    if host.packets_received == 0:
+    if not rtts:
         return Outcome(
             success=False,
-            error=error(ErrorKind.ICMP_NO_REPLY, f"no echo reply to {host.packets_sent} requests"),
+            error=error(ErrorKind.ICMP_NO_REPLY, f"no echo reply to {sent} requests"),
             details=details,
         )
-    return Outcome(
-        success=True,
-        phases={"rtt": host.avg_rtt / 1000},
-        details=details,
-        duration=host.avg_rtt / 1000,
-    )
+    return Outcome(success=True, phases={"rtt": mean}, details=details, duration=mean)
 
 
 KIND = register(
@@ -153,9 +140,6 @@ KIND = register(
             ),
         },
         phases=("rtt",),
-        transport=True,
-        cost=Cost.LIGHT,
         sampled=True,
-        per_address=True,
     )
 )

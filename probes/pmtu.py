@@ -7,8 +7,8 @@ The tls and http2 probes cut such a stalled IPv6 attempt at half their timeout a
 more announcing MSS 1220, which keeps every segment coming back within 1280 bytes (the IPv6
 minimum MTU); if that one works and the default MSS stalls once more, the failure is named
 `pmtu_blackhole`, not `timeout` (a server merely slow to answer is not a black hole).
-The echoes forbid fragmentation (IPV6_DONTFRAG, IP_PMTUDISC_DO) on a socket of their own, which
-icmplib cannot configure.
+The echoes forbid fragmentation (IPV6_DONTFRAG, IP_PMTUDISC_DO) on an ICMP socket of their own
+(probes/echo.py, the icmp probe's socket layer).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
-import random
 import socket
 import struct
 import termios
@@ -26,8 +24,8 @@ from dataclasses import dataclass
 
 from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import Details
+from probes.echo import OVERHEAD, EchoSocket, exchange
 from probes.errors import error
-from probes.netutil import wait_readable
 
 PMTU_MSS = 1220
 """1280 (the IPv6 minimum MTU) less a 40-byte IPv6 header and a 20-byte TCP header."""
@@ -149,18 +147,6 @@ async def with_blackhole_retry(req: ProbeRequest, attempt: Attempt, what: str) -
 
 # --- echoes with fragmentation forbidden ----------------------------------------------------
 
-# linux/in.h and linux/in6.h; Python exports some of these only on some versions.
-_IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-_IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
-_IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
-_IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
-_IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
-# The IP and ICMP headers inside a packet of a given size.
-OVERHEAD = {"ipv4": 20 + 8, "ipv6": 40 + 8}
-_ECHO_REQUEST = {"ipv4": 8, "ipv6": 128}
-_ECHO_REPLY = {"ipv4": 0, "ipv6": 129}
-_ICMP = struct.Struct("!BBHHH")
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SizeEchoes:
@@ -168,73 +154,6 @@ class SizeEchoes:
     """Sizes (whole IP packets) that got an echo reply, ascending."""
     unanswered: tuple[int, ...]
     """Sizes that got none in time, or could not leave this host unfragmented."""
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(family: str, ident: int, seq: int, size: int) -> bytes:
-    """An echo request whose IP packet is `size` bytes (ICMPv6's checksum is the kernel's)."""
-    payload = bytes(i & 0xFF for i in range(size - OVERHEAD[family]))
-    header = _ICMP.pack(_ECHO_REQUEST[family], 0, 0, ident, seq)
-    if family == "ipv4":
-        header = _ICMP.pack(8, 0, _checksum(header + payload), ident, seq)
-    return header + payload
-
-
-def _open(family: str) -> tuple[socket.socket, bool]:
-    """An unprivileged ICMP socket, else (as root) a raw one; (socket, raw?)."""
-    af = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
-    proto = socket.IPPROTO_ICMPV6 if family == "ipv6" else socket.IPPROTO_ICMP
-    try:
-        return socket.socket(af, socket.SOCK_DGRAM, proto), False
-    except PermissionError:
-        if getattr(os, "geteuid", lambda: -1)() != 0:
-            raise
-    return socket.socket(af, socket.SOCK_RAW, proto), True
-
-
-def _forbid_fragmentation(sock: socket.socket, family: str) -> None:
-    if family == "ipv6":
-        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_DONTFRAG, 1)
-        # Honour a Packet Too Big already learnt: such a size fails here with EMSGSIZE.
-        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_DO)
-    else:
-        sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
-
-
-def _parse_reply(data: bytes, family: str, raw: bool, ident: int) -> int | None:
-    """The sequence number of an echo reply meant for us, else None."""
-    if raw and family == "ipv4":
-        if not data:
-            return None
-        data = data[(data[0] & 0x0F) * 4 :]  # a raw IPv4 socket hands over the IP header too
-    if len(data) < _ICMP.size:
-        return None
-    kind, _code, _sum, their_ident, seq = _ICMP.unpack_from(data)
-    if kind != _ECHO_REPLY[family]:
-        return None
-    # An unprivileged socket's identifier is the kernel's, and the kernel already filtered.
-    if raw and their_ident != ident:
-        return None
-    return int(seq)
-
-
-async def _recvfrom(sock: socket.socket, size: int) -> tuple[bytes, tuple[str, int]]:
-    """loop.sock_recvfrom, which uvloop does not implement (NotImplementedError)."""
-    while True:
-        try:
-            data, addr = sock.recvfrom(size)
-            return data, addr
-        except (BlockingIOError, InterruptedError):
-            pass
-        await wait_readable(sock)
 
 
 async def echo_sizes(
@@ -245,68 +164,14 @@ async def echo_sizes(
     without an ICMP socket allowed) when no socket can be opened or bound."""
     family = req.family
     usable = sorted({s for s in sizes if s >= OVERHEAD[family]})
-    sock, raw = _open(family)
-    try:
-        sock.setblocking(False)
-        _forbid_fragmentation(sock, family)
-        source = req.env.source_addresses.get(family)
-        if source:
-            sock.bind((source, 0))
-        return await _exchange(sock, req, usable, raw, budget, rounds, spacing)
-    finally:
-        sock.close()
-
-
-async def _exchange(
-    sock: socket.socket,
-    req: ProbeRequest,
-    sizes: list[int],
-    raw: bool,
-    budget: float,
-    rounds: int,
-    spacing: float,
-) -> SizeEchoes:
-    family = req.family
-    ident = random.randrange(1, 0xFFFF)
-    answered: set[int] = set()
-    by_seq: dict[int, int] = {}
-    peer = (req.address, 0, 0, 0) if family == "ipv6" else (req.address, 0)
-    target_ip = socket.inet_pton(
-        socket.AF_INET6 if family == "ipv6" else socket.AF_INET, req.address
-    )
-
-    async def receive() -> None:
-        while len(answered) < len(sizes):
-            data, addr = await _recvfrom(sock, 65535)
-            if socket.inet_pton(sock.family, str(addr[0]).split("%")[0]) != target_ip:
-                continue
-            seq = _parse_reply(data, family, raw, ident)
-            if seq is not None and seq in by_seq:
-                answered.add(by_seq[seq])
-
-    async def send() -> None:
-        seq = 0
-        for n in range(rounds):
-            if n:
-                await asyncio.sleep(spacing)
-            for size in sizes:
-                if size in answered:
-                    continue
-                seq += 1
-                by_seq[seq] = size
-                # EMSGSIZE: larger than the path MTU this host knows; it cannot leave whole.
-                with contextlib.suppress(OSError):
-                    sock.sendto(echo_request(family, ident, seq, size), peer)
-
-    receiver = asyncio.ensure_future(receive())
-    sender = asyncio.ensure_future(send())
-    try:
-        await asyncio.wait({receiver}, timeout=max(0.0, budget))
-    finally:
-        for task in (receiver, sender):
-            task.cancel()
-        await asyncio.gather(receiver, sender, return_exceptions=True)
+    source = req.env.source_addresses.get(family)
+    with EchoSocket(family, req.address, source=source, dont_fragment=True) as sock:
+        # EMSGSIZE on a send: larger than the path MTU this host knows, it cannot leave whole
+        echoes = await exchange(
+            sock, usable, rounds=rounds, spacing=spacing, budget=budget, until_answered=True
+        )
+    answered = {e.size for e in echoes.sent if e.seconds is not None}
     return SizeEchoes(
-        answered=tuple(s for s in sizes if s in answered),
-        unanswered=tuple(s for s in sizes if s not in answered),
+        answered=tuple(s for s in usable if s in answered),
+        unanswered=tuple(s for s in usable if s not in answered),
     )

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("monitor", "probes")
-PROTOCOL_LIBRARIES = ("aioquic", "h2", "icmplib")
+PROTOCOL_LIBRARIES = ("aioquic", "h2")
 
 
 def module_files() -> dict[str, Path]:

@@ -92,8 +92,8 @@ def test_offline_vantage_exits_4_in_one_line() -> None:
 
 @pytest.fixture
 def dead_port() -> Iterator[int]:
-    """A loopback UDP port where nothing listens (dnspython's asyncio queries do not hear the
-    ICMP port unreachable: they time out)."""
+    """A loopback UDP port where nothing listens: the kernel answers a query with ICMP port
+    unreachable, which the resolver reports as connect_refused."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         port = int(s.getsockname()[1])
@@ -133,8 +133,8 @@ def test_closed_resolver_port_is_exit_4(
     assert main(["run", "--config", str(config(tmp_path, dead_port)), "--format", "json"]) == 4
     out, err = capsys.readouterr()
     doc = json.loads(out)
-    assert {r["error"]["kind"] for r in doc["results"]} == {"timeout"}
-    assert err.count("\n") == 1 and f"127.0.0.1 port {dead_port}: timed out" in err
+    assert {r["error"]["kind"] for r in doc["results"]} == {"connect_refused"}
+    assert err.count("\n") == 1 and f"127.0.0.1 port {dead_port}: Connection refused" in err
     assert "is this machine online?" in err
     assert doc["vantage_offline"] == err.strip().removeprefix("probe: ")
     jsonschema.validate(doc, SCHEMA)

@@ -1,21 +1,21 @@
-"""The resolver's fast path (one plain UDP exchange with the first server, read without
-dnspython's message objects) against dnspython's own resolver, on the lab DNS server: the same
-resolutions, and the same failover when the first server is silent or refuses."""
+"""The resolver (probes/resolve.py over probes/dnsquery.py) against dnspython's own resolver
+on the lab DNS server: the same answers, CNAME chains and TTLs; failover when the first server
+is silent or its port closed; the kernel's receive stamp as the latency."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-import dns.rdatatype
+import dns.asyncresolver
+import dns.resolver
 import pytest
 
 from monitor.lab.dnsserver import DnsRecord, DnsServer
-from probes import resolve
+from probes.base import ErrorKind, Family
 from probes.resolve import Resolver
 
 RECORDS = {
@@ -40,36 +40,38 @@ RECORDS = {
         "missing.example.com",
     ],
 )
-async def test_fast_path_resolves_as_dnspython_does(host: str) -> None:
+async def test_resolves_as_dnspython_does(host: str) -> None:
     async with DnsServer(RECORDS, ("example.com",)) as server:
-        servers = ["127.0.0.1"]
-        fast = Resolver(servers, server.port, timeout=2.0, clock=time.perf_counter)
-        slow = Resolver(servers, server.port, timeout=2.0, clock=time.perf_counter, fast=False)
-        for family in ("ipv4", "ipv6"):
-            a = await fast.resolve(host, family)
-            b = await slow.resolve(host, family)
-            assert dataclasses.replace(a, seconds=0) == dataclasses.replace(b, seconds=0)
-        assert fast.reach() == slow.reach()
+        ours = Resolver(["127.0.0.1"], server.port, timeout=2.0, clock=time.perf_counter)
+        theirs = dns.asyncresolver.Resolver(configure=False)
+        theirs.nameservers = ["127.0.0.1"]
+        theirs.port = server.port
+        pairs: tuple[tuple[Family, str], ...] = (("ipv4", "A"), ("ipv6", "AAAA"))
+        for family, rdtype in pairs:
+            res = await ours.resolve(host, family)
+            try:
+                answer = await theirs.resolve(host + ".", rdtype, raise_on_no_answer=False)
+            except dns.resolver.NXDOMAIN:
+                assert res.error is not None and res.error.kind is ErrorKind.DNS_NXDOMAIN
+                assert res.rcode == "NXDOMAIN"
+                continue
+            chain = tuple(str(r.name).rstrip(".") for r in answer.chaining_result.cnames)
+            assert res.cname_chain == chain
+            if answer.rrset is None:
+                assert res.error is not None and res.error.kind is ErrorKind.DNS_NO_ADDRESS
+                continue
+            assert res.ttl == answer.rrset.ttl
+            addresses = tuple(sorted(r.address for r in answer.rrset))
+            if host.startswith("synth"):
+                assert res.nat64_synthesized and res.addresses == addresses
+            else:
+                assert res.error is None and res.addresses == addresses
+        assert ours.reach().answered == 2 and not ours.reach().offline
 
 
-@pytest.mark.parametrize("host", ["both.example.com", "alias.example.com", "missing.example.com"])
-async def test_plain_replies_are_read_without_dnspython_messages(host: str) -> None:
-    """The replies of the comparison above are the lean reader's (not dnspython's fallback)."""
-    async with DnsServer(RECORDS, ("example.com",)) as server:
-        resolver = Resolver(["127.0.0.1"], server.port, timeout=2.0, clock=time.perf_counter)
-        wire = b"\0\0" + resolver._wire(host + ".", dns.rdatatype.A)[2:]  # id 0
-        reply = await resolve._exchange(wire, ("127.0.0.1", server.port), 0, 2.0)
-        read = resolve.read_answer(reply, host + ".", 1, "127.0.0.1")
-        if host.startswith("missing"):
-            assert read == "NXDOMAIN"
-        else:
-            assert isinstance(read, resolve.Plain) and read.addresses
-            assert read.cname_chain == (("alias.example.com",) if "alias" in host else ())
-
-
-async def test_fast_path_falls_back_to_the_next_server() -> None:
-    """Nothing listens on 127.0.0.2: the fast attempt is refused at once, and the full
-    resolver asks the next server first, whose answer is the result."""
+async def test_a_closed_first_server_falls_back_to_the_next() -> None:
+    """Nothing listens on 127.0.0.2: the query is refused at once (ICMP port unreachable),
+    and the next server's answer is the result."""
     async with DnsServer(RECORDS, ("example.com",)) as server:
         resolver = Resolver(
             ["127.0.0.2", "127.0.0.1"], server.port, timeout=5.0, clock=time.perf_counter
@@ -101,9 +103,8 @@ async def silent_server(host: str, port: int) -> AsyncIterator[list[bytes]]:
 
 
 async def test_a_silent_first_server_is_asked_once_then_the_next_answers() -> None:
-    """The first server gets the fast attempt (half the 2 s lifetime) and no answer: the full
-    resolver starts at the second, which answers within the rest of the lifetime. Asking the
-    silent one again first (dnspython's order) would spend the rest of the lifetime on it."""
+    """The first server gets one try (half the 2 s lifetime) and no answer: the second
+    answers within the rest of the lifetime."""
     async with (
         DnsServer(RECORDS, ("example.com",)) as server,
         silent_server("127.0.0.3", server.port) as queries,
@@ -115,6 +116,25 @@ async def test_a_silent_first_server_is_asked_once_then_the_next_answers() -> No
         assert res.error is None and res.addresses == ("127.0.0.1", "127.0.0.2"), res
         assert res.nameserver == "127.0.0.1"
         assert len(queries) == 1
-        # The next resolution takes the fast path to the first server again (it may be back).
+        # The next resolution asks the first server first again (it may be back).
         await resolver.resolve("v4only.example.com", "ipv4")
         assert len(queries) == 2
+
+
+async def test_a_closed_port_is_connect_refused_not_a_timeout() -> None:
+    """The kernel's ICMP port unreachable for the one server is connect_refused at once, and
+    the query counts as unanswered (the vantage may be offline)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    servers: tuple[tuple[Family, str], ...] = (("ipv4", "127.0.0.1"), ("ipv6", "::1"))
+    for family, server in servers:
+        resolver = Resolver([server], port, timeout=5.0, clock=time.perf_counter)
+        start = time.perf_counter()
+        res = await resolver.resolve("both.example.com", family)
+        assert time.perf_counter() - start < 2.0
+        assert res.error is not None and res.error.kind is ErrorKind.CONNECT_REFUSED, res
+        assert f"{server} port {port}: Connection refused" in res.error.message
+        reach = resolver.reach()
+        assert reach.offline
+        assert reach.errors == ((f"{server} port {port}", "Connection refused"),)

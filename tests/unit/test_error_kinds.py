@@ -442,6 +442,18 @@ async def test_rcode_from_a_name_server_target(
     assert not query.flags & dns.flags.RD  # the authority itself is asked, not its recursion
 
 
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+async def test_connect_refused_from_a_closed_name_server_port(family: Family) -> None:
+    """The kernel's ICMP port unreachable is connect_refused at once, not a timeout."""
+    af = socket.AF_INET6 if family == "ipv6" else socket.AF_INET
+    with socket.socket(af, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK[family], 0))
+        port = int(sock.getsockname()[1])
+    result = await run("dns", soa_target(port), family)
+    assert kind_of(result) is ErrorKind.CONNECT_REFUSED, result.error
+    assert result.duration_seconds < 1.0
+
+
 @pytest.mark.parametrize("answer", [malformed, wrong_id], ids=["malformed", "wrong-id"])
 async def test_dns_bad_response_from_a_name_server_target(answer: Answer) -> None:
     async with DnsPeer("127.0.0.1", answer) as peer:

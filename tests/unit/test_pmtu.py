@@ -19,7 +19,7 @@ import pytest
 
 from monitor.lab.pki import IssuedCert, LabPki
 from monitor.lab.web import WebServer
-from probes import handler, icmp, pmtu
+from probes import echo, handler, icmp, pmtu
 from probes.base import (
     ErrorKind,
     Family,
@@ -257,11 +257,11 @@ async def test_icmp_probe_reports_the_path_mtu(family: Family) -> None:
 
 
 def test_echo_request_is_the_size_asked() -> None:
-    for family, overhead in pmtu.OVERHEAD.items():
-        packet = pmtu.echo_request(family, 7, 1, 1280)
+    for family, overhead in echo.OVERHEAD.items():
+        packet = echo.echo_request(family, 7, 1, 1280)
         assert len(packet) + overhead - 8 == 1280  # the ICMP header is part of both
-    v4 = pmtu.echo_request("ipv4", 7, 1, 100)
-    assert pmtu._checksum(v4) == 0  # a valid ICMPv4 checksum sums to zero
+    v4 = echo.echo_request("ipv4", 7, 1, 100)
+    assert echo.checksum(v4) == 0  # a valid ICMPv4 checksum sums to zero
 
 
 @contextlib.asynccontextmanager
