@@ -7,6 +7,7 @@ Where no stamp comes back (another OS, or the option refused) the time of the re
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import socket
 import struct
@@ -37,6 +38,7 @@ def stamp_arrivals(sock: socket.socket) -> None:
             # it on, so that only the very first queries can miss their stamp.
             _keeper = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             _keeper.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            atexit.register(_keeper.close)  # closed, not left to warn at exit
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 
 
