@@ -30,6 +30,7 @@ from monitor.config import (
     validate,
 )
 from monitor.engine import parity
+from monitor.serve.metrics import METRICS
 from probes.base import ErrorKind
 from probes.details import DETAILS_OF_KIND
 
@@ -476,3 +477,14 @@ def test_readme_says_how_often_a_failure_is_logged() -> None:
     text = " ".join(README.read_text(encoding="utf-8").split())
     assert f"a reminder every {FAILURE_REMINDER_SECONDS / 60:g} minutes while it lasts" in text
     assert "only with `--log-level debug`" in text
+
+
+def test_readme_metric_list_is_the_metric_table() -> None:
+    """README's metric list names every metric of monitor/serve/metrics.py (as scraped:
+    counters end in `_total`) with its type first, and nothing else."""
+    rows = table_rows(section(README.read_text(encoding="utf-8"), "### Metrics"))
+    documented = {m.group(1): row[1] for row in rows if (m := CODE.fullmatch(row[0]))}
+    exported = {m.name + ("_total" if m.type == "counter" else ""): m.type for m in METRICS}
+    assert documented.keys() == exported.keys(), documented.keys() ^ exported.keys()
+    for name, kind in exported.items():
+        assert re.match(r"\w+", documented[name])[0] == kind, (name, documented[name])  # type: ignore[index]
