@@ -349,7 +349,6 @@ async def _start_web(vantage: Any) -> tuple[Any, int]:
 
 async def _vantage_run(config: str, duration: float, case: str, out: str) -> dict[str, Any]:
     from monitor.config import load_config
-    from monitor.serve.gcpolicy import FreezeSurvivors
     from monitor.serve.vantage import Vantage
     from monitor.web import render as render_mod
 
@@ -389,19 +388,19 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
 
     # Render time in the render thread (render + gzip), every render.
     renders: list[float] = []
-    product_compress = render_mod._compress
+    product_make = render_mod._make
 
-    def compress(*args: Any) -> Any:
-        body, size, seconds = product_compress(*args)
-        renders.append(seconds)
-        return body, size, seconds
+    def make(*args: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return product_make(*args)
+        finally:
+            renders.append(time.perf_counter() - t0)
 
-    render_mod._compress = compress  # type: ignore[assignment]
+    render_mod._make = make
 
     runner, port = await _start_web(vantage)
     await vantage.apply(cfg)
-    collector = FreezeSurvivors()  # as `probe serve` does
-    collector.start()
     rss_before_kib = proc_status_kib("self", "VmRSS")
 
     loop_lag: list[float] = []
@@ -443,7 +442,6 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
     cpu0, wall0 = time.process_time(), time.monotonic()
     run_task = loop.create_task(scheduler.run(), name="scheduler")
     hk_task = loop.create_task(vantage.housekeeping(), name="housekeeping")
-    gc_task = loop.create_task(collector.run(), name="gc")
     sample_task = loop.create_task(sampler(), name="sampler")
     scraper: subprocess.Popen[bytes] | None = None
     scrape_out = Path(out + f".{case}.scrapes.json")
@@ -472,13 +470,11 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
     cancelled = await scheduler.drain(DRAIN_TIMEOUT)
     hk_task.cancel()
     sample_task.cancel()
-    gc_task.cancel()
-    await asyncio.gather(run_task, hk_task, sample_task, gc_task, return_exceptions=True)
+    await asyncio.gather(run_task, hk_task, sample_task, return_exceptions=True)
     await runner.cleanup()
     sync()
     cpu1, wall1 = time.process_time(), time.monotonic()
     gc.callbacks.remove(on_gc)
-    collector.stop()
 
     probes: Counter[str] = Counter()
     for (_target, kind, family), n in vantage.store.runs.items():
@@ -529,7 +525,7 @@ async def _vantage_run(config: str, duration: float, case: str, out: str) -> dic
         "connect_p99": percentile(sorted(connects), 0.99),
         "scrape_cpu_seconds": cpu_scraped - cpu0,
         "scrape_wall_seconds": wall_scraped - wall0,
-        "renders": list(renders),  # in the order they ran: the first writes every job
+        "renders": list(renders),
         "scrapes": scrapes,
     }
 
@@ -726,13 +722,8 @@ def scrape_report(runs: list[dict[str, Any]], cases: list[str]) -> str:
                 r["renders"] = [x for g in group for x in g["renders"]]
             d = r["scrapes"]["durations"]
             rd = sorted(r["renders"])
-            later = sorted(
-                x for g in (group if r["run"] == "med" else [r]) for x in g["renders"][1:]
-            )
             scrape = f"{percentile(d, 0.5):.3f}/{percentile(d, 0.99):.3f}/{d[-1]:.3f}" if d else "-"
-            render = (
-                f"{percentile(rd, 0.5):.3f}/{later[-1] if later else math.nan:.3f}" if rd else "-"
-            )
+            render = f"{percentile(rd, 0.5):.3f}/{rd[-1]:.3f}" if rd else "-"
             lines.append(
                 f"{case:<11} {r['run']:>3} {len(d):>7} {scrape:>21} {render:>16} "
                 f"{r['scrapes']['bytes'] / 1e6:>7.2f} {ms(r['connect_p99']):>10} "
@@ -749,8 +740,7 @@ def scrape_report(runs: list[dict[str, Any]], cases: list[str]) -> str:
         "overshoot of a 100 ms sleep, ms), which a render holding the GIL would show. CPU %:",
         "the vantage process (every thread, the render thread included) over the scraping",
         "window, % of one core. RSS: its VmHWM. Scrape: as the scraper saw it, body read.",
-        "Render: render + gzip in the thread, p50 and the max of all but the first of a run",
-        "(which writes every job's text: the exposition keeps it for the next renders).",
+        "Render: render + gzip of /metrics in the render thread, p50 and max.",
         "Scrape errors: " + (json.dumps(errors) if errors else "none"),
     ]
     return "\n".join(lines)

@@ -1,34 +1,29 @@
-"""Rendering off the loop (monitor/web/render.py, monitor/serve/exporter.py `Exposition`), through
-a real aiohttp server on 127.0.0.1 and a real client: the fast exposition is byte for byte what
-prometheus_client writes, concurrent scrapes share one render, a body is never older than the
-cache's age, gzip round-trips, /healthz and /readyz are never cached, and the loop keeps
-answering while a render is stuck. No timing assertions: renders are held by events."""
+"""/metrics, / and /api/v1/results through the web app (monitor/web/render.py), on a real aiohttp
+server on 127.0.0.1 with a real client: the body is prometheus_client's exposition of the metric
+table in the format asked for, promtool accepts it, concurrent scrapes share one render, a body
+is never older than the cache's age, gzip and identity are both served, /healthz and /readyz are
+never cached, and the loop keeps answering while a render is stuck. No timing assertions:
+renders are held by events."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gzip
-import platform
+import subprocess
 import threading
-import time
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
-from isal import isal_zlib
 from prometheus_client import generate_latest
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 
-from monitor import gz
-from monitor.engine.parity import Thresholds, Verdict, judge
-from monitor.gz import Deflated
+from monitor.engine.parity import Thresholds, judge
 from monitor.serve.exporter import Exposition, SnapshotCollector, make_registry
 from monitor.serve.state import Snapshot, Store
-from monitor.web import render
-from monitor.web.render import IDENTITY_CHUNK, RenderCache, accepts_gzip
+from monitor.web.render import RenderCache, accepts_gzip
 from monitor.web.server import RENDER_CACHE, make_app
 from probes.base import (
     AddressResult,
@@ -204,114 +199,44 @@ def rich_store(targets: int = 4) -> Store:
     return store
 
 
-def expose(exposition: Exposition, snap: Snapshot, accept: str) -> str:
-    """The exposition's body as the render thread makes it (a gzip member, its kept pieces
-    placed as they are), decompressed and checked (CRC-32, length) by the gzip module."""
-    body, size, _ = render._compress(lambda s: exposition.render(s, accept), snap, time.monotonic)
-    text = gzip.decompress(body)
-    assert len(text) == size
-    return text.decode()
-
-
 def reference(snap: Snapshot, accept: str) -> str:
     encoder, _ = choose_encoder(accept)
     return encoder(SnapshotCollector(snap)).decode()
 
 
 @pytest.mark.parametrize("accept", ACCEPTS)
-def test_exposition_is_byte_for_byte_prometheus_client(accept: str) -> None:
-    store = rich_store()
-    exposition = Exposition()
-    for _ in range(2):  # the second render reuses the label text of the first
-        snap = store.snapshot()
-        assert expose(exposition, snap, accept) == reference(snap, accept)
-        t = store.targets["t-001"]
-        v4 = result(t.name, "tcp", "ipv4", TcpConnect(source_address=None), duration=0.5)
-        v6 = result(t.name, "tcp", "ipv6", TcpConnect(source_address=None), duration=0.25)
-        store.record([v4, v6], judge(t, "tcp", v4, v6, thresholds=Thresholds()))
-    # A reload that moves a target to another region: its label text is built afresh.
-    moved = {
-        **store.targets,
-        "t-002": Target(
-            name="t-002", service="s3", region="ap-south-1", host="h.example.com", probes=("tcp",)
-        ),
-    }
-    store.set_targets(moved)
-    snap = store.snapshot()
-    text = expose(exposition, snap, accept)
-    assert text == reference(snap, accept)
-    assert 'region="ap-south-1"' in text or "ap_south_1" in text or "ap__south__1" in text
+def test_the_exposition_is_prometheus_clients_for_each_accept(accept: str) -> None:
+    snap = rich_store().snapshot()
+    encoder, content_type = choose_encoder(accept)
+    assert Exposition.content_type(accept) == content_type
+    assert Exposition.render(snap, accept) == encoder(SnapshotCollector(snap))
 
 
-def test_kept_text_follows_every_change_between_renders() -> None:
-    """The exposition keeps each job's text between renders: what it writes must still be
-    prometheus_client's after a render with no change, a verdict changed alone, an error
-    counted alone, a target removed, and the vantage renamed."""
-    store = rich_store()
-    exposition = Exposition()
-    first = expose(exposition, store.snapshot(), "")
-    snap = store.snapshot()
-    assert expose(exposition, snap, "") == first == reference(snap, "")
-    # A verdict changed alone (results and histograms the same objects).
-    (name, probe), par = next(iter(store.parity.items()))
-    other = Verdict.OK if par.verdict is Verdict.IPV6_SLOWER else Verdict.IPV6_SLOWER
-    store.parity[(name, probe)] = dataclasses.replace(par, verdict=other)
-    snap = store.snapshot()
-    assert expose(exposition, snap, "") == reference(snap, "")
-    # An error counted alone.
-    store.errors[("t-000", "tcp", "ipv6", "timeout")] += 1
-    snap = store.snapshot()
-    assert expose(exposition, snap, "") == reference(snap, "")
-    # A target removed, then the vantage renamed.
-    store.set_targets({n: t for n, t in store.targets.items() if n != "t-002"})
-    snap = store.snapshot()
-    text = expose(exposition, snap, "")
-    assert text == reference(snap, "") and 'target="t-002"' not in text
-    store.vantage = "renamed"
-    snap = store.snapshot()
-    text = expose(exposition, snap, "")
-    assert text == reference(snap, "") and 'vantage="renamed"' in text
+def test_promtool_accepts_the_exposition() -> None:
+    text = reference(rich_store().snapshot(), "")
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), (
+        proc.stdout + proc.stderr
+    )
 
 
-def test_a_first_result_rewrites_only_the_block_it_falls_in() -> None:
-    """Blocks end where a row's key says, not at fixed positions: jobs that get their first
-    result in the middle of the schedule order (a vantage's first interval, a target added)
-    leave every other block as it was, and the body is still prometheus_client's."""
-    targets = {
-        name: Target(name=name, service="s3", region="eu-west-1", host="h.example.com")
-        for name in (f"t-{i:04d}" for i in range(1000))
-    }
-    store = Store(vantage="v")
-    store.set_targets(targets)
-
-    def run(name: str) -> None:
-        v4 = result(name, "tcp", "ipv4", TcpConnect(source_address=None), duration=0.5)
-        v6 = result(name, "tcp", "ipv6", TcpConnect(source_address=None), duration=0.25)
-        store.record([v4, v6], judge(targets[name], "tcp", v4, v6, thresholds=Thresholds()))
-
-    names = sorted(targets)
-    for name in names[::2]:
-        run(name)
-    exposition = Exposition()
-    expose(exposition, store.snapshot(), "")
-    jobs, pairs = dict(exposition._job_blocks), dict(exposition._parity_blocks)
-    assert len(jobs) > 20 and len(pairs) > 10
-    newcomers = names[1::200]  # 5 jobs, spread over the order
-    for name in newcomers:
-        run(name)
-    snap = store.snapshot()
-    assert expose(exposition, snap, "") == reference(snap, "")
-    for before, after in ((jobs, exposition._job_blocks), (pairs, exposition._parity_blocks)):
-        rewritten = [k for k, block in after.items() if before.get(k) is not block]
-        # A row lands in one block, or ends it and makes two.
-        assert 0 < len(rewritten) <= 2 * len(newcomers), (len(rewritten), len(after))
+def test_openmetrics_parses_and_ends_with_eof() -> None:
+    text = reference(rich_store().snapshot(), OPENMETRICS)
+    assert text.endswith("# EOF\n")
+    names = {f.name for f in om_families(text)}  # type: ignore[no-untyped-call]
+    assert {"dualstack_probe_success", "dualstack_probe_runs", "dualstack_parity"} <= names
 
 
 def test_the_live_registry_and_the_exposition_agree() -> None:
     store = rich_store(1)
-    assert expose(Exposition(), store.snapshot(), "").encode() == generate_latest(
-        make_registry(store)
-    )
+    assert Exposition.render(store.snapshot(), "") == generate_latest(make_registry(store))
 
 
 def test_a_snapshot_does_not_move_when_the_store_does() -> None:
@@ -336,6 +261,7 @@ def test_a_snapshot_does_not_move_when_the_store_does() -> None:
         ("br;q=1.0, GZIP", True),
         ("x-gzip", True),
         ("*", True),
+        ("gzip;q=0, *", True),
         ("gzip;q=0", False),
         ("gzip;q=nonsense", False),
         ("identity", False),
@@ -351,7 +277,6 @@ class Gated(Exposition):
     """The real exposition, held in the render thread until the test lets it go."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.started = threading.Event()
         self.go = threading.Event()
         self.calls = 0
@@ -359,7 +284,7 @@ class Gated(Exposition):
         self.most_active = 0
         self._lock = threading.Lock()
 
-    def render(self, snap: Snapshot, accept: str) -> Iterator[str | Deflated]:
+    def render(self, snap: Snapshot, accept: str) -> bytes:  # type: ignore[override]
         with self._lock:
             self.calls += 1
             self.active += 1
@@ -367,7 +292,7 @@ class Gated(Exposition):
         try:
             self.started.set()
             assert self.go.wait(30), "the test never let the render go"
-            yield from super().render(snap, accept)
+            return Exposition.render(snap, accept)
         finally:
             with self._lock:
                 self.active -= 1
@@ -439,7 +364,7 @@ async def test_one_render_at_a_time_across_variants(serve: Served) -> None:
     om = asyncio.ensure_future(session.get(f"{base}/metrics", headers={"Accept": OPENMETRICS}))
     page = asyncio.ensure_future(session.get(f"{base}/api/v1/results"))
     await asyncio.sleep(0.2)
-    assert server.app[RENDER_CACHE].renders == 1  # the others wait for the one in the thread
+    assert exposition.calls == 1  # the others wait for the one in the thread
     exposition.go.set()
     for response in await asyncio.gather(text, om, page):
         assert response.status == 200
@@ -456,57 +381,13 @@ def record_tcp(store: Store, name: str, duration: float) -> None:
     store.record([v4, v6], judge(t, "tcp", v4, v6, thresholds=Thresholds()))
 
 
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait for `condition`, failing after `within` seconds (a bound, not a timing check)."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.01)
-
-
-async def test_a_warm_key_renders_between_requests_and_goes_cold() -> None:
-    """A key asked for warm is rendered without requests (no body made: `renders` counts
-    bodies) until `warm_for` after its last request; the exposition's body after warm renders
-    is still prometheus_client's; a key not asked warm is rendered only when asked."""
-    store = rich_store(1)
-    exposition = Exposition()
-
-    def render(snap: Snapshot) -> Iterator[str | Deflated]:
-        return exposition.render(snap, "")
-
-    cache = RenderCache(store, max_age=0.01, warm_every=0.02, warm_for=0.3)
-    try:
-        await cache.get("/metrics", render, warm=True)
-        record_tcp(store, "t-000", 0.875)
-        await until(lambda: cache.warmed >= 2)
-        record_tcp(store, "t-000", 0.5)
-        await until(lambda: cache.warmed >= 4)
-        assert cache.renders == 1
-        await asyncio.sleep(0.02)  # past max_age
-        body = await cache.get("/metrics", render, warm=True)
-        snap = store.snapshot()
-        assert gzip.decompress(body.gzip).decode() == reference(snap, "")
-        warmer = cache._warmer
-        assert warmer is not None
-        await until(warmer.done)  # cold: warm_for after the last request
-        warmed = cache.warmed
-        await asyncio.sleep(0.1)
-        assert cache.warmed == warmed
-        await cache.get("/", lambda s: ["page"])
-        await asyncio.sleep(0.1)
-        assert cache.warmed == warmed and cache._warmer is warmer
-    finally:
-        cache.close()
-
-
 async def test_a_body_is_at_most_max_age_old() -> None:
     store = rich_store(1)
     clock = Clock()
     cache = RenderCache(store, max_age=1.0, clock=clock)
-    exposition = Exposition()
 
-    def render(snap: Snapshot) -> Iterator[str | Deflated]:
-        return exposition.render(snap, "")
+    def render(snap: Snapshot) -> bytes:
+        return Exposition.render(snap, "")
 
     try:
         before = await cache.get("/metrics", render)
@@ -517,56 +398,36 @@ async def test_a_body_is_at_most_max_age_old() -> None:
         clock.now += 0.001
         after = await cache.get("/metrics", render)
         assert cache.renders == 2
-        text = gzip.decompress(after.gzip).decode()
-        assert text != gzip.decompress(before.gzip).decode()
-        assert "} 0.875\n" in text
-        assert text == reference(store.snapshot(), "")
-        assert after.size == len(text.encode())
+        assert after.body != before.body
+        assert "} 0.875\n" in after.body.decode()
+        assert after.body.decode() == reference(store.snapshot(), "")
+        assert gzip.decompress(after.gzip) == after.body
     finally:
         cache.close()
 
 
-async def test_a_client_asking_again_gets_the_next_body(serve: Served) -> None:
-    """A client scraping in a loop gets one body per render: the same address asking again
-    while its body is still shared waits for the next render."""
+async def test_a_reload_forgets_the_cached_bodies(serve: Served) -> None:
     store = rich_store(1)
-    clock = Clock()  # never moves: only the wait of a repeat can bring a new render
-    base, session, server = await serve(store, Exposition(), clock=clock, max_age=0.2)
-    cache = server.app[RENDER_CACHE]
+    reloads: list[int] = []
 
-    async def metrics() -> str:
-        async with session.get(f"{base}/metrics", headers={"Accept-Encoding": "identity"}) as r:
-            assert r.status == 200
-            return (await r.read()).decode()
+    async def reload() -> bool:
+        reloads.append(1)
+        record_tcp(store, "t-000", 0.875)
+        return True
 
-    before = await metrics()
-    record_tcp(store, "t-000", 0.875)
-    after = await metrics()
-    assert cache.renders == 2
-    assert "} 0.875\n" in after and "} 0.875\n" not in before
-    assert after == reference(store.snapshot(), "")
-    # Another client (no address: the cache's own callers) still shares the fresh body.
-    shared = await cache.get(f"/metrics {Exposition().content_type('')}", lambda _: ["x"])
-    assert gzip.decompress(shared.gzip).decode() == after
-    assert cache.renders == 2
+    base, session, _ = await serve(store, Exposition(), reload=reload, max_age=3600.0)
+    plain = {"Accept-Encoding": "identity"}
+    async with session.get(f"{base}/metrics", headers=plain) as r:
+        assert "} 0.875\n" not in (await r.read()).decode()
+    async with session.post(f"{base}/-/reload") as r:
+        assert r.status == 200
+    async with session.get(f"{base}/metrics", headers=plain) as r:
+        assert "} 0.875\n" in (await r.read()).decode()
+    assert reloads == [1]
 
 
-def test_bodies_are_gzipped_with_isal_where_it_has_wheels() -> None:
-    """pyproject.toml installs isal on these machines: a missing install falls back silently."""
-    if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
-        assert gz.deflate is isal_zlib
-    else:
-        assert gz.deflate is zlib
-
-
-@pytest.mark.parametrize("deflate", ["isal", "zlib"])
-async def test_gzip_round_trips_and_identity_streams_large_bodies(
-    serve: Served, deflate: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With ISA-L's deflate (the dependency, where it has wheels) and zlib's (elsewhere)."""
-    module = isal_zlib if deflate == "isal" else zlib
-    monkeypatch.setattr(gz, "deflate", module)
-    store = rich_store(150)  # several IDENTITY_CHUNKs of text
+async def test_gzip_and_identity_are_both_served(serve: Served) -> None:
+    store = rich_store(150)
     base, session, _ = await serve(store, Exposition())
     async with session.get(f"{base}/metrics", headers={"Accept-Encoding": "gzip"}) as r:
         assert r.headers["Content-Encoding"] == "gzip"
@@ -577,11 +438,13 @@ async def test_gzip_round_trips_and_identity_streams_large_bodies(
         assert r.headers["Vary"] == "Accept-Encoding"
         plain = await r.read()
         assert int(r.headers["Content-Length"]) == len(plain)
-    assert len(plain) > 2 * IDENTITY_CHUNK
     assert len(zipped) < len(plain) // 10
     assert gzip.decompress(zipped) == plain
     assert plain.decode() == reference(store.snapshot(), "")
-    assert gz.deflate is module
+    om = {"Accept": OPENMETRICS, "Accept-Encoding": "gzip"}
+    async with session.get(f"{base}/metrics", headers=om) as r:
+        assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert gzip.decompress(await r.read()).decode().endswith("# EOF\n")
     for path, kind in (("/api/v1/results", "application/json"), ("/", "text/html")):
         async with session.get(f"{base}{path}", headers={"Accept-Encoding": "gzip"}) as r:
             assert r.status == 200

@@ -15,7 +15,6 @@ from aiohttp import web
 from monitor.config import Config, Shard, load_config
 from monitor.engine.check import check_sources
 from monitor.serve.exporter import Exposition
-from monitor.serve.gcpolicy import FreezeSurvivors
 from monitor.serve.vantage import Vantage
 from monitor.web.limits import ConnectionGate, ConnectionLimits, GatedSite, connection_cap
 from monitor.web.server import make_app, parse_listen
@@ -155,11 +154,8 @@ async def serve_forever(
         )
 
     await service.apply(cfg)
-    collector = FreezeSurvivors()
-    collector.start()  # the configuration and jobs, then each full collection's survivors
     scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
     housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")
-    complete_passes = loop.create_task(collector.run(), name="gc")
     try:
         await stop.wait()
     finally:
@@ -170,11 +166,7 @@ async def serve_forever(
         )
         cancelled = await service.scheduler.drain(drain_timeout)
         housekeeping.cancel()
-        complete_passes.cancel()
-        await asyncio.gather(
-            scheduler, housekeeping, complete_passes, *pending, return_exceptions=True
-        )
+        await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
         await runner.cleanup()
-        collector.stop()
         log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
     return 0

@@ -78,7 +78,7 @@ class SchedulerStats:
     """Start lateness samples not yet taken by the exporter (seconds)."""
     skipped: dict[JobKey, int] = field(default_factory=dict)
     crashed: int = 0
-    """Runs that raised (exported as dualstack_scheduler_job_failures_total{reason="crashed"})."""
+    """Runs that raised (exported as job failures, reason="crashed")."""
     hung: int = 0
     """Runs cut at the hard timeout (reason="hung")."""
 

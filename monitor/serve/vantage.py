@@ -144,7 +144,7 @@ class Vantage:
 
     async def reload(self, load: Callable[[], Config]) -> bool:
         """Load and apply a configuration; one that fails, whatever the cause, keeps the running
-        one whole (and says so: the log, dualstack_config_last_reload_successful 0)."""
+        one whole (and says so: the log, and the reload-success gauge at 0)."""
         try:
             await self.apply(load())
         except Exception as exc:  # a bad file, or a bug: either way the service runs on

@@ -12,16 +12,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from monitor.engine.report import report_json
-from monitor.gz import Deflated
 from monitor.serve.state import Snapshot, Store
-from monitor.web.render import Render, RenderCache, Rendered, accepts_gzip, inflate
+from monitor.web.render import RenderCache, Rendered, accepts_gzip
 from monitor.web.statuspage import CSP, render_status_page
 from monitor.web.webconfig import WebConfig, web_middlewares
 
@@ -73,36 +72,26 @@ class Exposer(Protocol):
         """The content type answered to this `Accept` header."""
         ...
 
-    def render(self, snap: Snapshot, accept: str) -> Iterator[str | Deflated]:
-        """The exposition of a snapshot in that content type, in pieces; called in the render
-        thread, one call at a time."""
+    def render(self, snap: Snapshot, accept: str) -> bytes:
+        """The exposition of a snapshot in that content type; called in the render thread."""
         ...
 
 
-def status_page(snap: Snapshot) -> Iterable[str]:
-    return (render_status_page(report_json(snap.report()), ready=snap.ready, now=snap.taken),)
+def status_page(snap: Snapshot) -> bytes:
+    page = render_status_page(report_json(snap.report()), ready=snap.ready, now=snap.taken)
+    return page.encode()
 
 
-def results_json(snap: Snapshot) -> Iterable[str]:
-    return (json.dumps(report_json(snap.report()), default=str),)
+def results_json(snap: Snapshot) -> bytes:
+    return json.dumps(report_json(snap.report()), default=str).encode()
 
 
-async def send(
-    request: web.Request, rendered: Rendered, headers: Mapping[str, str]
-) -> web.StreamResponse:
-    """The cached body: as it is (gzip) to a client that takes gzip, else inflated on the way."""
+def send(request: web.Request, rendered: Rendered, headers: Mapping[str, str]) -> web.Response:
+    """The cached body, gzipped to a client that takes gzip."""
+    headers = {**headers, "Vary": "Accept-Encoding"}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        return web.Response(
-            body=rendered.gzip,
-            headers={**headers, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
-        )
-    response = web.StreamResponse(headers={**headers, "Vary": "Accept-Encoding"})
-    response.content_length = rendered.size
-    await response.prepare(request)
-    if request.method != "HEAD":
-        await inflate(rendered.gzip, response.write)
-    await response.write_eof()
-    return response
+        return web.Response(body=rendered.gzip, headers={**headers, "Content-Encoding": "gzip"})
+    return web.Response(body=rendered.body, headers=headers)
 
 
 def make_app(
@@ -127,22 +116,15 @@ def make_app(
 
     app.on_cleanup.append(close_cache)
 
-    async def rendered(
-        request: web.Request, key: str, render: Render, *, warm: bool = False
-    ) -> Rendered:
-        return await cache.get(key, render, request.remote, warm=warm)
-
-    async def metrics(request: web.Request) -> web.StreamResponse:
+    async def metrics(request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "")
         content_type = exposition.content_type(accept)
 
-        def render(snap: Snapshot) -> Iterable[str | Deflated]:
+        def render(snap: Snapshot) -> bytes:
             return exposition.render(snap, accept)
 
-        # Warm: the exposition keeps what did not change, so a render a scrape waits for has
-        # only the last few seconds to write (the status page and JSON are written whole).
-        body = await rendered(request, f"/metrics {content_type}", render, warm=True)
-        return await send(request, body, {"Content-Type": content_type})
+        body = await cache.get(f"/metrics {content_type}", render)
+        return send(request, body, {"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -154,19 +136,19 @@ def make_app(
             return web.Response(text="ready\n")
         return web.Response(status=503, text="first round not done yet\n")
 
-    async def results(request: web.Request) -> web.StreamResponse:
-        body = await rendered(request, "/api/v1/results", results_json)
-        return await send(request, body, {"Content-Type": "application/json; charset=utf-8"})
+    async def results(request: web.Request) -> web.Response:
+        body = await cache.get("/api/v1/results", results_json)
+        return send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
-    async def status(request: web.Request) -> web.StreamResponse:
-        body = await rendered(request, "/", status_page)
+    async def status(request: web.Request) -> web.Response:
+        body = await cache.get("/", status_page)
         headers = {
             "Content-Type": "text/html; charset=utf-8",
             # frame-ancestors is ignored in a <meta> policy: only the header can say it.
             "Content-Security-Policy": f"{CSP}; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff",
         }
-        return await send(request, body, headers)
+        return send(request, body, headers)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import platform
+import re
+from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
@@ -12,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor import __version__
 from monitor.engine.parity import VERDICTS, Parity, Thresholds, Verdict, judge
 from monitor.serve.exporter import make_registry
+from monitor.serve.metrics import METRICS
 from monitor.serve.state import Store
 from probes.base import (
     FAMILIES,
@@ -365,3 +368,35 @@ def test_every_registry_is_fresh() -> None:
     assert value(scrape(a), "dualstack_scheduler_job_failures_total", reason="crashed") == 5.0
     assert value(scrape(b), "dualstack_scheduler_job_failures_total", reason="crashed") == 0.0
     assert make_registry(a) is not make_registry(a)
+
+
+def test_each_metric_is_named_once_in_the_source() -> None:
+    """A metric is defined once: its name (or one of its sample names) appears in a single place
+    of monitor/ and probes/, its row in the table; and every metric name there is a row."""
+    root = Path(__file__).resolve().parents[2]
+    source = "\n".join(
+        path.read_text(encoding="utf-8")
+        for package in ("monitor", "probes")
+        for path in sorted((root / package).rglob("*.py"))
+    )
+    suffixes = r"(?:_total|_bucket|_count|_sum|_created)?"
+    for m in METRICS:
+        found = re.findall(rf"\b{m.name}{suffixes}\b", source)
+        assert len(found) == 1, (m.name, found)
+    names = {m.name for m in METRICS}
+    assert len(names) == len(METRICS)
+    mentioned = set(re.findall(r"\bdualstack_\w+", source))
+    assert mentioned == names, mentioned ^ names
+
+
+def test_every_metric_is_exported_with_its_table_row() -> None:
+    """Each row's name, type, help and label names are what a scrape shows (with a shard label
+    after `vantage` on the process's own series when sharded)."""
+    store = Store(vantage=VANTAGE)
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(generate_latest(make_registry(store)).decode())
+    }
+    assert list(families) == [m.name for m in METRICS]
+    for m in METRICS:
+        assert (families[m.name].type, families[m.name].documentation) == (m.type, m.help)

@@ -1,0 +1,295 @@
+"""Every metric `probe serve` exports, defined once: name, type, help, labels, and how its samples
+come from a snapshot. Label values come from configuration only, never from what a peer sends."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+from monitor import __version__
+from monitor.engine.parity import VERDICTS
+from monitor.serve.state import Histogram, Snapshot
+from probes.base import FAMILIES, NO_REGION, ProbeResult
+from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
+
+PROBE_LABELS = ("vantage", "target", "service", "region", "probe", "family")
+TARGET_LABELS = PROBE_LABELS[:4]
+HTTP_VERSIONS = ("1.1", "2", "3")
+K = TypeVar("K", bound=tuple[str, ...])
+Sample = tuple[Sequence[str], float | Histogram]
+"""Label values (in the order of the label names) and a value, or a histogram."""
+Samples = Callable[[Snapshot], Iterable[Sample]]
+Type = Literal["gauge", "counter", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One metric family: what the exposition says of it and where its samples come from."""
+
+    name: str
+    """Without `_total` for a counter (prometheus_client adds it)."""
+    help: str
+    labels: tuple[str, ...]
+    samples: Samples
+    type: Type = "gauge"
+    own: bool = False
+    """A series of the process: with more than one shard, a `shard` label follows `vantage`
+    (per-target series need none: each target is in one shard)."""
+
+    def label_names(self, s: Snapshot) -> tuple[str, ...]:
+        sharded = self.own and s.shards > 1
+        return ("vantage", "shard", *self.labels[1:]) if sharded else self.labels
+
+
+Value = Callable[[ProbeResult], float | Mapping[str, float] | None]
+
+
+def per_result(name: str, help: str, value: Value, by: str = "", *, probe: bool = True) -> Metric:
+    """A gauge read by `value` from each job's latest result (skipped results have none): no
+    series for None, one per key of a mapping (label `by`). `probe`: with a `probe` label."""
+    labels = (*TARGET_LABELS, *(("probe",) if probe else ()), "family", *filter(None, [by]))
+
+    def samples(s: Snapshot) -> Iterator[Sample]:
+        for (target, kind, family), r in sorted(s.latest.items()):
+            v = None if r.skipped else value(r)
+            base = [*_target(s, target), *((kind,) if probe else ()), family]
+            if isinstance(v, Mapping):
+                yield from (([*base, key], x) for key, x in v.items())
+            elif v is not None:
+                yield base, v
+
+    return Metric(name, help, labels, samples)
+
+
+def _target(s: Snapshot, name: str) -> list[str]:
+    t = s.targets.get(name)
+    return [s.vantage, name, t.service if t else "", (t.region if t else "") or NO_REGION]
+
+
+def own(
+    name: str, help: str, samples: Samples, labels: tuple[str, ...] = (), type: Type = "gauge"
+) -> Metric:
+    """A metric of the process (labels: `vantage`, `shard` when sharded, `labels`)."""
+    return Metric(name, help, ("vantage", *labels), samples, type, own=True)
+
+
+def _own(s: Snapshot, *more: str) -> list[str]:
+    return [s.vantage, str(s.shard), *more] if s.shards > 1 else [s.vantage, *more]
+
+
+def _per_job(s: Snapshot, series: Mapping[K, float | Histogram]) -> Iterator[Sample]:
+    """A series per key ((target, probe, family, ...)), in key order."""
+    return (([*_target(s, key[0]), *key[1:]], series[key]) for key in sorted(series))
+
+
+def _parity(s: Snapshot) -> Iterator[Sample]:
+    for (name, probe), p in sorted(s.parity.items()):
+        for verdict in VERDICTS:
+            yield [*_target(s, name), probe, str(verdict)], float(p.verdict is verdict)
+
+
+def _races(s: Snapshot) -> Iterator[tuple[str, list[str]]]:
+    return ((n, _target(s, n)) for n, t in sorted(s.targets.items()) if "race" in t.probes)
+
+
+def _race(field: str) -> Samples:
+    """The last race's `field` per target with a `race` probe (none while it is None)."""
+    return lambda s: [
+        (lv, v) for n, lv in _races(s) if (v := getattr(s.races.get(n), field, None)) is not None
+    ]
+
+
+def _addresses(r: ProbeResult) -> Mapping[str, float] | None:
+    ok = sum(1 for a in r.addresses if a.success)
+    return {"ok": ok, "failed": len(r.addresses) - ok} if r.addresses else None
+
+
+def tls_cert_not_after(r: ProbeResult) -> float | None:
+    cert = r.details.certificate if isinstance(r.details, TlsHandshake) else None
+    return cert.not_after_timestamp if cert is not None and r.probe == "tls" else None
+
+
+def http_version(r: ProbeResult) -> Mapping[str, float] | None:
+    d = r.details
+    if isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
+        # A value we negotiated, checked against a closed list: never peer text.
+        return {d.http_version: 1.0} if d.http_version in HTTP_VERSIONS else None
+    return None
+
+
+METRICS: tuple[Metric, ...] = (
+    per_result(
+        "dualstack_probe_success",
+        "1 if the last probe of this family succeeded.",
+        lambda r: float(r.success),
+    ),
+    per_result(
+        "dualstack_probe_duration_seconds",
+        "Latency of the last probe (its measured phases; ICMP: mean RTT).",
+        lambda r: r.duration_seconds,
+    ),
+    per_result(
+        "dualstack_probe_phase_duration_seconds",
+        "Duration of each phase of the last probe.",
+        lambda r: dict(sorted(r.phases.items())),
+        "phase",
+    ),
+    per_result(
+        "dualstack_probe_last_run_timestamp_seconds",
+        "Unix time the last probe started.",
+        lambda r: r.started,
+    ),
+    per_result(
+        "dualstack_dns_records",
+        "Addresses in the last A (ipv4) or AAAA (ipv6) answer.",
+        lambda r: len(r.details.records) if isinstance(r.details, DnsAnswer) else None,
+    ),
+    per_result(
+        "dualstack_tls_cert_not_after_timestamp_seconds",
+        "Expiry (Unix time) of the leaf certificate presented over this family.",
+        tls_cert_not_after,
+    ),
+    per_result(
+        "dualstack_http_status_code",
+        "HTTP status of the last response over this family.",
+        lambda r: r.details.status if isinstance(r.details, HttpExchange | QuicExchange) else None,
+    ),
+    per_result(
+        "dualstack_http_version_info",
+        "1 for the HTTP version negotiated over this family.",
+        http_version,
+        "version",
+    ),
+    per_result(
+        "dualstack_probe_addresses",
+        "Addresses of this family's answer the last probe dialled, by state (ok, failed).",
+        _addresses,
+        "state",
+    ),
+    per_result(
+        "dualstack_address_in_aws_ranges",
+        "1 if the address probed over this family is in a prefix of AWS's published "
+        "ip-ranges.json, 0 if in none.",
+        lambda r: None if r.address is None else float(r.aws is not None),
+    ),
+    per_result(
+        "dualstack_path_mtu_bytes",
+        "The largest of the target's icmp.sizes (whole IP packets) echoed back over this "
+        "family with fragmentation forbidden.",
+        lambda r: r.details.path_mtu_bytes if isinstance(r.details, IcmpEcho) else None,
+        probe=False,
+    ),
+    Metric(
+        "dualstack_race_wins",
+        "Happy Eyeballs (RFC 8305) races won, by the family of the first completed connect.",
+        (*TARGET_LABELS, "family"),
+        # Both families from the start, so a share of wins is defined at once.
+        lambda s: (([*lv, f], s.race_wins.get((n, f), 0)) for n, lv in _races(s) for f in FAMILIES),
+        "counter",
+    ),
+    Metric(
+        "dualstack_race_connect_seconds",
+        "The last race's time from its first connection attempt to the winner's connect.",
+        TARGET_LABELS,
+        _race("connect_seconds"),
+    ),
+    Metric(
+        "dualstack_race_ipv6_penalty_seconds",
+        "What IPv6 cost the last race: 0 when IPv6 won, else its connect time less a "
+        "direct IPv4 connect.",
+        TARGET_LABELS,
+        _race("ipv6_penalty_seconds"),
+    ),
+    Metric(
+        "dualstack_probe_latency_seconds",
+        "Latency of successful probes.",
+        PROBE_LABELS,
+        lambda s: _per_job(s, s.latency),
+        "histogram",
+    ),
+    Metric(
+        "dualstack_probe_runs",
+        "Probes run.",
+        PROBE_LABELS,
+        lambda s: _per_job(s, s.runs),
+        "counter",
+    ),
+    Metric(
+        "dualstack_probe_errors",
+        "Failed probes by error kind.",
+        (*PROBE_LABELS, "kind"),
+        lambda s: _per_job(s, s.errors),
+        "counter",
+    ),
+    Metric(
+        "dualstack_parity",
+        "IPv6 judged against IPv4: 1 for the current verdict, 0 for the others.",
+        (*PROBE_LABELS[:5], "verdict"),
+        _parity,
+    ),
+    Metric(
+        "dualstack_shard_info",
+        "Which shard (from 0) of how many this process probes of the vantage's targets; always 1.",
+        ("vantage", "shard", "shards"),
+        lambda s: [([s.vantage, str(s.shard), str(s.shards)], 1.0)],
+    ),
+    own(
+        "dualstack_vantage_ipv6_available",
+        "1 if this vantage has a usable route to a target's IPv6 address (0: none; "
+        "absent: no IPv6 address to test).",
+        # `site`: vantages that share a network and uplink (config `site`; default the vantage)
+        lambda s: [
+            (_own(s, s.site or s.vantage), v) for v in [s.vantage_check.ipv6] if v is not None
+        ],
+        ("site",),
+    ),
+    own(
+        "dualstack_scheduler_lag_seconds",
+        "How late probes start after their slot.",
+        lambda s: [(_own(s), s.lag)],
+        type="histogram",
+    ),
+    Metric(
+        "dualstack_scheduler_skipped",
+        "Runs skipped because the previous run of the job was still going.",
+        ("vantage", "target", "probe"),
+        lambda s: (([s.vantage, *k], n) for k, n in sorted(s.skipped.items())),
+        "counter",
+    ),
+    own(
+        "dualstack_scheduler_job_failures",
+        "Job runs that crashed (a bug) or hung past the hard timeout; each still leaves a "
+        "failed result.",
+        lambda s: ((_own(s, why), s.job_failures.get(why, 0)) for why in ("crashed", "hung")),
+        ("reason",),
+        "counter",
+    ),
+    own(
+        "dualstack_scheduler_jobs",
+        "Scheduled (target, probe) jobs.",
+        lambda s: [(_own(s), sum(len(t.probes) for t in s.targets.values()))],
+    ),
+    own(
+        "dualstack_config_last_reload_successful",
+        "1 if the last configuration (re)load succeeded.",
+        lambda s: [(_own(s), s.reload_ok)],
+    ),
+    own(
+        "dualstack_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful configuration load.",
+        lambda s: [(_own(s), s.reload_time)],
+    ),
+    own(
+        "dualstack_ip_ranges_sync_timestamp_seconds",
+        "syncToken (Unix time) of the AWS ip-ranges.json that addresses are attributed with.",
+        lambda s: [(_own(s), v) for v in [s.ip_ranges_sync] if v is not None],
+    ),
+    own(
+        "dualstack_build_info",
+        "Build information; always 1.",
+        lambda s: [(_own(s, s.site or s.vantage, __version__, platform.python_version()), 1)],
+        ("site", "version", "python"),
+    ),
+)
