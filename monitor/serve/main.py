@@ -154,6 +154,9 @@ async def serve_forever(
             extra={"fields": {"event": "basic_auth_without_tls"}},
         )
 
+    # What --listen gives (the kernel's port for port 0), unless `external_url` says better:
+    # `[::]` reaches nobody from another host, but it says which port to ask for.
+    service.default_external_url = f"{scheme}://{shown}:{bound}"
     await service.apply(cfg)
     collector = FreezeSurvivors()
     collector.start()  # the configuration and jobs, then each full collection's survivors
@@ -175,6 +178,7 @@ async def serve_forever(
             scheduler, housekeeping, complete_passes, *pending, return_exceptions=True
         )
         await runner.cleanup()
+        service.store.events.close()
         collector.stop()
         log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
     return 0
