@@ -4,9 +4,11 @@ make an event. The clock is injected: no sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ def result(family: Family, error: ProbeError | None = None) -> ProbeResult:
         target=TARGET.name,
         probe="tcp",
         family=family,
-        address="2001:db8::1" if family == "ipv6" else "192.0.2.1",
+        address="::1" if family == "ipv6" else "127.0.0.1",  # routes the self-check finds
         success=error is None,
         duration_seconds=0.01,
         started=1_700_000_000.0,
@@ -38,7 +40,7 @@ def result(family: Family, error: ProbeError | None = None) -> ProbeResult:
     )
 
 
-REFUSED = ProbeError(kind=ErrorKind.CONNECT_REFUSED, message="connection refused by [2001:db8::1]")
+REFUSED = ProbeError(kind=ErrorKind.CONNECT_REFUSED, message="connection refused by [::1]")
 
 
 class Clock:
@@ -178,3 +180,47 @@ def test_an_unwritable_file_is_logged_once_and_counted(
         assert len(lines(tmp_path / "events.jsonl")) == 1 and log.write_errors == 3
     finally:
         log.close()
+
+
+def test_the_vantage_keeps_changes_and_its_external_url(tmp_path: Path) -> None:
+    """Through `Vantage._record` as a job would: a healthy first verdict is no event, a change
+    is; the snapshot carries what the metrics need; `external_url` falls back to the listen
+    address the process gives."""
+    from monitor.config import build, validate
+    from monitor.serve.vantage import Vantage
+
+    # a second target that works over IPv6: one failing is the target's, not the vantage's
+    targets = [{"name": TARGET.name, "host": TARGET.host}, {"name": "fine", "host": "fine.test"}]
+    model = validate({"vantage": "unit", "targets": targets}, "x")
+    cfg = build(model, "x", base_dir=tmp_path)
+    vantage = Vantage(cfg, default_external_url="http://127.0.0.1:9851")
+    asyncio.run(vantage.apply(cfg))
+    assert vantage.store.external_url == "http://127.0.0.1:9851"
+    target = vantage.store.targets[TARGET.name]
+    fine = vantage.store.targets["fine"]
+    vantage._record(fine, "tcp", [replace(result(f), target="fine") for f in ("ipv4", "ipv6")])
+    for broken in (False, True, True, False):
+        vantage._record(
+            target, "tcp", [result("ipv4"), result("ipv6", REFUSED if broken else None)]
+        )
+    snap = vantage.store.snapshot()
+    assert [(e.previous, e.parity.verdict) for e in snap.events] == [
+        (Verdict.OK, Verdict.IPV6_FAILED),
+        (Verdict.IPV6_FAILED, Verdict.OK),
+    ]
+    assert (snap.events_total, snap.events_dropped, snap.events_write_errors) == (2, 0, 0)
+    assert [r.family for r in snap.events[0].results] == ["ipv4", "ipv6"]
+    assert snap.external_url == "http://127.0.0.1:9851"
+
+    configured = build(
+        validate(
+            {"vantage": "unit", "external_url": "https://v.example.net/", "events": {"keep": 1}},
+            "x",
+        ),
+        "x",
+        base_dir=tmp_path,
+    )
+    asyncio.run(vantage.apply(configured))  # a reload
+    snap = vantage.store.snapshot()
+    assert snap.external_url == "https://v.example.net"
+    assert (len(snap.events), snap.events_dropped) == (1, 1)
