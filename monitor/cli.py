@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="a long-running vantage point exporting Prometheus metrics",
         description="Probe on a schedule and serve /metrics, /healthz, /readyz, "
-        "/api/v1/results and a status page. SIGHUP reloads the config; SIGTERM drains and exits.",
+        "/api/v1/results, /api/v1/events and a status page. SIGHUP reloads the config; "
+        "SIGTERM drains and exits.",
     )
     serve.add_argument(
         "--config", required=True, metavar="FILE", help="YAML config; SIGHUP reloads it"

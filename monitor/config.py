@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -287,6 +288,24 @@ class ShardingConfig(_Strict):
         return self
 
 
+class EventsConfig(_Strict):
+    """The verdict changes `probe serve` keeps (monitor/serve/events.py)."""
+
+    keep: int = Field(1000, ge=1, le=100_000)
+    file: str | None = None
+    max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+
+
+def _check_external_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{value!r}: use http:// or https:// and a host, e.g. http://vantage:9851")
+    if parts.query or parts.fragment or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r}: no query, fragment or spaces: links are added to it")
+    # the alert rules append /api/v1/events?...: one slash between, however it was written
+    return value.rstrip("/")
+
+
 class ConfigModel(_Strict):
     vantage: Annotated[str, Field(pattern=NAME_RE)] | None = None
     site: Annotated[str, Field(pattern=NAME_RE)] | None = None
@@ -305,6 +324,8 @@ class ConfigModel(_Strict):
     source: SourceConfig = Field(default_factory=SourceConfig)
     race: RaceConfig = Field(default_factory=RaceConfig)
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    external_url: Annotated[str, AfterValidator(_check_external_url)] | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConfigModel:
@@ -355,6 +376,11 @@ class Config:
     """Vantages sharing a network and uplink; None: the vantage's own name (after --vantage)."""
     shard: Shard = UNSHARDED
     """The part of `targets` (and of the zones' name servers) this process probes."""
+    events: EventsConfig = field(default_factory=EventsConfig)
+    """What `probe serve` keeps of verdict changes; `file` resolved against the config's
+    directory."""
+    external_url: str | None = None
+    """Where people reach `probe serve`; None: `http://` and the listen address."""
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -579,6 +605,10 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
         sources=sources,
         site=model.site,
         shard=Shard(index=model.sharding.index, count=model.sharding.count),
+        events=model.events.model_copy(
+            update={"file": str(base_dir / model.events.file) if model.events.file else None}
+        ),
+        external_url=model.external_url,
     )
 
 

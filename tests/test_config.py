@@ -56,6 +56,12 @@ INVALID = {
     ),
     "invalid-source-family.yml": "source.ipv4: '2001:db8::1' is not an IPv4 address",
     "invalid-empty-families.yml": "families: []: must not be empty",
+    "invalid-events-unknown-key.yml": "events.kep: unknown key",
+    "invalid-events-keep.yml": "events.keep: 0: must be at least 1",
+    "invalid-external-url.yml": (
+        "external_url: 'vantage-a.example.net:9851': use http:// or https:// and a host, "
+        "e.g. http://vantage:9851"
+    ),
 }
 
 
@@ -184,3 +190,21 @@ def test_configs_are_parsed_by_libyaml_where_pyyaml_has_it() -> None:
         assert yaml.load(text, Loader=fast) == yaml.load(text, Loader=config._UniqueKeyLoader)
     with pytest.raises(ConfigError, match="line 2: duplicate key 'a'"):
         yaml.load("a: 1\na: 2\n", Loader=fast)
+
+
+def test_events_file_is_relative_to_the_config_and_external_url_loses_its_slash(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "vantage.yml"
+    path.write_text(
+        "external_url: https://vantage-a.example.net:9851/\n"
+        "events: {keep: 50, file: state/events.jsonl, max_bytes: 4096}\n"
+    )
+    cfg = load_config(path)
+    assert cfg.external_url == "https://vantage-a.example.net:9851"
+    assert (cfg.events.keep, cfg.events.max_bytes) == (50, 4096)
+    assert cfg.events.file == str(tmp_path / "state" / "events.jsonl")  # need not exist yet
+    (tmp_path / "empty.yml").write_text("")
+    defaults = load_config(tmp_path / "empty.yml")
+    assert defaults.external_url is None and defaults.events.file is None
+    assert defaults.events.keep == 1000

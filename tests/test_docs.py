@@ -13,6 +13,7 @@ from monitor.config import (
     CatalogConfig,
     ConfigError,
     ConfigModel,
+    EventsConfig,
     HttpConfig,
     IcmpConfig,
     IpRangesConfig,
@@ -137,6 +138,7 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("race", RaceConfig),
     ("targets[].race", TargetRaceConfig),
     ("targets[].icmp", IcmpConfig),
+    ("events", EventsConfig),
 ]
 
 

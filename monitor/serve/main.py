@@ -153,6 +153,9 @@ async def serve_forever(
             extra={"fields": {"event": "basic_auth_without_tls"}},
         )
 
+    # What --listen gives (the kernel's port for port 0), unless `external_url` says better:
+    # `[::]` reaches nobody from another host, but it says which port to ask for.
+    service.default_external_url = f"{scheme}://{shown}:{bound}"
     await service.apply(cfg)
     scheduler = loop.create_task(service.scheduler.run(), name="scheduler")
     housekeeping = loop.create_task(service.housekeeping(), name="housekeeping")
@@ -168,5 +171,6 @@ async def serve_forever(
         housekeeping.cancel()
         await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
         await runner.cleanup()
+        service.store.events.close()
         log.info("stopped", extra={"fields": {"event": "stopped", "cancelled": cancelled}})
     return 0

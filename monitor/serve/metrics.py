@@ -287,6 +287,32 @@ METRICS: tuple[Metric, ...] = (
         lambda s: [(_own(s), v) for v in [s.ip_ranges_sync] if v is not None],
     ),
     own(
+        "dualstack_vantage_info",
+        "Where people reach this process (config `external_url`, default http:// and the "
+        "--listen address), for alerts' evidence_url; always 1.",
+        lambda s: [(_own(s, s.site or s.vantage, s.external_url), 1)] if s.external_url else [],
+        ("site", "external_url"),
+    ),
+    own(
+        "dualstack_events",
+        "Verdict changes kept as events (GET /api/v1/events) since the process started.",
+        lambda s: [(_own(s), s.events_total)],
+        type="counter",
+    ),
+    own(
+        "dualstack_events_dropped",
+        "Events pushed out of the in-memory ring at its limit (config events.keep).",
+        lambda s: [(_own(s), s.events_dropped)],
+        type="counter",
+    ),
+    own(
+        "dualstack_events_write_errors",
+        "Events that could not be appended to the events file (config events.file); the log "
+        "says why once.",
+        lambda s: [(_own(s), s.events_write_errors)],
+        type="counter",
+    ),
+    own(
         "dualstack_build_info",
         "Build information; always 1.",
         lambda s: [(_own(s, s.site or s.vantage, __version__, platform.python_version()), 1)],

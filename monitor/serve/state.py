@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from monitor.engine.parity import Parity
 from monitor.engine.report import Report
 from monitor.engine.vantage import VantageCheck
+from monitor.serve.events import Event, EventLog
 from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, RaceResult, Target
 
 # 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
@@ -112,6 +113,10 @@ class Store:
     """The latest Happy Eyeballs race per target (probe `race`: no result, no parity)."""
     race_wins: Counter[tuple[str, Family]] = field(default_factory=Counter)
     """Races won, per target and winning family."""
+    events: EventLog = field(default_factory=EventLog)
+    """The verdict changes, with their evidence (monitor/serve/events.py)."""
+    external_url: str = ""
+    """Where people reach this process (config `external_url`), for links from alerts."""
 
     def set_targets(self, targets: dict[str, Target]) -> None:
         """New configuration: forget every series of targets that are gone (or lost a probe)."""
@@ -215,6 +220,11 @@ class Store:
             race_wins=dict(self.race_wins),
             shard=self.shard,
             shards=self.shards,
+            events=self.events.events(),
+            events_total=self.events.total,
+            events_dropped=self.events.dropped,
+            events_write_errors=self.events.write_errors,
+            external_url=self.external_url,
         )
 
 
@@ -262,6 +272,16 @@ class Snapshot:
     shard: int = 0
     shards: int = 1
     """This process probes shard `shard` (from 0) of `shards` of the vantage's targets."""
+    events: tuple[Event, ...] = ()
+    """The verdict changes kept, oldest first."""
+    events_total: int = 0
+    """Events recorded since start (dualstack_events_total)."""
+    events_dropped: int = 0
+    """Events pushed out of the ring at its limit (dualstack_events_dropped_total)."""
+    events_write_errors: int = 0
+    """Events not appended to the events file (dualstack_events_write_errors_total)."""
+    external_url: str = ""
+    """Where people reach this process (dualstack_vantage_info's `external_url` label)."""
 
     @property
     def ready(self) -> bool:

@@ -22,6 +22,7 @@ from monitor.engine.check import (
 )
 from monitor.engine.parity import Parity, judge
 from monitor.engine.vantage import check_vantage, ipv6_broken
+from monitor.serve.events import is_event
 from monitor.serve.scheduler import Clock, Scheduler
 from monitor.serve.state import Store
 from probes import kinds
@@ -80,8 +81,12 @@ class ResolutionCache:
 
 
 class Vantage:
-    def __init__(self, cfg: Config, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self, cfg: Config, *, clock: Clock | None = None, default_external_url: str = ""
+    ) -> None:
         self.cfg = cfg
+        self.default_external_url = default_external_url
+        """`external_url` when the configuration has none (`http://` and the listen address)."""
         self.env: ProbeEnv = make_env(cfg)
         self.resolver: Resolver = make_resolver(cfg, self.env)
         self.store = Store(
@@ -123,6 +128,10 @@ class Vantage:
         self.store.ip_ranges_sync = ranges.sync_timestamp if ranges is not None else None
         self.store.site = cfg.site or cfg.vantage
         self.store.shard, self.store.shards = cfg.shard.index, cfg.shard.count
+        self.store.events.configure(
+            keep=cfg.events.keep, file=cfg.events.file, max_bytes=cfg.events.max_bytes
+        )
+        self.store.external_url = cfg.external_url or self.default_external_url
         for note in notes:
             log.warning(note, extra={"fields": {"event": "zone_expansion_failed"}})
         self.store.notes = tuple(notes)
@@ -203,7 +212,7 @@ class Vantage:
             self.check_vantage()  # a target works over IPv6 again: clear at once
         for r in results:
             self._log_failure(r)
-        self._log_flip(previous, parity)
+        self._changed(previous, parity)
 
     def _log_failure(self, r: ProbeResult) -> None:
         """A failure is logged when it starts or changes kind, then reminded at most every
@@ -259,10 +268,27 @@ class Vantage:
                 target, probe, latest.get((name, probe, "ipv4")), latest.get((name, probe, "ipv6"))
             )
             self.store.parity[(name, probe)] = parity
-            self._log_flip(previous, parity)
+            self._changed(previous, parity)
 
-    def _log_flip(self, previous: Parity | None, parity: Parity) -> None:
-        if previous is not None and previous.verdict is parity.verdict:
+    def _changed(self, previous: Parity | None, parity: Parity) -> None:
+        """A verdict stored: a change is logged and kept as an event with the results it was
+        judged on (the store's latest of the job, both families)."""
+        was = previous.verdict if previous is not None else None
+        if is_event(was, parity.verdict) and parity.target in self.store.targets:
+            latest = self.store.latest
+            self.store.events.add(
+                vantage=self.store.vantage,
+                site=self.store.site,
+                target=self.store.targets.get(parity.target),
+                parity=parity,
+                previous=was,
+                results=(
+                    r
+                    for f in FAMILIES
+                    if (r := latest.get((parity.target, parity.probe, f))) is not None
+                ),
+            )
+        if was is parity.verdict:
             return
         log.info(
             "verdict %s",

@@ -1,9 +1,10 @@
 """The HTTP side of `probe serve` (aiohttp, one port): /metrics, /healthz, /readyz,
-/api/v1/results, the status page at /, and POST /-/reload only with --web.enable-lifecycle.
+/api/v1/results, /api/v1/events (the verdict changes kept), the status page at /, and
+POST /-/reload only with --web.enable-lifecycle.
 
 No endpoint probes a target named by a request (no SSRF): everything shown comes from the
-configured jobs. TLS and basic auth come from the exporter-toolkit web config. /metrics, / and
-/api/v1/results are rendered off the event loop and shared for up to a second
+configured jobs. TLS and basic auth come from the exporter-toolkit web config. /metrics, /,
+/api/v1/results and /api/v1/events are rendered off the event loop and shared for up to a second
 (monitor/web/render.py); /healthz and /readyz are answered on the spot.
 """
 
@@ -12,8 +13,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -77,8 +81,99 @@ class Exposer(Protocol):
         ...
 
 
+EVENT_PARAMS = ("target", "probe", "since", "limit")
+DEFAULT_EVENTS = 100
+MAX_EVENTS = 1000
+CHANGES_SHOWN = 5
+"""Events per target in the status page's "Recent changes" (the API has them all)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventQuery:
+    """What GET /api/v1/events asks for: newest first, at most `limit`."""
+
+    target: str | None = None
+    probe: str | None = None
+    since: float | None = None
+    """Unix time: events at or after it."""
+    limit: int = DEFAULT_EVENTS
+
+    def key(self) -> str:
+        """The query in one canonical form (the render cache's key)."""
+        return f"/api/v1/events {self.target!r} {self.probe!r} {self.since!r} {self.limit}"
+
+
+def _iso_time(text: str) -> float | None:
+    """ISO 8601 to Unix time; no offset means UTC (as everything the API writes)."""
+    for candidate in (text, text.replace(" ", "+")):  # a `+` in a URL query decodes to a space
+        try:
+            when = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    return None
+
+
+def parse_event_query(params: Iterable[tuple[str, str]]) -> EventQuery | str:
+    """The query of GET /api/v1/events, or why it is refused, in one line."""
+    seen: dict[str, str] = {}
+    for name, value in params:
+        if name not in EVENT_PARAMS:
+            return f"unknown parameter {name!r}: use {', '.join(EVENT_PARAMS)}"
+        if name in seen:
+            return f"parameter {name!r} given twice"
+        seen[name] = value
+    since = None
+    if "since" in seen:
+        since = _iso_time(seen["since"])
+        if since is None:
+            return f"since={seen['since']!r} is not an ISO 8601 time, e.g. 2026-01-31T08:00:00Z"
+    limit = DEFAULT_EVENTS
+    if "limit" in seen:
+        text = seen["limit"]
+        if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_EVENTS):
+            return f"limit={text!r} is not a whole number from 1 to {MAX_EVENTS}"
+        limit = int(text)
+    return EventQuery(target=seen.get("target"), probe=seen.get("probe"), since=since, limit=limit)
+
+
+def select_events(snap: Snapshot, query: EventQuery) -> list[dict[str, Any]]:
+    """The snapshot's events that match, newest first, as JSON documents."""
+    out: list[dict[str, Any]] = []
+    for e in reversed(snap.events):
+        if len(out) >= query.limit:
+            break
+        if (
+            (query.target is None or e.name == query.target)
+            and (query.probe is None or e.probe == query.probe)
+            and (query.since is None or e.time >= query.since)
+        ):
+            out.append(e.to_json())
+    return out
+
+
+def events_json(query: EventQuery) -> Callable[[Snapshot], bytes]:
+    def render(snap: Snapshot) -> bytes:
+        return json.dumps({"events": select_events(snap, query)}, default=str).encode()
+
+    return render
+
+
+def recent_changes(snap: Snapshot, per_target: int = CHANGES_SHOWN) -> list[dict[str, Any]]:
+    """The newest few events of each configured target, newest first, for the status page."""
+    shown: Counter[str] = Counter()
+    out = []
+    for e in reversed(snap.events):
+        if e.name in snap.targets and shown[e.name] < per_target:
+            shown[e.name] += 1
+            out.append(e.to_json())
+    return out
+
+
 def status_page(snap: Snapshot) -> bytes:
-    page = render_status_page(report_json(snap.report()), ready=snap.ready, now=snap.taken)
+    page = render_status_page(
+        report_json(snap.report()), ready=snap.ready, now=snap.taken, events=recent_changes(snap)
+    )
     return page.encode()
 
 
@@ -140,6 +235,13 @@ def make_app(
         body = await cache.get("/api/v1/results", results_json)
         return send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
+    async def events(request: web.Request) -> web.Response:
+        query = parse_event_query(request.query.items())
+        if isinstance(query, str):
+            return web.Response(status=400, text=f"400: {query}\n")
+        body = await cache.get(query.key(), events_json(query))
+        return send(request, body, {"Content-Type": "application/json; charset=utf-8"})
+
     async def status(request: web.Request) -> web.Response:
         body = await cache.get("/", status_page)
         headers = {
@@ -154,6 +256,7 @@ def make_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/results", results)
+    app.router.add_get("/api/v1/events", events)
     app.router.add_get("/", status)
     if reload is not None:
 

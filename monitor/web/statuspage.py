@@ -257,6 +257,52 @@ def _failures(results: list[Mapping[str, Any]], limit: int) -> str:
     )
 
 
+def _ipv6_error(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The IPv6 result's error in an event ({} when IPv6 had none)."""
+    for r in _as_list(event.get("results")):
+        if r.get("family") == "ipv6" and isinstance(r.get("error"), Mapping):
+            return r["error"]  # type: ignore[no-any-return]
+    return {}
+
+
+def _changes(events: list[Mapping[str, Any]]) -> str:
+    """The last verdict changes of each target (events, newest first), grouped by target."""
+    if not events:
+        return '<p class="empty">No verdict changed since this vantage started.</p>'
+    by_target: dict[str, list[Mapping[str, Any]]] = {}
+    for e in events:
+        by_target.setdefault(str(e.get("target")), []).append(e)
+    blocks = []
+    for target, mine in by_target.items():
+        rows = []
+        for e in mine:
+            err = _ipv6_error(e)
+            old, new = e.get("from"), str(e.get("to"))
+            rows.append(
+                f'<tr data-probe="{_e(e.get("probe"))}" data-from="{_e(old or "none")}" '
+                f'data-to="{_e(new)}">'
+                f"<td>{_e(_clock(e.get('time')))}</td>"
+                f"<td>{_e(e.get('probe'))}</td>"
+                f'<td><span class="chip {_css_class(str(old))}">{_e(old or "(first)")}</span>'
+                f' → <span class="chip {_css_class(new)}">{_e(new)}</span></td>'
+                f'<td class="kind">{_e(err.get("kind", "-"))}</td>'
+                f'<td class="msg">{_e(err.get("message", ""))}</td>'
+                "</tr>"
+            )
+        blocks.append(
+            f"<h3>{_e(target)}</h3>"
+            f'<table class="changes" data-target="{_e(target)}"><thead><tr>'
+            '<th scope="col">time (UTC)</th><th scope="col">probe</th>'
+            '<th scope="col">verdict</th><th scope="col">IPv6 error</th>'
+            f'<th scope="col">message</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        )
+    return (
+        f'<div id="recent-changes">{"".join(blocks)}</div>'
+        '<p class="more">The evidence of each (both families\' results): '
+        "/api/v1/events?target=NAME&amp;probe=PROBE.</p>"
+    )
+
+
 _WINNER_TEXT = {"ipv6": "IPv6", "ipv4": "IPv4"}
 
 
@@ -358,6 +404,19 @@ def _css() -> str:
         "#last-failures th{white-space:nowrap}"
         "#last-failures thead th{background:#eef1f4}"
         "#last-failures .kind{font-weight:600;color:#8e0000;white-space:nowrap}"
+        "h3{font-size:15px;margin:14px 0 4px}"
+        # fixed columns: every target's table lines up with the next
+        ".changes{border-spacing:0;width:100%;max-width:1200px;font-size:13px;"
+        "table-layout:fixed}"
+        ".changes th:nth-child(1){width:90px}.changes th:nth-child(2){width:70px}"
+        ".changes th:nth-child(3){width:270px}.changes th:nth-child(4){width:210px}"
+        ".changes th,.changes td{padding:5px 10px;border-bottom:1px solid #dde1e5;"
+        "text-align:left;vertical-align:top}"
+        ".changes thead th{background:#eef1f4;white-space:nowrap}"
+        ".changes .chip{white-space:nowrap}"
+        ".changes .kind{font-weight:600;color:#8e0000;overflow-wrap:anywhere}"
+        ".changes .msg{overflow-wrap:anywhere;font-family:ui-monospace,'DejaVu Sans Mono',"
+        "monospace;font-size:12px}"
         "#races{border-spacing:0;max-width:1200px;font-size:13px}"
         "#races th,#races td{padding:5px 10px;border-bottom:1px solid #dde1e5;text-align:left;"
         "vertical-align:top}"
@@ -375,9 +434,15 @@ def _css() -> str:
 
 
 def render_status_page(
-    doc: Mapping[str, Any], *, ready: bool, now: float, max_failures: int = 20
+    doc: Mapping[str, Any],
+    *,
+    ready: bool,
+    now: float,
+    max_failures: int = 20,
+    events: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """The whole page for one report document (run-report.schema.json) at Unix time `now`."""
+    """The whole page for one report document (run-report.schema.json) at Unix time `now`;
+    `events` (as /api/v1/events gives them, newest first) make its "Recent changes"."""
     results = _as_list(doc.get("results"))
     parity = _as_list(doc.get("parity"))
     vantage = doc.get("vantage") or "unknown vantage"
@@ -452,6 +517,11 @@ def render_status_page(
         )
     notes = "".join(f"<li>{_e(n)}</li>" for n in doc.get("notes") or () if isinstance(n, str))
     notes_html = f'<h2>Notes</h2><ul class="notes">{notes}</ul>' if notes else ""
+    changes_html = (
+        f"<section><h2>Recent changes</h2>{_changes(_as_list(events))}</section>\n"
+        if events is not None
+        else ""
+    )
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
@@ -471,7 +541,7 @@ def render_status_page(
         f"{_summary(parity)}{_matrix(results, parity)}{_legend()}</section>\n"
         f"{_races(_as_list(doc.get('races')))}"
         f"<section><h2>Last failures</h2>{_failures(results, max_failures)}</section>\n"
-        f"{notes_html}</main>\n"
+        f"{changes_html}{notes_html}</main>\n"
         f"<footer>dualstack-monitor · page refreshes every {_REFRESH_SECONDS} s</footer>\n"
         "</body>\n</html>\n"
     )

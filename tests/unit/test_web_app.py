@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import bcrypt
@@ -282,9 +283,109 @@ async def test_basic_auth_spares_only_healthz(client_for: AppFactory, configured
     hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4))
     client = await client_for(configured, web_config=WebConfig(users={"prom": hashed}))
     assert (await client.get("/healthz")).status == 200
-    for path in ("/metrics", "/readyz", "/api/v1/results", "/"):
+    for path in ("/metrics", "/readyz", "/api/v1/results", "/api/v1/events", "/"):
         assert (await client.get(path)).status == 401, path
     ok = await client.get("/metrics", headers=basic_auth("prom", "s3cret"))
     assert ok.status == 200
     wrong = await client.get("/metrics", headers=basic_auth("prom", "guess"))
     assert wrong.status == 401
+
+
+def record_changes(store: Store) -> None:
+    """Three verdict changes, a second apart: tls ok -> ipv6_failed, http2 (first) ipv6_failed,
+    tls ipv6_failed -> ok."""
+    clock = iter([1_800_000_000.0, 1_800_000_001.0, 1_800_000_002.0])
+    store.events.clock = lambda: next(clock)
+    v4, v6 = ROUND["tls"]
+    h4, h6 = ROUND["http2"]
+    failed = judge(TARGET, "tls", v4, v6, thresholds=Thresholds())
+    ok = judge(TARGET, "tls", v4, v4, thresholds=Thresholds())
+    http2 = judge(TARGET, "http2", h4, h6, thresholds=Thresholds())
+    for parity, previous, results in (
+        (failed, ok.verdict, (v4, v6)),
+        (http2, None, (h4, h6)),
+        (ok, failed.verdict, (v4, v6)),
+    ):
+        store.events.add(
+            vantage=VANTAGE,
+            site=VANTAGE,
+            target=TARGET,
+            parity=parity,
+            previous=previous,
+            results=results,
+        )
+
+
+async def test_api_events_newest_first_and_filtered(
+    client_for: AppFactory, configured: Store
+) -> None:
+    record_changes(configured)
+    client = await client_for(configured)
+    resp = await client.get("/api/v1/events")
+    assert resp.status == 200
+    assert resp.content_type == "application/json"
+    events = (await resp.json())["events"]
+    assert [(e["probe"], e["from"], e["to"]) for e in events] == [
+        ("tls", "ipv6_failed", "ok"),
+        ("http2", None, "ipv6_failed"),
+        ("tls", "ok", "ipv6_failed"),
+    ]
+    assert events[2]["time"] == "2027-01-15T08:00:00.000Z"
+    evidence = {r["family"]: r for r in events[2]["results"]}
+    assert evidence["ipv6"]["error"]["kind"] == "tls_untrusted"
+    assert evidence["ipv6"]["details"]["certificate"]["sans"] == ["web.example.com"]
+    assert evidence["ipv4"]["success"] is True
+
+    async def probes(query: str) -> list[str]:
+        resp = await client.get(f"/api/v1/events?{query}")
+        assert resp.status == 200, await resp.text()
+        return [e["probe"] for e in (await resp.json())["events"]]
+
+    assert await probes("target=web&probe=tls") == ["tls", "tls"]
+    assert await probes("target=other") == []
+    assert await probes("limit=1") == ["tls"]
+    assert await probes("since=2027-01-15T08:00:01Z") == ["tls", "http2"]
+    assert await probes("since=2027-01-15T08:00:01%2B00:00") == ["tls", "http2"]
+    assert await probes("since=2027-01-15T08:00:01+00:00") == ["tls", "http2"]  # + as a space
+    assert await probes("since=2027-01-15T17:00:01.5%2B09:00") == ["tls"]
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("since=yesterday", "since='yesterday' is not an ISO 8601 time"),
+        ("since=", "since='' is not an ISO 8601 time"),
+        ("limit=0", "limit='0' is not a whole number from 1 to 1000"),
+        ("limit=1001", "limit='1001' is not a whole number from 1 to 1000"),
+        ("limit=ten", "limit='ten' is not a whole number from 1 to 1000"),
+        ("limit=-1", "limit='-1' is not a whole number from 1 to 1000"),
+        ("verdict=ok", "unknown parameter 'verdict': use target, probe, since, limit"),
+        ("target=a&target=b", "parameter 'target' given twice"),
+    ],
+)
+async def test_api_events_bad_parameters_are_400_with_one_line(
+    client_for: AppFactory, configured: Store, query: str, reason: str
+) -> None:
+    client = await client_for(configured)
+    resp = await client.get(f"/api/v1/events?{query}")
+    assert resp.status == 400
+    text = await resp.text()
+    assert text.startswith(f"400: {reason}") and text.count("\n") == 1, text
+
+
+async def test_status_page_shows_recent_changes(client_for: AppFactory, configured: Store) -> None:
+    run_round(configured)
+    record_changes(configured)
+    client = await client_for(configured)
+    page = await (await client.get("/")).text()
+    section = page.split("<h2>Recent changes</h2>", 1)[1].split("</section>", 1)[0]
+    assert 'data-target="web"' in section
+    rows = re.findall(r'<tr data-probe="(\w+)" data-from="(\w+)" data-to="(\w+)">', section)
+    assert rows == [
+        ("tls", "ipv6_failed", "ok"),
+        ("http2", "none", "ipv6_failed"),
+        ("tls", "ok", "ipv6_failed"),
+    ]
+    assert "tls_untrusted" in section and "unable to get issuer" in section
+    assert PEER_TEXT not in page and html.escape(PEER_TEXT) in section  # the message, as text
+    assert "<script" not in page
