@@ -281,7 +281,7 @@ class Snapshot:
     events_write_errors: int = 0
     """Events not appended to the events file (dualstack_events_write_errors_total)."""
     external_url: str = ""
-    """Where people reach this process (dualstack_vantage_info's `external_url` label)."""
+    """Where people reach this process (the `external_url` label of the vantage info metric)."""
 
     @property
     def ready(self) -> bool:
