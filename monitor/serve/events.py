@@ -177,7 +177,7 @@ class EventLog:
                 self._failing = True
                 log.error(
                     "cannot write the events file %s: %s (events stay in memory; "
-                    "dualstack_events_write_errors_total counts the lost lines)",
+                    "/metrics counts the lost lines)",
                     self._file,
                     exc.strerror or exc,
                     extra={"fields": {"event": "events_write_failed", "file": self._file}},

@@ -275,11 +275,11 @@ class Snapshot:
     events: tuple[Event, ...] = ()
     """The verdict changes kept, oldest first."""
     events_total: int = 0
-    """Events recorded since start (dualstack_events_total)."""
+    """Events recorded since start."""
     events_dropped: int = 0
-    """Events pushed out of the ring at its limit (dualstack_events_dropped_total)."""
+    """Events pushed out of the ring at its limit."""
     events_write_errors: int = 0
-    """Events not appended to the events file (dualstack_events_write_errors_total)."""
+    """Events not appended to the events file."""
     external_url: str = ""
     """Where people reach this process (the `external_url` label of the vantage info metric)."""
 
