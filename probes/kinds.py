@@ -99,6 +99,8 @@ class Kind:
 
 
 _KINDS: dict[str, Kind] = {}
+_ROWS: dict[type[Any], tuple[Compared[Any], ...]] = {}
+"""`of_details` remembered (parity asks for every pair judged); emptied when a kind comes or goes."""
 
 
 def register(kind: Kind) -> Kind:
@@ -108,6 +110,7 @@ def register(kind: Kind) -> Kind:
     if known is not None and known is not kind:
         raise ValueError(f"probe kind {kind.name!r} is registered already")
     _KINDS[kind.name] = kind
+    _ROWS.clear()
     return kind
 
 
@@ -116,6 +119,7 @@ def unregister(name: str) -> None:
     if name in BUILTIN_MODULES:
         raise ValueError(f"{name!r} is a built-in probe kind")
     _KINDS.pop(name, None)
+    _ROWS.clear()
 
 
 def names() -> tuple[str, ...]:
@@ -160,11 +164,11 @@ def kinds() -> tuple[Kind, ...]:
 
 def of_details(details_type: type[Any]) -> tuple[Compared[Any], ...]:
     """What parity compares for a details type, from the kind that declares it."""
-    for kind in kinds():
-        rows = kind.compared.get(details_type)
-        if rows is not None:
-            return rows
-    return ()
+    rows = _ROWS.get(details_type)
+    if rows is None:
+        found = (k.compared[details_type] for k in kinds() if details_type in k.compared)
+        rows = _ROWS[details_type] = next(found, ())
+    return rows
 
 
 def details_types() -> tuple[type[Any], ...]:

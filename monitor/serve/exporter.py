@@ -1,13 +1,19 @@
 """Prometheus metrics from the Store: a collector that yields the families of `METRICS`
-(monitor/serve/metrics.py) from a snapshot, written by prometheus_client's own exposition."""
+(monitor/serve/metrics.py) from a snapshot, and `Exposition`, which writes the same text straight
+from the table for the formats Prometheus asks for (prometheus_client's encoder builds an object
+per sample: several seconds and hundreds of MB at 10,000 jobs, benchmarks/README.md); tests check
+the two byte for byte. Other formats (escapings that rename metrics) go through the encoder."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import ALLOWUTF8, UNDERSCORES
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString as _go_float
 
 from monitor.serve.metrics import METRICS
 from monitor.serve.state import Histogram, Snapshot, Store
@@ -59,6 +65,49 @@ def make_registry(store: Store) -> CollectorRegistry:
     return registry
 
 
+PLAIN_ESCAPINGS = (UNDERSCORES, ALLOWUTF8)
+"""Escapings that leave our metric and label names as they are: the written path's."""
+
+
+def _value(v: float) -> str:
+    text: str = _go_float(v)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _labels(names: Sequence[str], values: Sequence[str]) -> str:
+    """As prometheus_client writes them: sorted by name, values escaped."""
+    text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(zip(names, values, strict=True)))
+    return f"{{{text}}}" if text else ""
+
+
+def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
+    """The text of every metric of the table: the Prometheus text format 0.0.4, or OpenMetrics
+    1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`)."""
+    for m in METRICS:
+        names = m.label_names(s)
+        sample = m.name + ("_total" if m.type == "counter" else "")
+        family = m.name if open_metrics else sample
+        doc = _escape(m.help) if open_metrics else m.help.replace("\\", r"\\").replace("\n", r"\n")
+        lines = [f"# HELP {family} {doc}\n# TYPE {family} {m.type}\n"]
+        for values, value in m.samples(s):
+            if isinstance(value, Histogram):
+                for le, n in value.cumulative():
+                    labels = _labels([*names, "le"], [*values, le])
+                    lines.append(f"{m.name}_bucket{labels} {_value(n)}\n")
+                labels = _labels(names, values)
+                lines.append(f"{m.name}_count{labels} {_value(n)}\n")
+                lines.append(f"{m.name}_sum{labels} {_value(value.total)}\n")
+            else:
+                lines.append(f"{sample}{_labels(names, values)} {_value(value)}\n")
+        yield "".join(lines)
+    if open_metrics:
+        yield "# EOF\n"
+
+
 class Exposition:
     """`/metrics` in the format an `Accept` header asks for (prometheus_client's choice)."""
 
@@ -67,5 +116,13 @@ class Exposition:
         return choose_encoder(accept)[1]
 
     @staticmethod
-    def render(snap: Snapshot, accept: str) -> bytes:
-        return choose_encoder(accept)[0](SnapshotCollector(snap))
+    def render(snap: Snapshot, accept: str) -> Iterable[str | bytes]:
+        encoder, _ = choose_encoder(accept)
+        options = getattr(encoder, "keywords", {})
+        base = getattr(encoder, "func", encoder)
+        if (
+            options.get("escaping", UNDERSCORES) in PLAIN_ESCAPINGS
+            and options.get("version", "1.0.0") == "1.0.0"
+        ):
+            return write(snap, open_metrics=base is openmetrics_latest)
+        return (encoder(SnapshotCollector(snap)),)

@@ -10,6 +10,8 @@ configured jobs. TLS and basic auth come from the exporter-toolkit web config. /
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import ipaddress
 import json
 import time
@@ -76,8 +78,9 @@ class Exposer(Protocol):
         """The content type answered to this `Accept` header."""
         ...
 
-    def render(self, snap: Snapshot, accept: str) -> bytes:
-        """The exposition of a snapshot in that content type; called in the render thread."""
+    def render(self, snap: Snapshot, accept: str) -> Iterable[str | bytes]:
+        """The exposition of a snapshot in that content type, in pieces; called in the render
+        thread."""
         ...
 
 
@@ -152,9 +155,9 @@ def select_events(snap: Snapshot, query: EventQuery) -> list[dict[str, Any]]:
     return out
 
 
-def events_json(query: EventQuery) -> Callable[[Snapshot], bytes]:
-    def render(snap: Snapshot) -> bytes:
-        return json.dumps({"events": select_events(snap, query)}, default=str).encode()
+def events_json(query: EventQuery) -> Callable[[Snapshot], tuple[bytes]]:
+    def render(snap: Snapshot) -> tuple[bytes]:
+        return (json.dumps({"events": select_events(snap, query)}, default=str).encode(),)
 
     return render
 
@@ -170,23 +173,27 @@ def recent_changes(snap: Snapshot, per_target: int = CHANGES_SHOWN) -> list[dict
     return out
 
 
-def status_page(snap: Snapshot) -> bytes:
+def status_page(snap: Snapshot) -> tuple[bytes]:
     page = render_status_page(
         report_json(snap.report()), ready=snap.ready, now=snap.taken, events=recent_changes(snap)
     )
-    return page.encode()
+    return (page.encode(),)
 
 
-def results_json(snap: Snapshot) -> bytes:
-    return json.dumps(report_json(snap.report()), default=str).encode()
+def results_json(snap: Snapshot) -> tuple[bytes]:
+    return (json.dumps(report_json(snap.report()), default=str).encode(),)
 
 
-def send(request: web.Request, rendered: Rendered, headers: Mapping[str, str]) -> web.Response:
-    """The cached body, gzipped to a client that takes gzip."""
+async def send(
+    request: web.Request, rendered: Rendered, headers: Mapping[str, str]
+) -> web.Response:
+    """The cached body: gzipped to a client that takes gzip (Prometheus does), else inflated
+    in a thread."""
     headers = {**headers, "Vary": "Accept-Encoding"}
     if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         return web.Response(body=rendered.gzip, headers={**headers, "Content-Encoding": "gzip"})
-    return web.Response(body=rendered.body, headers=headers)
+    body = await asyncio.to_thread(gzip.decompress, rendered.gzip)
+    return web.Response(body=body, headers=headers)
 
 
 def make_app(
@@ -215,11 +222,11 @@ def make_app(
         accept = request.headers.get("Accept", "")
         content_type = exposition.content_type(accept)
 
-        def render(snap: Snapshot) -> bytes:
+        def render(snap: Snapshot) -> Iterable[str | bytes]:
             return exposition.render(snap, accept)
 
         body = await cache.get(f"/metrics {content_type}", render)
-        return send(request, body, {"Content-Type": content_type})
+        return await send(request, body, {"Content-Type": content_type})
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -233,14 +240,14 @@ def make_app(
 
     async def results(request: web.Request) -> web.Response:
         body = await cache.get("/api/v1/results", results_json)
-        return send(request, body, {"Content-Type": "application/json; charset=utf-8"})
+        return await send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
     async def events(request: web.Request) -> web.Response:
         query = parse_event_query(request.query.items())
         if isinstance(query, str):
             return web.Response(status=400, text=f"400: {query}\n")
         body = await cache.get(query.key(), events_json(query))
-        return send(request, body, {"Content-Type": "application/json; charset=utf-8"})
+        return await send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
     async def status(request: web.Request) -> web.Response:
         body = await cache.get("/", status_page)
@@ -250,7 +257,7 @@ def make_app(
             "Content-Security-Policy": f"{CSP}; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff",
         }
-        return send(request, body, headers)
+        return await send(request, body, headers)
 
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
