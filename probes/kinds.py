@@ -100,7 +100,7 @@ class Kind:
 
 _KINDS: dict[str, Kind] = {}
 _ROWS: dict[type[Any], tuple[Compared[Any], ...]] = {}
-"""`of_details` remembered (parity asks for every pair judged); emptied when a kind comes or goes."""
+"""`of_details` remembered (parity asks for every pair); emptied when a kind comes or goes."""
 
 
 def register(kind: Kind) -> Kind:
