@@ -17,11 +17,16 @@ from typing import Any
 
 import jsonschema
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from toykind import registered
 
 from monitor.cli import main
+from monitor.config import load_config
+from monitor.engine.round import run_round
 from monitor.engine.schema import report_schema
 from monitor.lab.dnsserver import DnsRecord, DnsServer
+from monitor.serve.exporter import Exposition
+from monitor.serve.state import Store
 from probes import kinds
 from probes.base import Outcome, ProbeRequest
 from probes.details import Details
@@ -123,6 +128,7 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
             rc_table, table = await asyncio.to_thread(
                 run_cli, "run", "--config", str(cfg), "--no-progress"
             )
+            metrics = await exported(cfg)
         assert kinds.get("banner") is TOY
     assert "banner" not in kinds.names()  # gone with the block
 
@@ -135,6 +141,34 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
     assert verdict["differences"][0]["field"] == "line"
     assert rc == rc_table == 1  # a mismatch is a regression
     assert "greeter" in table and "banner" in table and "mismatch" in table
+    # /metrics: the common families carry the kind, with its phases and its verdict
+    assert metrics[("dualstack_probe_success", "ipv6", "")] == 1.0
+    assert ("dualstack_probe_phase_duration_seconds", "ipv4", "greeting") in metrics
+    assert metrics[("dualstack_parity", "", "mismatch")] == 1.0
+
+
+async def exported(cfg: Path) -> dict[tuple[str, str, str], float]:
+    """One round of the configuration, recorded as `probe serve` records it, and its /metrics
+    text: the banner kind's samples by (name, family, phase or verdict)."""
+    config = load_config(cfg)
+    report = await run_round(config, config.targets)
+    store = Store(vantage="toy")
+    store.set_targets({t.name: t for t in config.targets})
+    for p in report.parity:
+        store.record([r for r in report.results if (r.target, r.probe) == (p.target, p.probe)], p)
+    text = b"".join(
+        x.encode() if isinstance(x, str) else x for x in Exposition.render(store.snapshot(), "")
+    ).decode()
+    return {
+        (
+            s.name,
+            s.labels.get("family", ""),
+            s.labels.get("phase", s.labels.get("verdict", "")),
+        ): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.labels.get("probe") == "banner"
+    }
 
 
 def test_the_schema_refuses_a_kind_that_is_not_registered() -> None:
