@@ -70,6 +70,8 @@ PLAIN_ESCAPINGS = (UNDERSCORES, ALLOWUTF8)
 
 
 def _value(v: float) -> str:
+    if -1e300 < v < 1e6:  # repr, as prometheus_client writes these (its Go form differs above)
+        return repr(float(v))
     text: str = _go_float(v)  # type: ignore[no-untyped-call]
     return text
 
@@ -78,15 +80,30 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    """As prometheus_client writes them: sorted by name, values escaped."""
-    text = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(zip(names, values, strict=True)))
-    return f"{{{text}}}" if text else ""
-
-
 def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     """The text of every metric of the table: the Prometheus text format 0.0.4, or OpenMetrics
-    1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`)."""
+    1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`).
+    Labels as prometheus_client writes them: sorted by name, values escaped; a series' label
+    text is made once per render, whichever metrics share it."""
+    texts: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+    escaped: dict[str, str] = {}
+
+    def pairs(items: Sequence[tuple[str, str]]) -> str:
+        out = []
+        for k, v in items:
+            e = escaped.get(v)
+            if e is None:
+                e = escaped[v] = _escape(v)
+            out.append(f'{k}="{e}"')
+        return ",".join(out)
+
+    def labels(names: tuple[str, ...], values: Sequence[str]) -> str:
+        key = (names, tuple(values))
+        text = texts.get(key)
+        if text is None:
+            text = texts[key] = "{" + pairs(sorted(zip(names, values, strict=True))) + "}"
+        return text
+
     for m in METRICS:
         names = m.label_names(s)
         sample = m.name + ("_total" if m.type == "counter" else "")
@@ -95,14 +112,18 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
         lines = [f"# HELP {family} {doc}\n# TYPE {family} {m.type}\n"]
         for values, value in m.samples(s):
             if isinstance(value, Histogram):
+                items = sorted(zip(names, values, strict=True))
+                at = sum(1 for k, _ in items if k < "le")
+                before, after = pairs(items[:at]), pairs(items[at:])
+                pre, post = before + "," if before else "", "," + after if after else ""
+                n: float = 0
                 for le, n in value.cumulative():
-                    labels = _labels([*names, "le"], [*values, le])
-                    lines.append(f"{m.name}_bucket{labels} {_value(n)}\n")
-                labels = _labels(names, values)
-                lines.append(f"{m.name}_count{labels} {_value(n)}\n")
-                lines.append(f"{m.name}_sum{labels} {_value(value.total)}\n")
+                    lines.append(f'{m.name}_bucket{{{pre}le="{le}"{post}}} {_value(n)}\n')
+                text = labels(names, values)
+                lines.append(f"{m.name}_count{text} {_value(n)}\n")
+                lines.append(f"{m.name}_sum{text} {_value(value.total)}\n")
             else:
-                lines.append(f"{sample}{_labels(names, values)} {_value(value)}\n")
+                lines.append(f"{sample}{labels(names, values)} {_value(value)}\n")
         yield "".join(lines)
     if open_metrics:
         yield "# EOF\n"
