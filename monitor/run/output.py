@@ -60,8 +60,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ),
     ExitStatus(
         code=EXIT_OFFLINE,
-        meaning="this vantage cannot probe at all: no DNS server answered any query of the run "
-        "(one line on stderr names the servers and their errors)",
+        meaning="this vantage cannot probe at all: no DNS server answered any query of the run, "
+        "or every probe failed over both families (one line on stderr names the servers and "
+        "their errors, or the most common error and the resolver)",
         next_step="is this machine online? check its resolver, or name one: "
         "{rerun} --resolver ADDR",
     ),
