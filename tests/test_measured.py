@@ -19,7 +19,7 @@ import yaml
 from monitor.cli import main
 from monitor.engine.schema import report_schema
 from monitor.lab import LabFacts, endpoint_host
-from probes.base import ProbeEnv, ProbeResult, Resolution, Target
+from probes.base import Family, ProbeEnv, ProbeResult, Resolution, Target
 from probes.handler import run_probe
 
 BLACKHOLED = "2001:db8:1::10"
@@ -162,3 +162,32 @@ def test_one_working_target_keeps_the_status(
     path = _config(tmp_path, lab_session.dns_port, hosts)
     assert main(["run", "--config", str(path), "--ca-file", str(lab_session.ca_file)]) != 4
     assert "every target failed" not in capsys.readouterr().err
+
+
+def test_snapshot_says_when_nothing_works() -> None:
+    """`Snapshot.vantage_probing_ok` (dualstack_vantage_probing_ok): False only when the
+    latest result of every job failed over both families."""
+    from monitor.serve.state import Store
+    from probes.base import ErrorKind, ProbeError
+
+    def result(target: str, family: Family, ok: bool) -> ProbeResult:
+        err = ProbeError(kind=ErrorKind.DNS_NXDOMAIN, message="x", phase="resolve")
+        return ProbeResult(
+            target=target,
+            probe="tcp",
+            family=family,
+            address=None,
+            success=ok,
+            duration_seconds=0.0,
+            started=0.0,
+            error=None if ok else err,
+        )
+
+    store = Store(vantage="v")
+    assert store.snapshot().vantage_probing_ok  # no result yet: nothing to blame
+    for t in ("a", "b"):
+        for fam in ("ipv4", "ipv6"):
+            store.latest[(t, "tcp", fam)] = result(t, fam, False)
+    assert not store.snapshot().vantage_probing_ok
+    store.latest[("b", "tcp", "ipv4")] = result("b", "ipv4", True)  # one family of one job
+    assert store.snapshot().vantage_probing_ok

@@ -273,10 +273,19 @@ def _cell(r: ProbeResult | None) -> tuple[str, str | None]:
     return _printable(str(r.error.kind) if r.error else "failed"), "red"
 
 
-def _why(p: Parity) -> str:
+def _why(p: Parity, v4: ProbeResult | None, v6: ProbeResult | None) -> str:
     if p.verdict is Verdict.OK and p.differences:
         return "normal differences: " + ", ".join(d.field for d in p.differences)
-    return _printable(p.reason)
+    failed = {
+        Verdict.IPV6_FAILED: (v6,),
+        Verdict.IPV4_FAILED: (v4,),
+        Verdict.BOTH_FAILED: (v4, v6),
+    }.get(p.verdict, ())
+    # the error's kind and phase first ("timeout in connect"): where to look, before the detail
+    whys = dict.fromkeys(r.error.why() for r in failed if r is not None and r.error is not None)
+    if not whys:
+        return _printable(p.reason)
+    return _printable(" / ".join(whys) + (f": {p.reason}" if p.reason else ""))
 
 
 def _groups(report: Report) -> list[tuple[str, list[_Row]]]:
@@ -296,7 +305,9 @@ def _groups(report: Report) -> list[tuple[str, list[_Row]]]:
         rows: list[_Row] = []
         said: dict[str, str] = {}
         for p in sorted(by_target[name], key=lambda p: kind_order.index(p.probe)):
-            why = _why(p)
+            why = _why(
+                p, results.get((name, p.probe, "ipv4")), results.get((name, p.probe, "ipv6"))
+            )
             if why and why in said:
                 why = f"same as {said[why]}"
             elif why:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from monitor.engine.parity import Parity
 from monitor.engine.report import Report
-from monitor.engine.vantage import VantageCheck
+from monitor.engine.vantage import VantageCheck, nothing_works
 from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, RaceResult, Target
 
 # 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
@@ -215,6 +215,7 @@ class Store:
             race_wins=dict(self.race_wins),
             shard=self.shard,
             shards=self.shards,
+            vantage_probing_ok=not nothing_works(self.latest.values(), self.races.values()),
         )
 
 
@@ -262,6 +263,11 @@ class Snapshot:
     shard: int = 0
     shards: int = 1
     """This process probes shard `shard` (from 0) of `shards` of the vantage's targets."""
+    vantage_probing_ok: bool = True
+    """False when the latest result of every job failed, over both families, and no race
+    connected: nothing works from here, so per-target failures blame the vantage
+    (`dualstack_vantage_probing_ok`, alert DualstackVantageCannotProbe). True before any
+    result, and as soon as one job works over either family."""
 
     @property
     def ready(self) -> bool:

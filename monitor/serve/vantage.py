@@ -222,7 +222,7 @@ class Vantage:
                 )
             return
         kind = str(r.error.kind)
-        fields |= {"kind": kind, "error": r.error.message}
+        fields |= {"kind": kind, "phase": r.error.phase, "error": r.error.message}
         if seen is None or seen[0] != kind:
             log.warning("probe failed", extra={"fields": {"event": "probe_failed", **fields}})
         elif now - seen[1] >= FAILURE_REMINDER_SECONDS:
