@@ -372,8 +372,8 @@ class RaceResult:
     """From the first connection attempt to the winner's completed TCP handshake."""
     ipv6_penalty_seconds: float | None
     """0 when IPv6 won; when IPv4 won, `connect_seconds` less a direct IPv4 connect to the
-    winning address right after (what broken or slow IPv6 cost); None when nothing won or
-    the direct connect failed."""
+    winning address right after (what broken or slow IPv6 cost); None when nothing won, the
+    direct connect failed, or IPv6 was not raced (`--family ipv4`)."""
     attempts: tuple[RaceAttempt, ...]
     resolution_seconds: float = 0.0
     """From the DNS queries to the first connection attempt (the resolution delay included)."""

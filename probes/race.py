@@ -230,7 +230,9 @@ class _Race:
             winner, timed_out = await self._attempts(deadline)
             direct = tls = None
             err: ProbeError | None = None
-            if winner is not None and winner.family == "ipv4":
+            # IPv6 left out (--family ipv4): IPv4 wins by default, and IPv6 cost nothing to
+            # measure, so no direct connect and no penalty (None, not a misleading 0)
+            if winner is not None and winner.family == "ipv4" and "ipv6" in self.families:
                 direct = await self._direct(winner.address, deadline)
             if winner is not None and speaks_tls(self.target):
                 tls, err = await self._tls(winner, deadline)

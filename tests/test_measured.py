@@ -191,3 +191,17 @@ def test_snapshot_says_when_nothing_works() -> None:
     assert not store.snapshot().vantage_probing_ok
     store.latest[("b", "tcp", "ipv4")] = result("b", "ipv4", True)  # one family of one job
     assert store.snapshot().vantage_probing_ok
+
+
+def test_family_ipv4_race_claims_no_ipv6_cost(
+    lab_config_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """IPv6 never tried: not "IPv4 won ... IPv6 cost this client 0 ms"."""
+    args = ["run", "--config", str(lab_config_file), "--target", "healthy", "--probe", "race"]
+    main([*args, "--family", "ipv4", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "race healthy: IPv4 won (127.0.0.1)" in out and "IPv6 not tried" in out
+    assert "IPv6 cost this client" not in out
+    main([*args, "--family", "ipv4", "--format", "json"])
+    [race] = json.loads(capsys.readouterr().out)["races"]
+    assert race["ipv6_penalty_seconds"] is None and race["direct_ipv4_seconds"] is None

@@ -542,7 +542,9 @@ def race_line(r: RaceResult) -> str:
         return f"nothing connected ({r.error.kind if r.error else 'failed'})"
     won = "IPv6" if r.winner_family == "ipv6" else "IPv4"
     line = f"{won} won ({r.winner_address}) in {milliseconds(r.connect_seconds)}"
-    if r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
+    if r.winner_family == "ipv4" and not any(a.family == "ipv6" for a in r.attempts):
+        line += "; IPv6 not tried"  # --family ipv4, or no AAAA: it cost nothing to measure
+    elif r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
         line += f"; IPv6 cost this client {r.ipv6_penalty_seconds * 1000:.0f} ms"
     if r.error is not None:
         line += f"; {r.error.kind}"
