@@ -368,8 +368,12 @@ def _table_lines(
     why_at = len(indent) + sum(inner) + len(_GAP) * len(inner)
     fits = why_at - len(_GAP) <= width
     under = indent + " " * (inner[0] + len(_GAP))
+    # The header mirrors the rows: a `target` line, then the probe columns under it, `why`
+    # where a short reason goes (a long one goes under the cells).
+    lines.append(heads[0])
     if fits:
-        lines.append((indent + _pad(list(heads[1:]), inner, list(heads[1:]))).rstrip())
+        cols = [*heads[1:], "why"]
+        lines.append((indent + _pad(cols, [*inner, 0], cols)).rstrip())
     for name, rs in groups:
         lines.append(name)
         for r in rs:
