@@ -5,8 +5,8 @@ closing block that says the exit status, what it means and what to run next."""
 
 from __future__ import annotations
 
-import fcntl
 import dataclasses
+import fcntl
 import io
 import os
 import re
