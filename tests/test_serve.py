@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -411,7 +413,13 @@ def test_reload_adds_removes_and_survives_bad_config(served: Served, config: Pat
 
 def test_lifecycle_endpoint_needs_the_flag(config: Path) -> None:
     with serve(config) as s:
-        assert s.post("/-/reload") in (404, 405)
+        req = urllib.request.Request(s.url + "/-/reload", data=b"", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 404
+        body = refused.value.read().decode()
+        assert body.count("\n") == 1 and body.startswith("Lifecycle API is not enabled")
+        assert "--web.enable-lifecycle" in body
         start = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
         assert s.proc.wait(timeout=30) == 0
