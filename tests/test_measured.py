@@ -143,12 +143,13 @@ def test_nxdomain_for_everything_blames_the_vantage(
     lab_session: LabFacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     port = lab_session.dns_port
-    path = _config(tmp_path, port, {"a": "nowhere.example.com", "b": "nothing.example.com"})
+    hosts = {n: f"{n}.nowhere.example.com" for n in ("a", "b", "c")}
+    path = _config(tmp_path, port, hosts)
     assert main(["run", "--config", str(path)]) == 4
     out, err = capsys.readouterr()
     assert err.count("\n") == 1, err
     assert "every target failed over both families" in err
-    assert "dns_nxdomain in resolve, 12 of 12" in err and f"resolver 127.0.0.1:{port}" in err
+    assert "dns_nxdomain in resolve, 18 of 18" in err and f"resolver 127.0.0.1:{port}" in err
     assert "no IPv6 regression" not in out + err
     assert main(["run", "--config", str(path), "--format", "json"]) == 4
     out, err = capsys.readouterr()
@@ -158,7 +159,8 @@ def test_nxdomain_for_everything_blames_the_vantage(
 def test_one_working_target_keeps_the_status(
     lab_session: LabFacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    hosts = {"a": "nowhere.example.com", "ok": endpoint_host("healthy")}
+    hosts = {n: f"{n}.nowhere.example.com" for n in ("a", "b", "c")}
+    hosts["ok"] = endpoint_host("healthy")
     path = _config(tmp_path, lab_session.dns_port, hosts)
     assert main(["run", "--config", str(path), "--ca-file", str(lab_session.ca_file)]) != 4
     assert "every target failed" not in capsys.readouterr().err
@@ -185,7 +187,9 @@ def test_snapshot_says_when_nothing_works() -> None:
 
     store = Store(vantage="v")
     assert store.snapshot().vantage_probing_ok  # no result yet: nothing to blame
-    for t in ("a", "b"):
+    store.latest[("a", "tcp", "ipv4")] = result("a", "ipv4", False)
+    assert store.snapshot().vantage_probing_ok  # one target failing blames no vantage
+    for t in ("a", "b", "c"):
         for fam in ("ipv4", "ipv6"):
             store.latest[(t, "tcp", fam)] = result(t, fam, False)
     assert not store.snapshot().vantage_probing_ok

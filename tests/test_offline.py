@@ -148,19 +148,15 @@ def test_silent_resolver_is_exit_4(
     assert "timed out" in err and "is this machine online?" in err
 
 
-def test_any_answer_means_online(
-    lab_session: LabFacts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A resolver that answers, even NXDOMAIN, is reachable: not "is this machine online?".
-    Still exit 4 when nothing works over either family (tests/test_measured.py), naming the
-    error and the resolver instead."""
+def test_any_answer_means_online(lab_session: LabFacts, tmp_path: Path) -> None:
+    """A resolver that answers, even NXDOMAIN, is reachable: not exit 4. (One name that does
+    not exist blames no vantage either: that takes every target of at least three failing,
+    tests/test_measured.py.)"""
     path = config(tmp_path, lab_session.dns_port)
     doc = yaml.safe_load(path.read_text())
     doc["targets"] = [{"name": "missing", "host": "nowhere.example.com", "probes": ["dns"]}]
     path.write_text(yaml.safe_dump(doc))
-    assert main(["run", "--config", str(path)]) == 4
-    err = capsys.readouterr().err
-    assert "is this machine online?" not in err and "dns_nxdomain in resolve, 2 of 2" in err
+    assert main(["run", "--config", str(path)]) == 0
 
 
 def test_precedence_usage_before_offline(tmp_path: Path, dead_port: int) -> None:

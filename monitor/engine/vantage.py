@@ -68,13 +68,15 @@ def ipv6_broken(results: Iterable[ProbeResult]) -> bool:
 
 
 def nothing_works(results: Iterable[ProbeResult], races: Iterable[RaceResult] = ()) -> bool:
-    """Every probe that ran failed, over every family, and no race connected: nothing works
-    from here (a resolver answering NXDOMAIN for all, a closed DNS port), so the failures say
-    nothing about the targets. One success anywhere, over either family, and it is False."""
+    """Every probe that ran failed, over every family, no race connected, and there were at
+    least MIN_JUDGED_TARGETS targets: nothing works from here (a resolver answering NXDOMAIN
+    for all, a closed DNS port), so the failures say nothing about the targets. One success
+    anywhere, over either family, and it is False; so it is with fewer targets (one name
+    that does not exist says nothing about the vantage)."""
     ran = [r for r in results if not r.skipped]
     if any(r.success for r in ran) or any(r.winner_family for r in races):
         return False
-    return bool(ran)
+    return len({r.target for r in ran}) >= MIN_JUDGED_TARGETS
 
 
 def cannot_probe(results: Sequence[ProbeResult], resolvers: Sequence[str]) -> str:

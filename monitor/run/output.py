@@ -61,8 +61,8 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ExitStatus(
         code=EXIT_OFFLINE,
         meaning="this vantage cannot probe at all: no DNS server answered any query of the run, "
-        "or every probe failed over both families (one line on stderr names the servers and "
-        "their errors, or the most common error and the resolver)",
+        "or every probe of 3 targets or more failed over both families (one line on stderr "
+        "names the servers and their errors, or the most common error and the resolver)",
         next_step="is this machine online? check its resolver, or name one: "
         "{rerun} --resolver ADDR",
     ),

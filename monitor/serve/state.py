@@ -264,8 +264,9 @@ class Snapshot:
     shards: int = 1
     """This process probes shard `shard` (from 0) of `shards` of the vantage's targets."""
     vantage_probing_ok: bool = True
-    """False when the latest result of every job failed, over both families, and no race
-    connected: nothing works from here, so per-target failures blame the vantage
+    """False when the latest result of every job (3 targets or more) failed, over both
+    families, and no race connected: nothing works from here, so per-target failures blame
+    the vantage
     (`dualstack_vantage_probing_ok`, alert DualstackVantageCannotProbe). True before any
     result, and as soon as one job works over either family."""
 
