@@ -83,14 +83,15 @@ def cannot_probe(results: Sequence[ProbeResult], resolvers: Sequence[str]) -> st
     """The one line naming the most common error (kind and phase) and the resolver in use."""
     whys = Counter(r.error.why() for r in results if not r.skipped and r.error is not None)
     ran = sum(1 for r in results if not r.skipped)
+    families = sorted({r.family for r in results if not r.skipped})
+    over = "both families" if len(families) > 1 else "".join(families) or "both families"
     common = ""
     if whys:
         why, n = whys.most_common(1)[0]
         common = f" (most common: {why}, {n} of {ran})"
     used = ", ".join(resolvers) or "the system's (none configured)"
     return peer_text(
-        f"every target failed over both families{common} — this vantage cannot probe; "
-        f"resolver {used}"
+        f"every target failed over {over}{common} — this vantage cannot probe; resolver {used}"
     )
 
 
