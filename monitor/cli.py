@@ -19,11 +19,18 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from monitor import __version__
 from monitor.catalog import shipped
-from monitor.config import Config, ConfigError, load_config, parse_duration, parse_period
+from monitor.config import (
+    Config,
+    ConfigError,
+    did_you_mean,
+    load_config,
+    parse_duration,
+    parse_period,
+)
 from monitor.engine.report import Report
 from monitor.run.output import (
     EXIT_USAGE,
@@ -165,8 +172,25 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit status 2, with a "did you mean" for a near
+    miss among the choices: the usage block only with --help."""
+
+    def error(self, message: str) -> NoReturn:
+        m = _INVALID_CHOICE.fullmatch(message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m["choices"])
+            message = f"{m['head']}{did_you_mean(m['word'], choices)} (choose from {m['choices']})"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+_INVALID_CHOICE = re.compile(
+    r"(?P<head>.*invalid choice: '(?P<word>[^']*)') \(choose from (?P<choices>.*)\)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="probe",
         description="Compare AWS endpoints over IPv6 and IPv4 from this vantage point.",
     )

@@ -15,7 +15,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -390,6 +390,32 @@ def _loc(loc: Sequence[str | int]) -> str:
     return out or "(top level)"
 
 
+def _known_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """The keys a mapping at `loc` accepts: its model's fields (by alias), for a near miss."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue  # a list's index: the same item model
+        field = next(
+            (f for name, f in current.model_fields.items() if (f.alias or name) == part), None
+        )
+        current = _model_in(field.annotation) if field is not None else None
+    if current is None:
+        return []
+    return [f.alias or name for name, f in current.model_fields.items()]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, through Optional, lists, tuples and dict values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(get_args(annotation)):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _message(err: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -495,12 +521,16 @@ def validate(data: Any, path: str) -> ConfigModel:
         return ConfigModel.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        first = errors[0]
+        # a misspelt key first: the "required key is missing" beside it is its consequence
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         ctx_err = first.get("ctx", {}).get("error")
         if isinstance(ctx_err, _KeyError):
             where, what = _loc(ctx_err.loc), ctx_err.message
         else:
             where, what = _loc(first["loc"]), _message(first)
+            if first["type"] == "extra_forbidden" and first["loc"]:
+                word = str(first["loc"][-1])
+                what += did_you_mean(word, _known_keys(ConfigModel, first["loc"][:-1]))
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"{path}: {where}: {what}{more}") from None
 

@@ -6,10 +6,12 @@ of the closed set in ErrorKind. The shared handler in probes/handler.py owns tim
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
@@ -75,12 +77,42 @@ class ProbeError:
     message: str
     """A human sentence; may quote what a remote peer sent. Made safe here, once: control
     characters escaped (`\\n`, `\\x1b`), at most 512 characters (probes/text.py)."""
+    phase: str | None = None
+    """Where it failed: `resolve`, or one of the kind's declared `phases` (`connect`, `tls`,
+    ...); the handler sets it from the phases the probe completed when the probe did not."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "message", peer_text(self.message))
 
-    def to_json(self) -> dict[str, str]:
-        return {"kind": str(self.kind), "message": self.message}
+    def to_json(self) -> dict[str, str | None]:
+        return {"kind": str(self.kind), "message": self.message, "phase": self.phase}
+
+    def why(self) -> str:
+        """`timeout in connect`: the kind and where, for tables, logs and one-line summaries."""
+        return f"{self.kind} in {self.phase}" if self.phase else str(self.kind)
+
+
+_progress: ContextVar[list[str] | None] = ContextVar("probe_progress", default=None)
+"""The phases the running probe attempt has completed (probes/handler.py sets it), so that a
+deadline that cuts the probe off still says which phase it was in."""
+
+
+@contextlib.contextmanager
+def recording_phases() -> Iterator[list[str]]:
+    """Within it, `passed()` appends to the list yielded (the handler's view of an attempt)."""
+    done: list[str] = []
+    token = _progress.set(done)
+    try:
+        yield done
+    finally:
+        _progress.reset(token)
+
+
+def passed(phase: str) -> None:
+    """Record that the running probe completed `phase`; a no-op outside the handler."""
+    done = _progress.get()
+    if done is not None:
+        done.append(phase)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -340,8 +372,8 @@ class RaceResult:
     """From the first connection attempt to the winner's completed TCP handshake."""
     ipv6_penalty_seconds: float | None
     """0 when IPv6 won; when IPv4 won, `connect_seconds` less a direct IPv4 connect to the
-    winning address right after (what broken or slow IPv6 cost); None when nothing won or
-    the direct connect failed."""
+    winning address right after (what broken or slow IPv6 cost); None when nothing won, the
+    direct connect failed, or IPv6 was not raced (`--family ipv4`)."""
     attempts: tuple[RaceAttempt, ...]
     resolution_seconds: float = 0.0
     """From the DNS queries to the first connection attempt (the resolution delay included)."""

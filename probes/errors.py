@@ -6,6 +6,7 @@ in the shared handler, so a bug in one probe never stops the others.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import ssl
 
@@ -31,8 +32,13 @@ _ERRNO_KINDS: dict[int, ErrorKind] = {
 }
 
 
-def error(kind: ErrorKind, message: str) -> ProbeError:
-    return ProbeError(kind=kind, message=message)
+def error(kind: ErrorKind, message: str, phase: str | None = None) -> ProbeError:
+    return ProbeError(kind=kind, message=message, phase=phase)
+
+
+def in_phase(err: ProbeError, phase: str) -> ProbeError:
+    """`err` said to have happened in `phase`, unless it already says where."""
+    return err if err.phase else dataclasses.replace(err, phase=phase)
 
 
 def _said(what: str, reason: str) -> str:

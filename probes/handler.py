@@ -8,6 +8,7 @@ built-in protocol library (aioquic, h2): only code that probes does.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import statistics
 import time
@@ -26,8 +27,9 @@ from probes.base import (
     ProbeResult,
     Resolution,
     Target,
+    recording_phases,
 )
-from probes.errors import error
+from probes.errors import error, in_phase
 from probes.ipranges import Attribution
 
 kinds.kinds()  # the built-in kinds, loaded here so that a probe never waits for an import
@@ -82,8 +84,10 @@ async def run_probe(
     resolve_phase = {"resolve": resolution.seconds}
     note = _dropped_note(resolution)
     if not uses_resolution_only and (address is None or resolution.error is not None):
-        err = resolution.error or error(
-            ErrorKind.DNS_NO_ADDRESS, f"{target.host}: no {family} address"
+        err = in_phase(
+            resolution.error
+            or error(ErrorKind.DNS_NO_ADDRESS, f"{target.host}: no {family} address"),
+            "resolve",
         )
         return ProbeResult(
             target=target.name,
@@ -119,6 +123,7 @@ async def run_probe(
         which = ", ".join(f"{r.address} {r.error.kind if r.error else 'failed'}" for r in failed)
         family_error = ProbeError(
             kind=family_error.kind,
+            phase=family_error.phase,
             message=f"{len(failed)} of {len(per_address)} {label} addresses failed: {which}",
         )
     phases = _median_phases([r.phases for r in per_address])
@@ -190,20 +195,36 @@ async def _one_address(
 async def _attempt(kind: ProbeKind, req: ProbeRequest, budget: float) -> tuple[Outcome, float]:
     clock = req.env.clock
     t0 = clock()
-    try:
-        async with asyncio.timeout(budget):
-            outcome = await kinds.get(kind).probe(req)
-    except TimeoutError:
-        outcome = Outcome(
-            success=False,
-            error=error(ErrorKind.TIMEOUT, f"no answer within {req.timeout:g} s"),
-        )
-    except Exception as exc:  # the isolation boundary: a probe bug is a result, not a crash
-        log.exception("probe %s crashed on %s (%s)", kind, req.target.name, req.family)
-        outcome = Outcome(
-            success=False, error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-        )
+    with recording_phases() as done:
+        try:
+            async with asyncio.timeout(budget):
+                outcome = await kinds.get(kind).probe(req)
+        except TimeoutError:
+            outcome = Outcome(
+                success=False,
+                error=error(ErrorKind.TIMEOUT, f"no answer within {req.timeout:g} s"),
+            )
+        except Exception as exc:  # the isolation boundary: a probe bug is a result, not a crash
+            log.exception("probe %s crashed on %s (%s)", kind, req.target.name, req.family)
+            outcome = Outcome(
+                success=False,
+                error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            )
+    if outcome.error is not None and outcome.error.phase is None:
+        failed_in = _failed_phase(kind, req, outcome.error, done)
+        outcome = dataclasses.replace(outcome, error=in_phase(outcome.error, failed_in))
     return outcome, clock() - t0
+
+
+def _failed_phase(kind: ProbeKind, req: ProbeRequest, err: ProbeError, done: list[str]) -> str:
+    """Where a probe that did not say so failed: the first of the kind's declared phases it had
+    not completed (the last one when it completed them all: the answer was judged wrong). The
+    dns kind's answer is the resolution: its DNS errors are the resolution's."""
+    said = req.resolution.error if req.resolution is not None else None
+    if said is not None and err.kind == said.kind and req.target.zone is None:
+        return "resolve"
+    declared = kinds.get(kind).phases or ("probe",)
+    return next((p for p in declared if p not in done), declared[-1])
 
 
 def _median(values: Sequence[float]) -> float:

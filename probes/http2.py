@@ -16,7 +16,7 @@ import h2.events
 import h2.exceptions
 import h11
 
-from probes.base import ErrorKind, Outcome, ProbeRequest
+from probes.base import ErrorKind, Outcome, ProbeRequest, passed
 from probes.details import HttpExchange, TlsHandshake
 from probes.errors import classify, error
 from probes.httpbase import (
@@ -85,6 +85,7 @@ async def _exchange_h2(tls: ssl.SSLSocket, req: ProbeRequest, resp: _Response) -
         for event in h2c.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream_id:
                 resp.ttfb = clock() - t_sent
+                passed("ttfb")
                 check_headers(event.headers or [])
                 for name, value in event.headers or []:
                     key = name.decode("latin-1") if isinstance(name, bytes) else name
@@ -128,6 +129,7 @@ async def _exchange_h11(tls: ssl.SSLSocket, req: ProbeRequest, resp: _Response) 
             conn.receive_data(await receive(tls))
         elif isinstance(event, h11.Response):
             resp.ttfb = clock() - t_sent
+            passed("ttfb")
             check_headers(event.headers)
             resp.status = event.status_code
             resp.headers = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}

@@ -29,7 +29,7 @@ from aioquic.quic.events import (
 from aioquic.tls import AlertDescription
 
 from probes.adapters.aioquic import BoundedH3, BoundedQuic, peer_certificates
-from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest, passed
 from probes.details import QuicExchange
 from probes.errors import classify, error
 from probes.httpbase import (
@@ -220,6 +220,7 @@ class _H3Client(QuicConnectionProtocol):
         if isinstance(event, HeadersReceived):
             if self.t_headers is None:
                 self.t_headers = self.clock()
+                passed("ttfb")
             check_headers(event.headers)
             for name, value in event.headers:
                 self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
@@ -318,6 +319,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         if bad is not None:
             return Outcome(success=False, error=bad, phases=phases)
         phases["handshake"] = handshake
+        passed("handshake")
         alpn = tls.alpn_negotiated
         t1 = clock()
         response = client.request(req.target.http.path, authority(req))

@@ -60,10 +60,11 @@ def authority(req: ProbeRequest) -> str:
 def status_error(req: ProbeRequest, status: int | None, protocol: str) -> ProbeError | None:
     """No response is a protocol error; a status outside `expect_status` (when set) fails."""
     if status is None:
-        return error(ErrorKind.PROTOCOL_ERROR, f"{protocol}: no response")
+        return error(ErrorKind.PROTOCOL_ERROR, f"{protocol}: no response", "ttfb")
     expect = req.target.http.expect_status
     if expect and status not in expect:
-        return error(ErrorKind.HTTP_STATUS, f"status {status} not in {list(expect)}")
+        # the status line is the first byte's answer: judged wrong in ttfb, whatever followed
+        return error(ErrorKind.HTTP_STATUS, f"status {status} not in {list(expect)}", "ttfb")
     return None
 
 

@@ -38,7 +38,7 @@ from probes.base import (
     Target,
 )
 from probes.details import TlsHandshake
-from probes.errors import classify, error
+from probes.errors import classify, error, in_phase
 from probes.netutil import connect_seconds, connect_socket
 from probes.tls import close, start_tls
 from probes.trust import client_context
@@ -141,7 +141,7 @@ async def race(
             connect_seconds=None,
             ipv6_penalty_seconds=None,
             attempts=(),
-            error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", "connect"),
         )
 
 
@@ -174,14 +174,19 @@ class _Race:
             res: Resolution = task.result()
         except Exception as exc:  # the resolver returns errors as data; this is a bug
             log.exception("resolution crashed in the race for %s", self.target.name)
-            self.dns_errors.append(error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+            self.dns_errors.append(
+                error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", "resolve")
+            )
             return
         addresses = raced_addresses(res, self.target.max_addresses)
         if not addresses:
             rtype = "AAAA" if family == "ipv6" else "A"
             self.dns_errors.append(
-                res.error
-                or error(ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no {rtype} record")
+                in_phase(
+                    res.error
+                    or error(ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no {rtype} record"),
+                    "resolve",
+                )
             )
         self.queue.add([_Try(family=family, address=a) for a in addresses])
 
@@ -225,7 +230,9 @@ class _Race:
             winner, timed_out = await self._attempts(deadline)
             direct = tls = None
             err: ProbeError | None = None
-            if winner is not None and winner.family == "ipv4":
+            # IPv6 left out (--family ipv4): IPv4 wins by default, and IPv6 cost nothing to
+            # measure, so no direct connect and no penalty (None, not a misleading 0)
+            if winner is not None and winner.family == "ipv4" and "ipv6" in self.families:
                 direct = await self._direct(winner.address, deadline)
             if winner is not None and speaks_tls(self.target):
                 tls, err = await self._tls(winner, deadline)
@@ -293,7 +300,7 @@ class _Race:
                         connected.append(t)
                     else:
                         t.outcome = "failed"
-                        t.error = classify(exc)
+                        t.error = in_phase(classify(exc), "connect")
                         next_start = self.clock()  # the next address need not wait
                 if connected:
                     winner = min(connected, key=_connected_at)
@@ -330,7 +337,7 @@ class _Race:
         try:
             ctx = client_context(self.env.ssl_cafile, spec.alpn, spec)
         except (OSError, ssl.SSLError) as exc:
-            return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}")
+            return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}", "tls")
         t1 = self.clock()
         budget = max(0.0, deadline - t1)
         try:
@@ -341,9 +348,13 @@ class _Race:
             found = classify(exc)
             if isinstance(exc, TimeoutError):
                 return None, error(
-                    ErrorKind.TIMEOUT, f"winner's TLS handshake: no answer within {budget:.3g} s"
+                    ErrorKind.TIMEOUT,
+                    f"winner's TLS handshake: no answer within {budget:.3g} s",
+                    "tls",
                 )
-            return None, ProbeError(kind=found.kind, message=f"winner's TLS: {found.message}")
+            return None, ProbeError(
+                kind=found.kind, message=f"winner's TLS: {found.message}", phase="tls"
+            )
         seconds = self.clock() - t1
         winner.sock = None
         await close(conn)
@@ -354,7 +365,9 @@ class _Race:
             return (
                 self.dns_errors[0]
                 if self.dns_errors
-                else error(ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no address to race")
+                else error(
+                    ErrorKind.DNS_NO_ADDRESS, f"{self.target.host}: no address to race", "resolve"
+                )
             )
         failed = [t for t in self.order if t.outcome == "failed"]
         which = ", ".join(f"{t.address} {t.error.kind if t.error else 'failed'}" for t in failed)
@@ -363,11 +376,13 @@ class _Race:
                 ErrorKind.TIMEOUT,
                 f"no connection within {self.target.timeout:g} s"
                 + (f" ({len(failed)} failed: {which})" if failed else ""),
+                "connect",
             )
         first = failed[0].error if failed and failed[0].error else None
         return ProbeError(
             kind=first.kind if first else ErrorKind.SOCKET_ERROR,
             message=f"every address failed: {which}",
+            phase="connect",
         )
 
     async def _cleanup(self) -> None:

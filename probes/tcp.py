@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from probes.base import Outcome, ProbeRequest
+from probes.base import Outcome, ProbeRequest, passed
 from probes.details import TcpConnect
 from probes.errors import classify
 from probes.kinds import NOT, Compared, Kind, register
@@ -32,6 +32,7 @@ async def probe(req: ProbeRequest) -> Outcome:
         t0 = clock()
         await asyncio.get_running_loop().sock_connect(sock, (req.address, req.target.port))
         connect = connect_seconds(sock, clock() - t0)
+        passed("connect")
         sockname = sock.getsockname()
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"connect": clock() - t0})

@@ -19,7 +19,7 @@ from typing import TypeVar
 from cryptography import x509
 
 from probes.adapters.ssl import verified_chain
-from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
+from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, passed
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
 from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
@@ -189,6 +189,7 @@ async def handshake(
         raise HandshakeFailed(classify(exc), {"connect": clock() - t0}, None) from exc
     t1 = clock()
     connect = connect_seconds(sock, t1 - t0)
+    passed("connect")
     announced = announced_mss(sock)  # read while the socket is open
     cut: asyncio.Timeout | None = None
     try:
@@ -200,6 +201,7 @@ async def handshake(
         phases = {"connect": connect, "tls": clock() - t1}
         raise await _failure(req, alpn, exc, phases, announced, cut) from exc
     t2 = clock()
+    passed("tls")
     try:
         details = _details(conn, verified=True)
     except BaseException:

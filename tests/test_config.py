@@ -17,7 +17,7 @@ ROOT = Path(__file__).parent.parent
 DATA = ROOT / "tests" / "testdata" / "config"
 
 INVALID = {
-    "invalid-unknown-key.yml": "targets[0].porto: unknown key",
+    "invalid-unknown-key.yml": "targets[0].porto: unknown key; did you mean 'port'?",
     "invalid-bad-duration.yml": "interval: bad duration '30x': use e.g. 500ms, 5s, 1m",
     "invalid-bad-target-timeout.yml": (
         "targets[0].timeout: bad duration 'soon': use e.g. 500ms, 5s, 1m"

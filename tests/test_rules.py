@@ -54,6 +54,7 @@ PER_TARGET = {
 }
 # About a vantage (`vantage` and `site` labels) or a whole site (`site` only).
 VANTAGE_LEVEL = {
+    "DualstackVantageCannotProbe",
     "DualstackVantageIPv6Lost",
     "DualstackVantageIPv6Degraded",
     "DualstackVantageDown",
@@ -446,6 +447,7 @@ def test_only_evidence_of_the_site_or_vantage_inhibits() -> None:
         "DualstackIPv6DownEverywhere": ("site",),
         "DualstackVantageIPv6Lost": ("vantage",),
         "DualstackVantageIPv6Degraded": ("vantage",),
+        "DualstackVantageCannotProbe": ("vantage",),
         "DualstackIPv6DownMultiVantage": ("target", "probe"),
     }
 
@@ -581,7 +583,8 @@ def test_alertmanager_inhibits(tmp_path: Path) -> None:
     tool("prometheus-alertmanager", "alertmanager")  # fails, not skips, when it is missing
     a, b, c, d = (f"vantage-{x}" for x in "abcd")
     e, f = "vantage-e", "vantage-f"  # both at site "home", whose IPv6 is down everywhere
-    site = {a: "a", b: "b", c: "c", d: "d", e: "home", f: "home"}
+    g = "vantage-g"  # nothing works from it, over either family
+    site = {a: "a", b: "b", c: "c", d: "d", e: "home", f: "home", g: "g"}
     target = {"service": "s3", "region": "us-east-1", "target": "s3-us-east-1", "probe": "tcp"}
     iot = {"service": "iot", "region": "us-east-1", "target": "iot-api-us-east-1", "probe": "tls"}
     alb = {"service": "alb", "region": "us-east-1", "target": "alb-api-us-east-1", "probe": "tcp"}
@@ -614,6 +617,12 @@ def test_alertmanager_inhibits(tmp_path: Path) -> None:
         _alert("DualstackVantageIPv6Degraded", **at(e)),
         _alert("DualstackVantageIPv6Lost", **at(f)),
         _alert("DualstackProbesStale", **at(f)),
+        # vantage-g cannot probe anything: its per-target alerts are muted, the same target
+        # failing at vantage-b (an AWS incident seen elsewhere) is not.
+        _alert("DualstackVantageCannotProbe", **at(g)),
+        _alert("DualstackIPv6Down", **at(g), **target),
+        _alert("DualstackIPv6RecordMissing", **at(g), **alb),
+        _alert("DualstackTLSCertExpiringSoon", **at(g), family="ipv6", **iot),
     ]
     muted = {
         ("DualstackIPv6Down", a, "s3-us-east-1", "tcp"),
@@ -630,6 +639,8 @@ def test_alertmanager_inhibits(tmp_path: Path) -> None:
         ("DualstackIPv6Mismatch", f, "alb-api-us-east-1", "tcp"),
         ("DualstackVantageIPv6Degraded", e, "", ""),
         ("DualstackVantageIPv6Lost", f, "", ""),
+        ("DualstackIPv6Down", g, "s3-us-east-1", "tcp"),
+        ("DualstackIPv6RecordMissing", g, "alb-api-us-east-1", "tcp"),
     }
 
     def key(labels: dict[str, str]) -> tuple[str, str, str, str]:

@@ -364,3 +364,13 @@ def test_races_say_who_won(doc: dict[str, Any]) -> None:
     assert "&lt;script&gt;" in text and "<script" not in text  # the error message, escaped
     del doc["races"]
     assert "Happy Eyeballs" not in page(doc)  # no race configured: no section
+
+
+def test_targets_with_problems_first_as_in_the_table(doc: dict[str, Any]) -> None:
+    from monitor.engine.parity import WORST_FIRST
+
+    order = list(dict.fromkeys(t for t, _ in parse(page(doc)).cells))
+    rank = {str(v): i for i, v in enumerate(WORST_FIRST)}
+    worst = {t: min(rank[p["verdict"]] for p in doc["parity"] if p["target"] == t) for t in order}
+    assert [worst[t] for t in order] == sorted(worst.values()), order
+    assert order[-1] == "healthy" and order[0] != "healthy"

@@ -5,6 +5,7 @@ closing block that says the exit status, what it means and what to run next."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import os
@@ -147,7 +148,10 @@ def first_column(text: str) -> list[str]:
     return [
         line.split()[0]
         for line in table_part(text)
-        if line and not line.startswith(" ") and not line.startswith("target ")
+        if line
+        and not line.startswith(" ")
+        and not line.startswith("target ")
+        and line != "target"  # the narrow layout's header: a line of its own
     ]
 
 
@@ -168,6 +172,12 @@ def test_lines_fit_and_never_end_in_a_space(width: int | None) -> None:
         if width is not None and LONG_NAME not in line:
             assert len(line) <= width, (width, line)
     assert "\x1b" not in text
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_the_header_keeps_target_and_why(width: int | None) -> None:
+    head = " ".join(table_part(render(MIXED, width))[:2]).split()
+    assert "target" in head and ("why" in head or (width or 0) < 60), head
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -377,3 +387,12 @@ def test_plan_fits_and_counts_in_words() -> None:
 )
 def test_latency_below_a_millisecond_is_not_zero(seconds: float, shown: str) -> None:
     assert milliseconds(seconds) == shown
+
+
+def test_why_says_the_kind_and_phase_of_the_error() -> None:
+    err = ProbeError(kind=ErrorKind.TIMEOUT, message="no answer within 5 s", phase="connect")
+    v4 = result("t", "tcp", "ipv4")
+    v6 = dataclasses.replace(result("t", "tcp", "ipv6", ok=False), error=err)
+    p = Parity(target="t", probe="tcp", verdict=Verdict.IPV6_FAILED, reason=err.message)
+    rep = dataclasses.replace(MIXED, results=(v4, v6), parity=(p,))
+    assert "timeout in connect: no answer within 5 s" in render(rep, None)

@@ -21,7 +21,13 @@ from monitor.engine.check import (
     thresholds,
 )
 from monitor.engine.report import Report
-from monitor.engine.vantage import VantageCheck, check_vantage, ipv6_broken
+from monitor.engine.vantage import (
+    VantageCheck,
+    cannot_probe,
+    check_vantage,
+    ipv6_broken,
+    nothing_works,
+)
 from probes import kinds as registry
 from probes.base import (
     FAMILIES,
@@ -140,7 +146,25 @@ async def run_round(
         notes=tuple(notes),
         races=tuple(races),
         families=tuple(families),
-        offline=reach.summary() if (reach := resolver.reach()).offline else None,
+        offline=_offline(resolver, cfg, results, races),
         shard=cfg.shard.index,
         shards=cfg.shard.count,
     )
+
+
+def _offline(
+    resolver: Resolver, cfg: Config, results: Sequence[ProbeResult], races: Sequence[RaceResult]
+) -> str | None:
+    """Why this vantage cannot probe at all, or None: no DNS server answered, or everything
+    failed over every family (then the failures blame the vantage, not the targets)."""
+    reach = resolver.reach()
+    if reach.offline:
+        return reach.summary()
+    if nothing_works(results, races):
+        return cannot_probe(results, resolver_names(resolver, cfg.resolver_port))
+    return None
+
+
+def resolver_names(resolver: Resolver, port: int) -> list[str]:
+    """The name servers in use as `address:port` (`[v6]:port`)."""
+    return [f"[{ns}]:{port}" if ":" in ns else f"{ns}:{port}" for ns in resolver.nameservers]

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from probes import kinds
-from probes.base import ProbeResult
+from probes.base import ProbeResult, RaceResult
+from probes.text import peer_text
 
 VantageReason = Literal["no_route", "ipv6_broken"]
 MIN_JUDGED_TARGETS = 3
@@ -63,6 +65,34 @@ def ipv6_broken(results: Iterable[ProbeResult]) -> bool:
         elif r.success:
             v4_ok.add(r.target)
     return len(v6_seen) >= MIN_JUDGED_TARGETS and not v6_ok and v6_seen <= v4_ok
+
+
+def nothing_works(results: Iterable[ProbeResult], races: Iterable[RaceResult] = ()) -> bool:
+    """Every probe that ran failed, over every family, no race connected, and there were at
+    least MIN_JUDGED_TARGETS targets: nothing works from here (a resolver answering NXDOMAIN
+    for all, a closed DNS port), so the failures say nothing about the targets. One success
+    anywhere, over either family, and it is False; so it is with fewer targets (one name
+    that does not exist says nothing about the vantage)."""
+    ran = [r for r in results if not r.skipped]
+    if any(r.success for r in ran) or any(r.winner_family for r in races):
+        return False
+    return len({r.target for r in ran}) >= MIN_JUDGED_TARGETS
+
+
+def cannot_probe(results: Sequence[ProbeResult], resolvers: Sequence[str]) -> str:
+    """The one line naming the most common error (kind and phase) and the resolver in use."""
+    whys = Counter(r.error.why() for r in results if not r.skipped and r.error is not None)
+    ran = sum(1 for r in results if not r.skipped)
+    families = sorted({r.family for r in results if not r.skipped})
+    over = "both families" if len(families) > 1 else "".join(families) or "both families"
+    common = ""
+    if whys:
+        why, n = whys.most_common(1)[0]
+        common = f" (most common: {why}, {n} of {ran})"
+    used = ", ".join(resolvers) or "the system's (none configured)"
+    return peer_text(
+        f"every target failed over {over}{common} — this vantage cannot probe; resolver {used}"
+    )
 
 
 def route_source(address: str, source: str | None = None) -> str | None:

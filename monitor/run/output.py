@@ -60,8 +60,9 @@ EXIT_STATUSES: tuple[ExitStatus, ...] = (
     ),
     ExitStatus(
         code=EXIT_OFFLINE,
-        meaning="this vantage cannot probe at all: no DNS server answered any query of the run "
-        "(one line on stderr names the servers and their errors)",
+        meaning="this vantage cannot probe at all: no DNS server answered any query of the run, "
+        "or every probe of 3 targets or more failed over both families (one line on stderr "
+        "names the servers and their errors, or the most common error and the resolver)",
         next_step="is this machine online? check its resolver, or name one: "
         "{rerun} --resolver ADDR",
     ),
@@ -272,10 +273,19 @@ def _cell(r: ProbeResult | None) -> tuple[str, str | None]:
     return _printable(str(r.error.kind) if r.error else "failed"), "red"
 
 
-def _why(p: Parity) -> str:
+def _why(p: Parity, v4: ProbeResult | None, v6: ProbeResult | None) -> str:
     if p.verdict is Verdict.OK and p.differences:
         return "normal differences: " + ", ".join(d.field for d in p.differences)
-    return _printable(p.reason)
+    failed = {
+        Verdict.IPV6_FAILED: (v6,),
+        Verdict.IPV4_FAILED: (v4,),
+        Verdict.BOTH_FAILED: (v4, v6),
+    }.get(p.verdict, ())
+    # the error's kind and phase first ("timeout in connect"): where to look, before the detail
+    whys = dict.fromkeys(r.error.why() for r in failed if r is not None and r.error is not None)
+    if not whys:
+        return _printable(p.reason)
+    return _printable(" / ".join(whys) + (f": {p.reason}" if p.reason else ""))
 
 
 def _groups(report: Report) -> list[tuple[str, list[_Row]]]:
@@ -295,7 +305,9 @@ def _groups(report: Report) -> list[tuple[str, list[_Row]]]:
         rows: list[_Row] = []
         said: dict[str, str] = {}
         for p in sorted(by_target[name], key=lambda p: kind_order.index(p.probe)):
-            why = _why(p)
+            why = _why(
+                p, results.get((name, p.probe, "ipv4")), results.get((name, p.probe, "ipv6"))
+            )
             if why and why in said:
                 why = f"same as {said[why]}"
             elif why:
@@ -356,8 +368,12 @@ def _table_lines(
     why_at = len(indent) + sum(inner) + len(_GAP) * len(inner)
     fits = why_at - len(_GAP) <= width
     under = indent + " " * (inner[0] + len(_GAP))
+    # The header mirrors the rows: a `target` line, then the probe columns under it, `why`
+    # where a short reason goes (a long one goes under the cells).
+    lines.append(heads[0])
     if fits:
-        lines.append((indent + _pad(list(heads[1:]), inner, list(heads[1:]))).rstrip())
+        cols = [*heads[1:], "why"]
+        lines.append((indent + _pad(cols, [*inner, 0], cols)).rstrip())
     for name, rs in groups:
         lines.append(name)
         for r in rs:
@@ -530,7 +546,9 @@ def race_line(r: RaceResult) -> str:
         return f"nothing connected ({r.error.kind if r.error else 'failed'})"
     won = "IPv6" if r.winner_family == "ipv6" else "IPv4"
     line = f"{won} won ({r.winner_address}) in {milliseconds(r.connect_seconds)}"
-    if r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
+    if r.winner_family == "ipv4" and not any(a.family == "ipv6" for a in r.attempts):
+        line += "; IPv6 not tried"  # --family ipv4, or no AAAA: it cost nothing to measure
+    elif r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
         line += f"; IPv6 cost this client {r.ipv6_penalty_seconds * 1000:.0f} ms"
     if r.error is not None:
         line += f"; {r.error.kind}"

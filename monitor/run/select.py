@@ -11,7 +11,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from monitor.config import NAMESERVER_PREFIX, Config, ConfigError, nameserver_target
+from monitor.config import (
+    NAMESERVER_PREFIX,
+    Config,
+    ConfigError,
+    did_you_mean,
+    nameserver_target,
+)
 from probes import kinds as registry
 from probes.base import ProbeKind, Target
 
@@ -79,7 +85,8 @@ class Selection:
         for name in self.targets:
             if name not in names and nameserver_zone(cfg, name) is None:
                 raise ConfigError(
-                    f"--target {name}: no such target in {cfg.path} "
+                    f"--target {name}: no such target in {cfg.path}"
+                    f"{did_you_mean(name, sorted(names))} "
                     f"(`probe targets --config {cfg.path}` lists them{_ns_hint(cfg)})"
                 )
         ns = [nameserver_target(cfg, z, 1, z) for z in cfg.zones]
@@ -90,8 +97,8 @@ class Selection:
             for value in wanted:
                 if value not in known:
                     raise ConfigError(
-                        f"{flag} {value}: no target has it in {cfg.path} "
-                        f"(there: {', '.join(known) or 'none'})"
+                        f"{flag} {value}: no target has it in {cfg.path}"
+                        f"{did_you_mean(value, known)} (there: {', '.join(known) or 'none'})"
                     )
 
 

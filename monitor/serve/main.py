@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import logging
 import resource
 import signal
@@ -12,7 +13,7 @@ import socket
 
 from aiohttp import web
 
-from monitor.config import Config, Shard, load_config
+from monitor.config import Config, ConfigError, Shard, load_config
 from monitor.engine.check import check_sources
 from monitor.serve.exporter import Exposition
 from monitor.serve.vantage import Vantage
@@ -39,6 +40,18 @@ def listen_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _bind_said(exc: OSError) -> str:
+    """Why a bind failed, and what to do, in a few words."""
+    said = exc.strerror or str(exc)
+    if exc.errno == errno.EADDRINUSE:
+        return f"{said} (another process listens there: stop it or pick another port)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{said} (not an address of this host: give one of its own, or [::] for all)"
+    if exc.errno == errno.EACCES:
+        return f"{said} (a port below 1024 needs privileges: pick a higher one)"
+    return said
 
 
 def raise_descriptor_limit() -> int:
@@ -124,7 +137,11 @@ async def serve_forever(
         app, access_log=None, handle_signals=False, keepalive_timeout=limits.idle_timeout
     )
     await runner.setup()
-    sock = listen_socket(host, port)
+    try:
+        sock = listen_socket(host, port)
+    except OSError as exc:  # nothing is probing yet: a usage error, said in one line
+        await runner.cleanup()
+        raise ConfigError(f"--listen {listen}: cannot listen: {_bind_said(exc)}") from None
     site = GatedSite(runner, sock, gate)
     await site.start()
     bound = sock.getsockname()[1]

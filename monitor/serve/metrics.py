@@ -246,6 +246,14 @@ METRICS: tuple[Metric, ...] = (
         ("site",),
     ),
     own(
+        "dualstack_vantage_probing_ok",
+        "0 when the latest result of every job of this vantage (3 targets or more) failed over "
+        "both families and no race connected: nothing works from here, the vantage cannot "
+        "probe; 1 otherwise (also before any result).",
+        lambda s: [(_own(s, s.site or s.vantage), float(s.vantage_probing_ok))],
+        ("site",),
+    ),
+    own(
         "dualstack_scheduler_lag_seconds",
         "How late probes start after their slot.",
         lambda s: [(_own(s), s.lag)],

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from monitor.engine.parity import Parity
 from monitor.engine.report import Report
-from monitor.engine.vantage import VantageCheck
+from monitor.engine.vantage import VantageCheck, nothing_works
 from monitor.serve.events import Event, EventLog
 from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, RaceResult, Target
 
@@ -225,6 +225,7 @@ class Store:
             events_dropped=self.events.dropped,
             events_write_errors=self.events.write_errors,
             external_url=self.external_url,
+            vantage_probing_ok=not nothing_works(self.latest.values(), self.races.values()),
         )
 
 
@@ -282,6 +283,11 @@ class Snapshot:
     """Events not appended to the events file."""
     external_url: str = ""
     """Where people reach this process (the `external_url` label of the vantage info metric)."""
+    vantage_probing_ok: bool = True
+    """False when the latest result of every job (3 targets or more) failed, over both
+    families, and no race connected: nothing works from here, so per-target failures blame
+    the vantage (alert DualstackVantageCannotProbe). True before any result, and as soon as
+    one job works over either family."""
 
     @property
     def ready(self) -> bool:

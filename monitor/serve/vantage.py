@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from monitor.config import Config, ConfigError
@@ -105,6 +106,9 @@ class Vantage:
         self.store.before_scrape = self._sync_scheduler_stats
         self._failing: dict[tuple[str, ProbeKind, Family], tuple[str, float]] = {}
         """(target, probe, family) failing now -> its error kind and when that was logged."""
+        self._first_round = True
+        """Until every job has a result: its verdicts and failures are said in one summary
+        line when it ends (`first_round`), not in one line per job."""
 
     # -- configuration -----------------------------------------------------------------------
 
@@ -175,6 +179,7 @@ class Vantage:
             self.store.record_race(
                 await race(target, self.resolver, self.env, families=self.cfg.families)
             )
+            self._end_first_round()
             return
         resolutions = {
             f: r for f in FAMILIES if probe != "dns" and (r := self.cache.peek(target.host, f))
@@ -213,6 +218,37 @@ class Vantage:
         for r in results:
             self._log_failure(r)
         self._changed(previous, parity)
+        self._end_first_round()
+
+    def _end_first_round(self) -> None:
+        """Once every job has a result: one line for the whole first round."""
+        if not self._first_round or not self.store.ready:
+            return
+        self._first_round = False
+        snap = self.store.snapshot()
+        verdicts = Counter(str(p.verdict) for p in snap.parity.values())
+        said = ", ".join(f"{n} {v}" for v, n in verdicts.most_common()) or "none"
+        failed = [r for r in snap.latest.values() if not r.skipped and r.error is not None]
+        whys = Counter(r.error.why() for r in failed if r.error is not None).most_common(1)
+        common = f" (most common: {whys[0][0]}, {whys[0][1]})" if whys else ""
+        if not snap.vantage_probing_ok:
+            common += ": every job failed over both families, this vantage cannot probe"
+        log.info(
+            "first round done: %d verdicts: %s; %d probes failing%s",
+            len(snap.parity),
+            said,
+            len(failed),
+            common,
+            extra={
+                "fields": {
+                    "event": "first_round",
+                    "verdicts": said,
+                    "failing": len(failed),
+                    "most_common": whys[0][0] if whys else None,
+                    "vantage_probing_ok": snap.vantage_probing_ok,
+                }
+            },
+        )
 
     def _log_failure(self, r: ProbeResult) -> None:
         """A failure is logged when it starts or changes kind, then reminded at most every
@@ -231,8 +267,10 @@ class Vantage:
                 )
             return
         kind = str(r.error.kind)
-        fields |= {"kind": kind, "error": r.error.message}
-        if seen is None or seen[0] != kind:
+        fields |= {"kind": kind, "phase": r.error.phase, "error": r.error.message}
+        if self._first_round and seen is None:
+            pass  # said in the first round's summary line
+        elif seen is None or seen[0] != kind:
             log.warning("probe failed", extra={"fields": {"event": "probe_failed", **fields}})
         elif now - seen[1] >= FAILURE_REMINDER_SECONDS:
             log.warning(
@@ -290,6 +328,8 @@ class Vantage:
             )
         if was is parity.verdict:
             return
+        if previous is None and self._first_round:
+            return  # said in the first round's summary line
         log.info(
             "verdict %s",
             "set" if previous is None else "changed",
@@ -321,6 +361,7 @@ class Vantage:
                     error=err,
                 )
             )
+            self._end_first_round()
             return
         results = [not_run(target, probe, f, error=err) for f in FAMILIES]
         self._record(target, probe, results)

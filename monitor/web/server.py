@@ -196,6 +196,12 @@ async def send(
     return web.Response(body=body, headers=headers)
 
 
+LIFECYCLE_DISABLED = (
+    "Lifecycle API is not enabled: start probe serve with --web.enable-lifecycle for "
+    "POST /-/reload (SIGHUP reloads without it)\n"
+)
+
+
 def make_app(
     store: Store,
     exposition: Exposer,
@@ -278,4 +284,11 @@ def make_app(
             return web.Response(status=500, text="reload failed: see the log\n")
 
         app.router.add_post("/-/reload", do_reload)
+    else:
+
+        async def no_reload(request: web.Request) -> web.Response:
+            # Prometheus's words for its own flag; 404, as the route is not there without it
+            return web.Response(status=404, text=LIFECYCLE_DISABLED)
+
+        app.router.add_post("/-/reload", no_reload)
     return app

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.engine.parity import Verdict
+from monitor.engine.parity import WORST_FIRST, Verdict
 from monitor.engine.report import milliseconds
 from probes import kinds
 from probes.base import FAMILIES, NO_REGION
@@ -135,6 +135,19 @@ def _title(
     return "\n".join(lines)
 
 
+def _worst_first(
+    targets: Iterable[str], verdicts: Mapping[tuple[str, str], Mapping[str, Any]]
+) -> list[str]:
+    """Targets with problems first, by their worst verdict, as `probe run`'s table orders
+    them (WORST_FIRST); stable, so the report's order stays within one verdict."""
+    rank = {str(v): i for i, v in enumerate(WORST_FIRST)}
+    worst: dict[str, int] = {}
+    for (t, _), p in verdicts.items():
+        r = rank.get(str(p.get("verdict")), len(rank))
+        worst[t] = min(worst.get(t, r), r)
+    return sorted(targets, key=lambda t: worst.get(t, len(rank)))
+
+
 def _ordered(seen: Iterable[str], first: Sequence[str]) -> list[str]:
     extra = [s for s in dict.fromkeys(seen) if s not in first]
     return [*first, *extra]
@@ -143,8 +156,9 @@ def _ordered(seen: Iterable[str], first: Sequence[str]) -> list[str]:
 def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -> str:
     by_key = {(str(r.get("target")), str(r.get("probe")), str(r.get("family"))): r for r in results}
     verdicts = {(str(p.get("target")), str(p.get("probe"))): p for p in parity}
-    targets = list(
-        dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts])
+    targets = _worst_first(
+        dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts]),
+        verdicts,
     )
     probes = _ordered(
         [str(r.get("probe")) for r in results] + [k for _, k in verdicts], kinds.names()
@@ -234,13 +248,16 @@ def _failures(results: list[Mapping[str, Any]], limit: int) -> str:
     for r in shown:
         err = r.get("error")
         err = err if isinstance(err, Mapping) else {}
+        kind = str(err.get("kind", "failed"))
+        if err.get("phase"):
+            kind += f" in {err['phase']}"  # where to look: "timeout in connect"
         rows.append(
             "<tr>"
             f"<td>{_e(_clock(r.get('started')))}</td>"
             f"<td>{_e(r.get('target'))}</td>"
             f"<td>{_e(r.get('probe'))}</td>"
             f"<td>{_e(r.get('family'))}</td>"
-            f'<td class="kind">{_e(err.get("kind", "failed"))}</td>'
+            f'<td class="kind">{_e(kind)}</td>'
             f'<td class="msg">{_e(err.get("message", ""))}</td>'
             "</tr>"
         )
