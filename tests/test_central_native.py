@@ -73,6 +73,9 @@ def vantage_config(path: Path, lab: Lab, proxy_port: int) -> Path:
         "resolver": {"nameservers": ["::1"], "port": lab.dns_port},
         "tls": {"ca_file": str(lab.ca_file)},
         "sharding": {"count": SHARDS, "index": 0},  # each process: --shard I/2
+        # Replicas behind one address (docs/scale.md): one external_url, so that the replicas
+        # of a shard expose the same series (the default is each process's own --listen).
+        "external_url": "http://vantage.example.com:9851",
         "targets": targets,
     }
     path.write_text(yaml.safe_dump(doc))

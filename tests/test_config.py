@@ -56,7 +56,7 @@ INVALID = {
     ),
     "invalid-source-family.yml": "source.ipv4: '2001:db8::1' is not an IPv4 address",
     "invalid-empty-families.yml": "families: []: must not be empty",
-    "invalid-events-unknown-key.yml": "events.kep: unknown key",
+    "invalid-events-unknown-key.yml": "events.kep: unknown key; did you mean 'keep'?",
     "invalid-events-keep.yml": "events.keep: 0: must be at least 1",
     "invalid-external-url.yml": (
         "external_url: 'vantage-a.example.net:9851': use http:// or https:// and a host, "

@@ -225,6 +225,7 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
         "site",  # from configuration (default: the vantage name)
         "shard",  # dualstack_shard_info: from configuration (default: 0 of 1)
         "shards",
+        "external_url",  # dualstack_vantage_info: config `external_url`, default --listen's
     }
 
 

@@ -76,6 +76,10 @@ def _value(v: float) -> str:
     return text
 
 
+def _count(n: int) -> str:
+    return f"{n}.0" if 0 <= n < 1_000_000 else _value(n)
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
@@ -87,6 +91,7 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     text is made once per render, whichever metrics share it."""
     texts: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
     escaped: dict[str, str] = {}
+    bounds: dict[tuple[float, ...], list[str]] = {}
 
     def pairs(items: Sequence[tuple[str, str]]) -> str:
         out = []
@@ -116,11 +121,17 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
                 at = sum(1 for k, _ in items if k < "le")
                 before, after = pairs(items[:at]), pairs(items[at:])
                 pre, post = before + "," if before else "", "," + after if after else ""
-                n: float = 0
-                for le, n in value.cumulative():
-                    lines.append(f'{m.name}_bucket{{{pre}le="{le}"{post}}} {_value(n)}\n')
+                head, mid = f'{m.name}_bucket{{{pre}le="', f'"{post}}} '
+                les = bounds.get(value.buckets)
+                if les is None:
+                    les = bounds[value.buckets] = [format(b, "g") for b in value.buckets]
+                running = 0
+                for le, n in zip(les, value.counts, strict=True):
+                    running += n
+                    lines.append(f"{head}{le}{mid}{_count(running)}\n")
                 text = labels(names, values)
-                lines.append(f"{m.name}_count{text} {_value(n)}\n")
+                lines.append(f"{head}+Inf{mid}{_count(value.count)}\n")
+                lines.append(f"{m.name}_count{text} {_count(value.count)}\n")
                 lines.append(f"{m.name}_sum{text} {_value(value.total)}\n")
             else:
                 lines.append(f"{sample}{labels(names, values)} {_value(value)}\n")

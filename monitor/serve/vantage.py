@@ -268,8 +268,8 @@ class Vantage:
             return
         kind = str(r.error.kind)
         fields |= {"kind": kind, "phase": r.error.phase, "error": r.error.message}
-        if self._first_round and seen is None:
-            pass  # said in the first round's summary line
+        if self._first_round and seen is None:  # counted in the first round's summary line
+            log.debug("probe failed", extra={"fields": {"event": "probe_failed", **fields}})
         elif seen is None or seen[0] != kind:
             log.warning("probe failed", extra={"fields": {"event": "probe_failed", **fields}})
         elif now - seen[1] >= FAILURE_REMINDER_SECONDS:

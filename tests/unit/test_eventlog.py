@@ -89,7 +89,11 @@ def test_an_event_has_the_time_verdicts_and_both_results_as_probe_run_has_them(
     for r in doc["results"]:
         jsonschema.validate(r, RESULT_SCHEMA)
     jsonschema.validate(doc["parity"], PARITY_SCHEMA)
-    assert doc["results"][1]["error"] == {"kind": "connect_refused", "message": REFUSED.message}
+    assert doc["results"][1]["error"] == {
+        "kind": "connect_refused",
+        "message": REFUSED.message,
+        "phase": REFUSED.phase,
+    }
     assert doc["results"][1]["region"] == "ap-northeast-1"  # the target as configured
 
 

@@ -99,13 +99,21 @@ def test_a_persistent_failure_is_logged_on_change_with_reminders(
     path.write_text("vantage: v\ntargets: [{name: web, host: '::1', probes: [tcp]}]\n")
     clock = FakeClock()
     vantage = Vantage(load_config(path), clock=clock)
-    caplog.set_level(logging.INFO, logger="dualstack.vantage")
+    caplog.set_level(logging.DEBUG, logger="dualstack.vantage")
 
     def events() -> list[str]:
         out = [str(getattr(r, "fields", {}).get("event")) for r in caplog.records]
         caplog.clear()
         return out
 
+    vantage._log_failure(result(ErrorKind.TIMEOUT))
+    # In the first round a failure is counted in the round's summary, and logged at debug only.
+    assert [r.levelname for r in caplog.records] == ["DEBUG"] and events() == ["probe_failed"]
+    vantage._first_round = False
+    clock.t += 30
+    vantage._log_failure(result(ErrorKind.CONNECT_REFUSED))
+    assert events() == ["probe_failed"]
+    clock.t += 30
     vantage._log_failure(result(ErrorKind.TIMEOUT))
     assert events() == ["probe_failed"]
     for _ in range(10):  # every 30 s for 5 minutes: nothing new to say
