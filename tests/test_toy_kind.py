@@ -157,7 +157,7 @@ async def exported(cfg: Path) -> dict[tuple[str, str, str], float]:
     for p in report.parity:
         store.record([r for r in report.results if (r.target, r.probe) == (p.target, p.probe)], p)
     text = b"".join(
-        x.encode() if isinstance(x, str) else x for x in Exposition().render(store.snapshot(), "")
+        x.encode() if isinstance(x, str) else x for x in Exposition.render(store.snapshot(), "")
     ).decode()
     return {
         (

@@ -7,7 +7,6 @@ the two byte for byte. Other formats (escapings that rename metrics) go through 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -85,28 +84,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-LabelKey = tuple[tuple[str, ...], tuple[str, ...]]
-CHUNK = 8192
-"""Lines per piece of a render: a render never holds a whole family's text (tens of MB)."""
-
-
-@dataclass(slots=True)
-class Memo:
-    """What the last render wrote, for the next one (renders run one at a time): each series'
-    label text, and each histogram's lines by its `Histogram` object, which the store replaces
-    when the job records, so the same object has the same lines. Only what a render used is
-    kept, so series that are gone are forgotten."""
-
-    labels: dict[LabelKey, str] = field(default_factory=dict)
-    hists: dict[tuple[str, LabelKey], tuple[Histogram, str]] = field(default_factory=dict)
-
-
-def write(s: Snapshot, *, open_metrics: bool, memo: Memo | None = None) -> Iterator[str]:
+def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     """The text of every metric of the table: the Prometheus text format 0.0.4, or OpenMetrics
     1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`).
-    Labels as prometheus_client writes them: sorted by name, values escaped."""
-    old, new = memo or Memo(), Memo()
+    Labels as prometheus_client writes them: sorted by name, values escaped; a series' label
+    text is made once per render, whichever metrics share it."""
+    texts: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
     escaped: dict[str, str] = {}
+    bounds: dict[tuple[float, ...], list[str]] = {}
 
     def pairs(items: Sequence[tuple[str, str]]) -> str:
         out = []
@@ -117,27 +102,12 @@ def write(s: Snapshot, *, open_metrics: bool, memo: Memo | None = None) -> Itera
             out.append(f'{k}="{e}"')
         return ",".join(out)
 
-    def labels(key: LabelKey) -> str:
-        text = new.labels.get(key) or old.labels.get(key)
+    def labels(names: tuple[str, ...], values: Sequence[str]) -> str:
+        key = (names, tuple(values))
+        text = texts.get(key)
         if text is None:
-            text = "{" + pairs(sorted(zip(*key, strict=True))) + "}"
-        new.labels[key] = text
+            text = texts[key] = "{" + pairs(sorted(zip(names, values, strict=True))) + "}"
         return text
-
-    def histogram(name: str, key: LabelKey, h: Histogram) -> str:
-        items = sorted(zip(*key, strict=True))
-        at = sum(1 for k, _ in items if k < "le")
-        before, after = pairs(items[:at]), pairs(items[at:])
-        pre, post = before + "," if before else "", "," + after if after else ""
-        head, mid = f'{name}_bucket{{{pre}le="', f'"{post}}} '
-        out, running = [], 0
-        for bound, n in zip(h.buckets, h.counts, strict=True):
-            running += n
-            out.append(f"{head}{bound:g}{mid}{_count(running)}\n")
-        text = labels(key)
-        out.append(f"{head}+Inf{mid}{_count(h.count)}\n")
-        out.append(f"{name}_count{text} {_count(h.count)}\n{name}_sum{text} {_value(h.total)}\n")
-        return "".join(out)
 
     for m in METRICS:
         names = m.label_names(s)
@@ -146,37 +116,39 @@ def write(s: Snapshot, *, open_metrics: bool, memo: Memo | None = None) -> Itera
         doc = _escape(m.help) if open_metrics else m.help.replace("\\", r"\\").replace("\n", r"\n")
         lines = [f"# HELP {family} {doc}\n# TYPE {family} {m.type}\n"]
         for values, value in m.samples(s):
-            key = (names, tuple(values))
             if isinstance(value, Histogram):
-                hit = old.hists.get((m.name, key))
-                block = hit[1] if hit is not None and hit[0] is value else None
-                block = block or histogram(m.name, key, value)
-                new.hists[(m.name, key)] = (value, block)
-                lines.append(block)
+                items = sorted(zip(names, values, strict=True))
+                at = sum(1 for k, _ in items if k < "le")
+                before, after = pairs(items[:at]), pairs(items[at:])
+                pre, post = before + "," if before else "", "," + after if after else ""
+                head, mid = f'{m.name}_bucket{{{pre}le="', f'"{post}}} '
+                les = bounds.get(value.buckets)
+                if les is None:
+                    les = bounds[value.buckets] = [format(b, "g") for b in value.buckets]
+                running = 0
+                for le, n in zip(les, value.counts, strict=True):
+                    running += n
+                    lines.append(f"{head}{le}{mid}{_count(running)}\n")
+                text = labels(names, values)
+                lines.append(f"{head}+Inf{mid}{_count(value.count)}\n")
+                lines.append(f"{m.name}_count{text} {_count(value.count)}\n")
+                lines.append(f"{m.name}_sum{text} {_value(value.total)}\n")
             else:
-                lines.append(f"{sample}{labels(key)} {_value(value)}\n")
-            if len(lines) >= CHUNK:
-                yield "".join(lines)
-                lines = []
+                lines.append(f"{sample}{labels(names, values)} {_value(value)}\n")
         yield "".join(lines)
-    if memo is not None:
-        memo.labels, memo.hists = new.labels, new.hists
     if open_metrics:
         yield "# EOF\n"
 
 
 class Exposition:
-    """`/metrics` in the format an `Accept` header asks for (prometheus_client's choice).
-    Not thread-safe: one render at a time (the web layer's render thread)."""
-
-    def __init__(self) -> None:
-        self.memo = Memo()
+    """`/metrics` in the format an `Accept` header asks for (prometheus_client's choice)."""
 
     @staticmethod
     def content_type(accept: str) -> str:
         return choose_encoder(accept)[1]
 
-    def render(self, snap: Snapshot, accept: str) -> Iterable[str | bytes]:
+    @staticmethod
+    def render(snap: Snapshot, accept: str) -> Iterable[str | bytes]:
         encoder, _ = choose_encoder(accept)
         options = getattr(encoder, "keywords", {})
         base = getattr(encoder, "func", encoder)
@@ -184,5 +156,5 @@ class Exposition:
             options.get("escaping", UNDERSCORES) in PLAIN_ESCAPINGS
             and options.get("version", "1.0.0") == "1.0.0"
         ):
-            return write(snap, open_metrics=base is openmetrics_latest, memo=self.memo)
+            return write(snap, open_metrics=base is openmetrics_latest)
         return (encoder(SnapshotCollector(snap)),)
