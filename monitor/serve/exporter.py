@@ -84,6 +84,10 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
+CHUNK = 8192
+"""Lines per piece of a render: a render never holds a whole family's text (tens of MB)."""
+
+
 def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     """The text of every metric of the table: the Prometheus text format 0.0.4, or OpenMetrics
     1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`).
@@ -135,6 +139,9 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
                 lines.append(f"{m.name}_sum{text} {_value(value.total)}\n")
             else:
                 lines.append(f"{sample}{labels(names, values)} {_value(value)}\n")
+            if len(lines) >= CHUNK:
+                yield "".join(lines)
+                lines = []
         yield "".join(lines)
     if open_metrics:
         yield "# EOF\n"
