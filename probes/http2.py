@@ -157,7 +157,7 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
         return Outcome(
             success=False, error=failed.error, phases=failed.phases, details=failed.details
         )
-    phases: dict[str, float] = {"connect": hs.connect_seconds, "tls": hs.tls_seconds}
+    phases: dict[str, float] = {"connect": hs.connect_seconds, "handshake": hs.tls_seconds}
     alpn = hs.details.alpn
     version = "2" if alpn == "h2" else "1.1"
     resp = _Response()
@@ -222,7 +222,7 @@ KIND = register(
                 Compared[HttpExchange]("body_bytes", lambda d: d.body_bytes, NOT),
             ),
         },
-        phases=("connect", "tls", "ttfb", "transfer"),
+        phases=("connect", "handshake", "ttfb", "transfer"),
         cost=Cost.HEAVY,
     )
 )

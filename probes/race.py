@@ -337,7 +337,7 @@ class _Race:
         try:
             ctx = client_context(self.env.ssl_cafile, spec.alpn, spec)
         except (OSError, ssl.SSLError) as exc:
-            return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}", "tls")
+            return None, error(ErrorKind.CLIENT_CONFIG, f"TLS client setup: {exc}", "handshake")
         t1 = self.clock()
         budget = max(0.0, deadline - t1)
         try:
@@ -350,10 +350,10 @@ class _Race:
                 return None, error(
                     ErrorKind.TIMEOUT,
                     f"winner's TLS handshake: no answer within {budget:.3g} s",
-                    "tls",
+                    "handshake",
                 )
             return None, ProbeError(
-                kind=found.kind, message=f"winner's TLS: {found.message}", phase="tls"
+                kind=found.kind, message=f"winner's TLS: {found.message}", phase="handshake"
             )
         seconds = self.clock() - t1
         winner.sock = None

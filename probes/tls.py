@@ -198,10 +198,10 @@ async def handshake(
         async with cut_if_stalled(conn, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
             await _shake(conn)
     except (OSError, ssl.SSLError) as exc:
-        phases = {"connect": connect, "tls": clock() - t1}
+        phases = {"connect": connect, "handshake": clock() - t1}
         raise await _failure(req, alpn, exc, phases, announced, cut) from exc
     t2 = clock()
-    passed("tls")
+    passed("handshake")
     try:
         details = _details(conn, verified=True)
     except BaseException:
@@ -307,7 +307,7 @@ async def _probe(req: ProbeRequest, mss: int | None, cut_at: float | None) -> Ou
     await close(hs.conn)  # nothing is sent: the handshake is the probe
     return Outcome(
         success=True,
-        phases={"connect": hs.connect_seconds, "tls": hs.tls_seconds},
+        phases={"connect": hs.connect_seconds, "handshake": hs.tls_seconds},
         details=hs.details,
     )
 
@@ -369,7 +369,7 @@ KIND = register(
                 Compared[TlsHandshake]("cipher", lambda d: d.cipher, NORMAL),
             ),
         },
-        phases=("connect", "tls"),
+        phases=("connect", "handshake"),
         cost=Cost.HEAVY,
         sampled=True,
     )

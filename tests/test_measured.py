@@ -84,7 +84,7 @@ def mute_server() -> Iterator[int]:
 def test_unanswered_client_hello_says_tls(mute_server: int) -> None:
     result = _probe("tls", "::1", mute_server, 0.5)
     assert result.error is not None
-    assert (result.error.kind, result.error.phase) == ("timeout", "tls")
+    assert (result.error.kind, result.error.phase) == ("timeout", "handshake")
 
 
 def test_refused_connect_says_connect() -> None:

@@ -97,13 +97,13 @@ def test_healthy_results_on_both_families(report: Report) -> None:
         assert hs.alpn == "h2" and hs.verified is True
         assert hs.certificate is not None
         assert "dualstack.lab-healthy.us-east-1.elb.amazonaws.com" in hs.certificate.sans
-        assert set(tls.phases) == {"resolve", "connect", "tls"}
+        assert set(tls.phases) == {"resolve", "connect", "handshake"}
         h2 = by[("http2", family)]
         ex = details(h2, HttpExchange)
         assert h2.success and ex.status == 200 and ex.http_version == "2"
         assert ex.tls_version == "TLSv1.3"
         assert ex.alt_svc is not None and ex.alt_svc.startswith('h3=":')
-        assert {"connect", "tls", "ttfb", "transfer"} <= set(h2.phases)
+        assert {"connect", "handshake", "ttfb", "transfer"} <= set(h2.phases)
         h3 = by[("http3", family)]
         quic = details(h3, QuicExchange)
         assert h3.success and quic.status == 200 and quic.alpn == "h3"

@@ -141,7 +141,7 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
                 target="healthy",
                 probe="tls",
                 family=fam,
-                phase="tls",
+                phase="handshake",
             )
             > 0
         )

@@ -116,7 +116,7 @@ def store() -> Store:
 
 
 def test_success_duration_and_phases_per_family(store: Store) -> None:
-    phases = {"resolve": 0.001, "connect": 0.002, "tls": 0.004}
+    phases = {"resolve": 0.001, "connect": 0.002, "handshake": 0.004}
     v4 = result(WEB, "tls", "ipv4", duration=0.006, phases=phases)
     v6 = result(
         WEB,
@@ -136,7 +136,9 @@ def test_success_duration_and_phases_per_family(store: Store) -> None:
     assert value(s, "dualstack_probe_duration_seconds", **base, probe="tls", family="ipv6") == 0.5
     for ph, secs in phases.items():
         assert value(s, "dualstack_probe_phase_duration_seconds", family="ipv4", phase=ph) == secs
-    assert value(s, "dualstack_probe_phase_duration_seconds", family="ipv6", phase="tls") is None
+    assert (
+        value(s, "dualstack_probe_phase_duration_seconds", family="ipv6", phase="handshake") is None
+    )
     assert value(s, "dualstack_probe_last_run_timestamp_seconds", family="ipv4") == 1.7e9
     assert value(s, "dualstack_probe_runs_total", family="ipv6") == 1.0
     assert value(s, "dualstack_probe_errors_total", family="ipv6", kind="tls_untrusted") == 1.0

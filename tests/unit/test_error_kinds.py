@@ -265,7 +265,7 @@ async def test_protocol_error(
     assert result.details.http_version == ("2" if alpn == "h2" else "1.1")
     assert result.details.status is None
     assert result.details.tls_version is not None  # the handshake itself was fine
-    assert {"connect", "tls"} <= set(result.phases)
+    assert {"connect", "handshake"} <= set(result.phases)
 
 
 # --- client_config: a local setting the TLS client cannot load, found before dialling -------
