@@ -75,6 +75,13 @@ def own(
     return Metric(name, help, ("vantage", *labels), samples, type, own=True)
 
 
+def one(
+    name: str, help: str, read: Callable[[Snapshot], float | Histogram], type: Type = "gauge"
+) -> Metric:
+    """A metric of the process with one series, its value read from the snapshot."""
+    return own(name, help, lambda s: [(_own(s), read(s))], type=type)
+
+
 def _own(s: Snapshot, *more: str) -> list[str]:
     return [s.vantage, str(s.shard), *more] if s.shards > 1 else [s.vantage, *more]
 
@@ -253,10 +260,10 @@ METRICS: tuple[Metric, ...] = (
         lambda s: [(_own(s, s.site or s.vantage), float(s.vantage_probing_ok))],
         ("site",),
     ),
-    own(
+    one(
         "dualstack_scheduler_lag_seconds",
         "How late probes start after their slot.",
-        lambda s: [(_own(s), s.lag)],
+        lambda s: s.lag,
         type="histogram",
     ),
     Metric(
@@ -279,15 +286,15 @@ METRICS: tuple[Metric, ...] = (
         "Scheduled (target, probe) jobs.",
         lambda s: [(_own(s), sum(len(t.probes) for t in s.targets.values()))],
     ),
-    own(
+    one(
         "dualstack_config_last_reload_successful",
         "1 if the last configuration (re)load succeeded.",
-        lambda s: [(_own(s), s.reload_ok)],
+        lambda s: s.reload_ok,
     ),
-    own(
+    one(
         "dualstack_config_last_reload_success_timestamp_seconds",
         "Unix time of the last successful configuration load.",
-        lambda s: [(_own(s), s.reload_time)],
+        lambda s: s.reload_time,
     ),
     own(
         "dualstack_ip_ranges_sync_timestamp_seconds",
@@ -301,24 +308,24 @@ METRICS: tuple[Metric, ...] = (
         lambda s: [(_own(s, s.site or s.vantage, s.external_url), 1)] if s.external_url else [],
         ("site", "external_url"),
     ),
-    own(
+    one(
         "dualstack_events",
         "Verdict changes kept as events (GET /api/v1/events) since the process started.",
-        lambda s: [(_own(s), s.events_total)],
-        type="counter",
+        lambda s: s.events_total,
+        "counter",
     ),
-    own(
+    one(
         "dualstack_events_dropped",
         "Events pushed out of the in-memory ring at its limit (config events.keep).",
-        lambda s: [(_own(s), s.events_dropped)],
-        type="counter",
+        lambda s: s.events_dropped,
+        "counter",
     ),
-    own(
+    one(
         "dualstack_events_write_errors",
         "Events that could not be appended to the events file (config events.file); the log "
         "says why once.",
-        lambda s: [(_own(s), s.events_write_errors)],
-        type="counter",
+        lambda s: s.events_write_errors,
+        "counter",
     ),
     own(
         "dualstack_build_info",
