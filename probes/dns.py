@@ -7,13 +7,7 @@
 
 from __future__ import annotations
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-
-from probes import dnsquery
+from probes import dnsquery, dnswire
 from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
 from probes.details import DnsAnswer, SoaAnswer
 from probes.errors import classify, error
@@ -42,8 +36,11 @@ def _from_resolution(res: Resolution) -> Outcome:
 async def _ask_soa(req: ProbeRequest) -> Outcome:
     zone = req.target.zone or ""
     clock = req.env.clock
-    query = dns.message.make_query(zone.rstrip(".") + ".", dns.rdatatype.SOA)
-    query.flags &= ~dns.flags.RD  # ask the authority itself, not its recursion
+    try:
+        # no RD: ask the authority itself, not its recursion; no EDNS, as before
+        query = dnswire.query(zone, dnswire.SOA, rd=False, payload=None)
+    except ValueError as exc:
+        return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
     source = req.env.source_addresses.get(req.family)
     t0 = clock()
     try:
@@ -56,17 +53,17 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
         return Outcome(success=False, error=error(ErrorKind.TIMEOUT, "no DNS answer"))
     except OSError as exc:
         return Outcome(success=False, error=classify(exc), phases={"query": clock() - t0})
-    except dns.exception.DNSException as exc:
+    except dnswire.BadMessage as exc:
         return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
     response = reply.message
     seconds = reply.seconds
-    rcode = dns.rcode.to_text(response.rcode())
-    soa = next((rr for rr in response.answer if rr.rdtype == dns.rdatatype.SOA), None)
+    rcode = dnswire.rcode_text(response.rcode)
+    soa = next((rr for rr in response.answer if rr.rtype == dnswire.SOA), None)
     details = SoaAnswer(
         rcode=rcode,
         zone=zone,
-        authoritative=bool(response.flags & dns.flags.AA),
-        serial=soa[0].serial if soa else None,
+        authoritative=response.authoritative,
+        serial=soa.value if soa and isinstance(soa.value, int) else None,
         transport="tcp" if reply.tcp else "udp",
     )
     phases = {"query": seconds}

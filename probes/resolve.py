@@ -13,13 +13,9 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import dns.exception
-import dns.message
-import dns.rcode
-import dns.rdatatype
 import dns.resolver
 
-from probes import dnsquery, stamp
+from probes import dnsquery, dnswire, stamp
 from probes.base import Clock, ErrorKind, Family, Resolution
 from probes.errors import classify, error
 from probes.text import peer_text
@@ -36,7 +32,7 @@ NOT_NATIVE: tuple[tuple[ipaddress.IPv6Network, str], ...] = (
 _LOOPBACK6 = ipaddress.IPv6Address("::1")
 # RFC 7050: the two IPv4 addresses behind ipv4only.arpa, found inside a synthesized AAAA.
 _IPV4ONLY = (ipaddress.IPv4Address("192.0.0.170"), ipaddress.IPv4Address("192.0.0.171"))
-_RDTYPE = {"ipv4": dns.rdatatype.A, "ipv6": dns.rdatatype.AAAA}
+_RDTYPE = {"ipv4": dnswire.A, "ipv6": dnswire.AAAA}
 _PAYLOAD = 1232  # the EDNS buffer size of DNS Flag Day 2020, dnspython's default too
 _TIMED_OUT = "timed out"
 _FINAL_RCODES = {"SERVFAIL": ErrorKind.DNS_SERVFAIL, "REFUSED": ErrorKind.DNS_REFUSED}
@@ -104,29 +100,18 @@ class Asked:
     seconds: float = 0.0
     """From the first send to the kernel's stamp on `reply` (earlier servers' tries
     included); without a reply, the time spent asking."""
-    failures: tuple[tuple[str, OSError | str | dns.exception.DNSException], ...] = ()
+    failures: tuple[tuple[str, OSError | str | dnswire.BadMessage], ...] = ()
     """(server, what it did) for each server that failed: a socket error, "timed out", the
     rcode's name (SERVFAIL, REFUSED, ...) or a reply that could not be read; the latest each."""
     timed_out: bool = False
     """The lifetime ran out while some server could still have answered."""
 
 
-class LookupFailed(dns.exception.DNSException):
+class LookupFailed(LookupError):
     """nameservers_of() got no NS set; the message says why (each server's failure)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)  # type: ignore[no-untyped-call]  # dnspython's is untyped
 
-
-def _chaining(message: dns.message.Message) -> dns.message.ChainingResult:
-    """The CNAME chain from the question and the records it ends at (dnspython's reading);
-    raises dns.exception.DNSException for a loop or a chain too long."""
-    if not isinstance(message, dns.message.QueryMessage):  # an UPDATE reply, say
-        raise LookupFailed(f"not a query response (opcode {message.opcode()})")
-    return message.resolve_chaining()
-
-
-def _said(what: OSError | str | dns.exception.DNSException) -> str:
+def _said(what: OSError | str | dnswire.BadMessage) -> str:
     return (what.strerror or str(what)) if isinstance(what, OSError) else str(what)
 
 
@@ -200,13 +185,14 @@ class Resolver:
 
     # -- asking ------------------------------------------------------------------------------
 
-    async def ask(self, name: str, rdtype: dns.rdatatype.RdataType) -> Asked:
+    async def ask(self, name: str, rdtype: int) -> Asked:
         """Put the question (recursion desired, EDNS 0) to the servers in turn, as the class
-        docstring says; never raises for what the network or a server did."""
-        query = dns.message.make_query(name, rdtype, use_edns=0, payload=_PAYLOAD)
+        docstring says; never raises for what the network or a server did (ValueError: `name`
+        is no DNS name)."""
+        query = dnswire.query(name, rdtype, payload=_PAYLOAD)
         start = self._clock()
         first_sent = stamp.now_ns()
-        failures: dict[str, OSError | str | dns.exception.DNSException] = {}
+        failures: dict[str, OSError | str | dnswire.BadMessage] = {}
         live = list(self._servers)
         turn = 0
         while live:
@@ -224,12 +210,12 @@ class Resolver:
                 failures[label] = _TIMED_OUT
                 turn += 1
                 continue
-            except (OSError, dns.exception.DNSException) as exc:
+            except (OSError, dnswire.BadMessage) as exc:
                 failures[label] = exc
                 live.remove((address, port))  # `turn` now points at the next server
                 continue
-            rcode = reply.message.rcode()
-            if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            rcode = reply.message.rcode
+            if rcode in (dnswire.NOERROR, dnswire.NXDOMAIN):
                 return Asked(
                     reply=reply,
                     nameserver=address,
@@ -237,7 +223,7 @@ class Resolver:
                     seconds=(sent - first_sent) / 1e9 + reply.seconds,
                     failures=tuple(failures.items()),
                 )
-            failures[label] = dns.rcode.to_text(rcode)
+            failures[label] = dnswire.rcode_text(rcode)
             live.remove((address, port))
         return Asked(
             seconds=self._clock() - start, failures=tuple(failures.items()), timed_out=bool(live)
@@ -248,31 +234,30 @@ class Resolver:
         async with self._nat64_lock:
             if self._nat64 is None:
                 learnt: tuple[ipaddress.IPv6Network, ...] = ()
-                asked = await self.ask("ipv4only.arpa.", dns.rdatatype.AAAA)
+                asked = await self.ask("ipv4only.arpa.", dnswire.AAAA)
                 if asked.reply is not None:  # else no DNS64 here: only the well-known
-                    with contextlib.suppress(dns.exception.DNSException):
-                        found = _chaining(asked.reply.message).answer
-                        if found is not None:
-                            learnt = nat64_prefixes_from([r.address for r in found])
+                    with contextlib.suppress(dnswire.BadMessage):
+                        found = dnswire.chain(asked.reply.message, "ipv4only.arpa.", dnswire.AAAA)
+                        learnt = nat64_prefixes_from([str(r.value) for r in found.answer])
                 self._nat64 = (WELL_KNOWN_NAT64, *(p for p in learnt if p != WELL_KNOWN_NAT64))
             return self._nat64
 
     async def nameservers_of(self, zone: str) -> list[str]:
-        """The zone's NS names, sorted; raises dns.exception.DNSException on failure."""
-        name = zone.rstrip(".") + "."
-        asked = await self.ask(name, dns.rdatatype.NS)
+        """The zone's NS names, sorted; raises LookupFailed or dnswire.BadMessage on failure."""
+        name = zone.rstrip(".").lower() + "."
+        asked = await self.ask(name, dnswire.NS)
         self._count(asked)
         if asked.reply is None:
             said = "; ".join(f"{server}: {_said(what)}" for server, what in asked.failures)
             if asked.timed_out:
                 raise LookupFailed(f"NS {name}: timed out ({said})")
             raise LookupFailed(f"NS {name}: no server answered ({said})")
-        if asked.reply.message.rcode() == dns.rcode.NXDOMAIN:
+        if asked.reply.message.rcode == dnswire.NXDOMAIN:
             raise LookupFailed(f"NS {name}: no such name")
-        answer = _chaining(asked.reply.message).answer
-        if answer is None:
+        answer = dnswire.chain(asked.reply.message, name, dnswire.NS).answer
+        if not answer:
             raise LookupFailed(f"NS {name}: no NS record")
-        return sorted(str(r.target).rstrip(".") for r in answer)
+        return sorted(str(r.value).rstrip(".") for r in answer)
 
     async def resolve(self, host: str, family: Family) -> Resolution:
         literal = ip_family(host)
@@ -283,10 +268,10 @@ class Resolver:
                 family=family,
                 error=error(ErrorKind.DNS_NO_ADDRESS, f"{host} is an {literal} address"),
             )
-        name = host if host.endswith(".") else host + "."
+        name = host.lower() if host.endswith(".") else host.lower() + "."
         try:
             asked = await self.ask(name, _RDTYPE[family])
-        except (dns.exception.DNSException, ValueError) as exc:  # a name that is no DNS name
+        except ValueError as exc:  # a name that is no DNS name
             return Resolution(
                 family=family, error=error(ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}")
             )
@@ -294,26 +279,26 @@ class Resolver:
         if asked.reply is None:
             return self._unanswered_resolution(host, family, asked)
         message = asked.reply.message
-        if message.rcode() == dns.rcode.NXDOMAIN:
+        if message.rcode == dnswire.NXDOMAIN:
             return self._failed(
                 family, asked.seconds, "NXDOMAIN", ErrorKind.DNS_NXDOMAIN, f"{host}: no such name"
             )
         try:
-            chain = _chaining(message)
-        except dns.exception.DNSException as exc:  # a CNAME loop or chain too long
+            chain = dnswire.chain(message, name, _RDTYPE[family])
+        except dnswire.BadMessage as exc:  # a CNAME loop or chain too long
             return self._failed(
                 family, asked.seconds, "NOERROR", ErrorKind.DNS_BAD_RESPONSE, f"{host}: {exc}"
             )
         return await self._resolution(host, family, asked, chain)
 
     async def _resolution(
-        self, host: str, family: Family, asked: Asked, chaining: dns.message.ChainingResult
+        self, host: str, family: Family, asked: Asked, chaining: dnswire.Chain
     ) -> Resolution:
         seconds = asked.seconds
-        chain = tuple(str(rrset.name).rstrip(".") for rrset in chaining.cnames)
+        chain = chaining.cnames
         nameserver = asked.nameserver
         rrset = chaining.answer
-        if rrset is None:
+        if not rrset:
             rtype = "AAAA" if family == "ipv6" else "A"
             return Resolution(
                 family=family,
@@ -322,8 +307,8 @@ class Resolver:
                 nameserver=nameserver,
                 error=error(ErrorKind.DNS_NO_ADDRESS, f"{host}: no {rtype} record"),
             )
-        ttl = rrset.ttl
-        addresses: tuple[str, ...] = tuple(sorted({r.address for r in rrset}))
+        ttl = min(r.ttl for r in rrset)
+        addresses: tuple[str, ...] = tuple(sorted({str(r.value) for r in rrset}))
         nat64 = False
         not_native: tuple[str, ...] = ()
         if family == "ipv6":

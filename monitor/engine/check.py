@@ -8,15 +8,13 @@ import asyncio
 import socket
 from collections.abc import Callable, Sequence
 
-import dns.exception
-
 from monitor.config import Config, ConfigError, nameserver_name, nameserver_target
 from monitor.engine.parity import Parity, Thresholds, judge
 from monitor.engine.vantage import VantageCheck
 from probes import ipranges
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.handler import run_probe, skipped
-from probes.resolve import Resolver
+from probes.resolve import LookupFailed, Resolver
 from probes.text import peer_text
 
 
@@ -60,7 +58,7 @@ async def nameserver_targets(cfg: Config, resolver: Resolver) -> tuple[list[Targ
     for zone in cfg.zones:
         try:
             names = (await resolver.nameservers_of(zone))[: cfg.route53.max_nameservers]
-        except dns.exception.DNSException as exc:
+        except (LookupFailed, ValueError) as exc:  # no NS set, a bad reply, a bad zone name
             notes.append(peer_text(f"route53 zone {zone}: cannot get its NS set: {exc}"))
             continue
         targets.extend(
