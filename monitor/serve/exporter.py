@@ -6,7 +6,8 @@ the two byte for byte. Other formats (escapings that rename metrics) go through 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from operator import itemgetter
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -88,30 +89,39 @@ CHUNK = 8192
 """Lines per piece of a render: a render never holds a whole family's text (tens of MB)."""
 
 
+class _Escaped(dict[str, str]):
+    """Label values escaped as the text format wants them, each value escaped once."""
+
+    def __missing__(self, value: str) -> str:
+        text = self[value] = _escape(value)
+        return text
+
+
+Labels = Callable[[Sequence[str]], str]
+
+
+def _labels(names: Sequence[str], escaped: _Escaped, *, first: str = "", last: str = "") -> Labels:
+    """The label text of one metric's series from its values, between `first` and `last`:
+    labels sorted by name as prometheus_client writes them, values escaped."""
+    order = sorted(range(len(names)), key=names.__getitem__)
+    pairs = ",".join(f'{names[i]}="{{}}"' for i in order)
+    template = _braces(first) + pairs + _braces(last)
+    if not order:
+        return lambda values: template.format()
+    pick = itemgetter(*order) if len(order) > 1 else lambda v: (v[order[0]],)
+    get = escaped.__getitem__
+    return lambda values: template.format(*map(get, pick(values)))
+
+
+def _braces(literal: str) -> str:
+    return literal.replace("{", "{{").replace("}", "}}")
+
+
 def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     """The text of every metric of the table: the Prometheus text format 0.0.4, or OpenMetrics
-    1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`).
-    Labels as prometheus_client writes them: sorted by name, values escaped; a series' label
-    text is made once per render, whichever metrics share it."""
-    texts: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
-    escaped: dict[str, str] = {}
+    1.0.0 (which names counters without `_total` in HELP and TYPE, and ends with `# EOF`)."""
+    escaped = _Escaped()
     bounds: dict[tuple[float, ...], list[str]] = {}
-
-    def pairs(items: Sequence[tuple[str, str]]) -> str:
-        out = []
-        for k, v in items:
-            e = escaped.get(v)
-            if e is None:
-                e = escaped[v] = _escape(v)
-            out.append(f'{k}="{e}"')
-        return ",".join(out)
-
-    def labels(names: tuple[str, ...], values: Sequence[str]) -> str:
-        key = (names, tuple(values))
-        text = texts.get(key)
-        if text is None:
-            text = texts[key] = "{" + pairs(sorted(zip(names, values, strict=True))) + "}"
-        return text
 
     for m in METRICS:
         names = m.label_names(s)
@@ -119,26 +129,29 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
         family = m.name if open_metrics else sample
         doc = _escape(m.help) if open_metrics else m.help.replace("\\", r"\\").replace("\n", r"\n")
         lines = [f"# HELP {family} {doc}\n# TYPE {family} {m.type}\n"]
+        series = _labels(names, escaped, first="{", last="}")
+        if m.type == "histogram":  # the `le` label goes in its sorted place
+            before = [i for i, k in enumerate(names) if k < "le"]
+            after = [i for i, k in enumerate(names) if k > "le"]
+            head = _labels([names[i] for i in before], escaped, first=f"{m.name}_bucket{{")
+            tail = _labels([names[i] for i in after], escaped, last="} ")
         for values, value in m.samples(s):
             if isinstance(value, Histogram):
-                items = sorted(zip(names, values, strict=True))
-                at = sum(1 for k, _ in items if k < "le")
-                before, after = pairs(items[:at]), pairs(items[at:])
-                pre, post = before + "," if before else "", "," + after if after else ""
-                head, mid = f'{m.name}_bucket{{{pre}le="', f'"{post}}} '
+                pre = head([values[i] for i in before]) + ("," if before else "")
+                post = ("," if after else "") + tail([values[i] for i in after])
                 les = bounds.get(value.buckets)
                 if les is None:
                     les = bounds[value.buckets] = [format(b, "g") for b in value.buckets]
                 running = 0
                 for le, n in zip(les, value.counts, strict=True):
                     running += n
-                    lines.append(f"{head}{le}{mid}{_count(running)}\n")
-                text = labels(names, values)
-                lines.append(f"{head}+Inf{mid}{_count(value.count)}\n")
-                lines.append(f"{m.name}_count{text} {_count(value.count)}\n")
-                lines.append(f"{m.name}_sum{text} {_value(value.total)}\n")
+                    lines.append(f'{pre}le="{le}"{post}{_count(running)}\n')
+                labels = series(values)
+                lines.append(f'{pre}le="+Inf"{post}{_count(value.count)}\n')
+                lines.append(f"{m.name}_count{labels} {_count(value.count)}\n")
+                lines.append(f"{m.name}_sum{labels} {_value(value.total)}\n")
             else:
-                lines.append(f"{sample}{labels(names, values)} {_value(value)}\n")
+                lines.append(f"{sample}{series(values)} {_value(value)}\n")
             if len(lines) >= CHUNK:
                 yield "".join(lines)
                 lines = []
