@@ -413,6 +413,38 @@ async def test_a_body_is_at_most_max_age_old() -> None:
         cache.close()
 
 
+async def test_a_key_asked_at_a_steady_period_is_rendered_before_it_is_due() -> None:
+    """Prometheus's scrapes: the third request, one period after the second, finds a body
+    rendered ahead of it (no render starts for it), with the records made before that render;
+    a key asked for once, or more often than `warm_min`, is rendered on request only."""
+    store = rich_store(1)
+    cache = RenderCache(store, max_age=0.05, warm_min=0.3)
+    period = 1.3  # the lead is at least 1 s: the warm render starts 0.3 s after a request
+
+    def render(snap: Snapshot) -> tuple[bytes]:
+        return (exposed(snap, ""),)
+
+    try:
+        await cache.get("/metrics", render)
+        await asyncio.sleep(period)
+        await cache.get("/metrics", render)
+        assert cache.renders == 2  # the first period: nothing known to render ahead of
+        await asyncio.sleep(0.15)
+        record_tcp(store, "t-000", 0.875)  # before the warm render starts
+        await asyncio.sleep(period - 0.15 - 0.1)
+        assert cache.renders == 3  # started ahead, before the request below
+        third = await cache.get("/metrics", render)
+        assert cache.renders == 3  # served the warm body
+        assert "} 0.875\n" in third.body.decode()
+        await cache.get("/other", render)
+        await asyncio.sleep(0.1)
+        await cache.get("/other", render)  # 0.1 s apart: under warm_min, no plan
+        await asyncio.sleep(period)
+        assert cache.renders == 6  # /metrics ahead of its fourth request; /other twice only
+    finally:
+        cache.close()
+
+
 async def test_a_reload_forgets_the_cached_bodies(serve: Served) -> None:
     store = rich_store(1)
     reloads: list[int] = []

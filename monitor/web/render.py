@@ -23,6 +23,8 @@ Render = Callable[[Snapshot], Iterable[str | bytes]]
 class Rendered:
     taken: float
     """When its snapshot was taken, on the cache's clock."""
+    until: float
+    """Served until then, on the cache's clock."""
     gzip: bytes
     """The body, one gzip member."""
     size: int
@@ -43,7 +45,7 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def _make(render: Render, snap: Snapshot, taken: float) -> Rendered:
+def _make(render: Render, snap: Snapshot, taken: float, until: float) -> Rendered:
     # Level 1: /metrics at 10,000 jobs is tens of MB; higher levels cost several times the CPU.
     z = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip member
     out, size = [], 0
@@ -52,48 +54,99 @@ def _make(render: Render, snap: Snapshot, taken: float) -> Rendered:
         size += len(data)
         out.append(z.compress(data))
     out.append(z.flush())
-    return Rendered(taken, b"".join(out), size)
+    return Rendered(taken, until, b"".join(out), size)
 
 
 class RenderCache:
-    """Bodies by key, at most `max_age` seconds old (on `clock`), rendered one at a time."""
+    """Bodies by key, at most `max_age` seconds old (on `clock`), rendered one at a time.
+
+    A key asked for at a steady period (Prometheus's scrape interval, `warm_min` seconds or
+    more) is rendered again just before its next request is due, so that request is answered
+    at once with a body as old as the render takes: at 10,000 jobs a render takes seconds
+    (benchmarks/README.md), longer than a scrape should wait."""
 
     def __init__(
-        self, store: Store, *, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        store: Store,
+        *,
+        max_age: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        warm_min: float = 5.0,
     ) -> None:
         self._store = store
         self.max_age = max_age
         self._clock = clock
+        self._warm_min = warm_min
         self._cache: dict[str, Rendered] = {}
         self._flights: dict[str, asyncio.Future[Rendered]] = {}
+        self._asked: dict[str, float] = {}
+        """When each key was last asked for."""
+        self._took: dict[str, float] = {}
+        """How long each key's last render took."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self.renders = 0  # started: tests count them
 
     async def get(self, key: str, render: Render) -> Rendered:
         """The cached body of `key` if fresh, else the render in flight, else a new one."""
+        now = self._clock()
+        last, self._asked[key] = self._asked.get(key), now
+        if last is not None and self._warm_min <= now - last:
+            self._plan(key, render, period=now - last)
         cached = self._cache.get(key)
-        if cached is not None and self._clock() - cached.taken <= self.max_age:
+        if cached is not None and now <= cached.until:
             return cached
-        flight = self._flights.get(key)
-        if flight is None:
-            now = self._clock()
-            # Keys come from request headers, and bodies are large: keep only fresh ones.
-            self._cache = {k: r for k, r in self._cache.items() if now - r.taken <= self.max_age}
-            if self._store.before_scrape is not None:
-                self._store.before_scrape()
-            snap = self._store.snapshot()
-            self.renders += 1
-            loop = asyncio.get_running_loop()
-            flight = loop.run_in_executor(self._executor, _make, render, snap, now)
-            self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
         # shield: one client giving up must not cancel the render the others wait for.
-        rendered = self._cache[key] = await asyncio.shield(flight)
-        return rendered
+        return await asyncio.shield(self._flights.get(key) or self._start(key, render))
+
+    def _start(
+        self, key: str, render: Render, *, serve_for: float = 0.0
+    ) -> asyncio.Future[Rendered]:
+        """Render `key` in the worker thread; the body is served for `max_age` seconds after
+        its snapshot, plus `serve_for` (a warm render, made before its request)."""
+        now = self._clock()
+        # Keys come from request headers, and bodies are large: keep only fresh ones.
+        self._cache = {k: r for k, r in self._cache.items() if now <= r.until}
+        if self._store.before_scrape is not None:
+            self._store.before_scrape()
+        snap = self._store.snapshot()
+        self.renders += 1
+        until = now + self.max_age + serve_for
+        flight = asyncio.get_running_loop().run_in_executor(
+            self._executor, _make, render, snap, now, until
+        )
+        self._flights[key] = flight
+
+        def done(f: asyncio.Future[Rendered]) -> None:
+            self._flights.pop(key, None)
+            if not f.cancelled() and f.exception() is None:
+                self._cache[key] = f.result()
+                self._took[key] = self._clock() - now
+
+        flight.add_done_callback(done)
+        return flight
+
+    def _plan(self, key: str, render: Render, *, period: float) -> None:
+        """Start the next render of `key` ahead of its next request: its last render's
+        duration and as much again before the request is due (at least 1 s)."""
+        lead = max(2 * self._took.get(key, 0.0), 1.0)
+        if (timer := self._timers.pop(key, None)) is not None:
+            timer.cancel()
+        if period > lead:
+
+            def warm() -> None:
+                self._timers.pop(key, None)
+                if key not in self._flights:
+                    self._start(key, render, serve_for=2 * lead)
+
+            self._timers[key] = asyncio.get_running_loop().call_later(period - lead, warm)
 
     def clear(self) -> None:
         """Forget every cached body (a render in flight still answers those waiting for it)."""
         self._cache.clear()
 
     def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
