@@ -1,14 +1,18 @@
 """The name server's other questions (dns_tcp, dns_large) and the resolver probe, through the
-shared handler against the lab's DNS server on loopback, or a UDP-only one whose replies the
-test may cut above a size (large answers lost on the way, as fragments are)."""
+shared handler against the lab's DNS server on loopback, with its faults: no TCP listener, or
+UDP replies above a size never sent (large answers lost on the way, as fragments are)."""
 
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
+import yaml
 
+from monitor.config import load_config
 from monitor.lab.dnsserver import DnsRecord, DnsServer, dnskey_records
+from monitor.serve.vantage import Vantage
 from probes import handler
 from probes.base import DnsSpec, ErrorKind, Family, ProbeEnv, ProbeResult, Resolution, Target
 from probes.details import LargeAnswer, ResolverAnswer, SoaOverTcp
@@ -169,3 +173,31 @@ async def test_resolver_not_answering_is_the_transport_error() -> None:
     result = await run("resolver", resolver_target(port), "ipv6")
     assert result.error is not None and result.error.kind is ErrorKind.CONNECT_REFUSED
     assert result.error.phase == "udp"
+
+
+async def test_serve_asks_a_resolver_targets_resolvers_by_default_the_vantages(
+    tmp_path: Path,
+) -> None:
+    """`probe serve`'s job: the target's name is never looked up; with no `resolvers`, the
+    vantage's own name servers are asked, on `resolver.port`."""
+    async with server() as srv:
+        path = tmp_path / "resolvers.yml"
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "vantage": "unit",
+                    "resolver": {"nameservers": ["127.0.0.1", "::1"], "port": srv.port},
+                    "targets": [{"name": "res", "host": HOST, "probes": ["resolver"]}],
+                }
+            )
+        )
+        cfg = load_config(path)
+        [target] = cfg.targets
+        assert (target.resolvers, target.port) == ((), srv.port)
+        service = Vantage(cfg)
+        await service.apply(cfg)
+        await service.run_job(target, "resolver")
+    latest = service.store.latest
+    assert latest[("res", "resolver", "ipv4")].address == "127.0.0.1"
+    assert latest[("res", "resolver", "ipv6")].address == "::1"
+    assert service.store.parity[("res", "resolver")].verdict == "ok"
