@@ -18,8 +18,9 @@ import dns.rdatatype
 from probes import dnsquery
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
 from probes.details import LargeAnswer
+from probes.dnsquery import rcode_kind
 from probes.dnstcp import soa_query
-from probes.errors import error, rcode_kind
+from probes.errors import error
 from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 
 FIRST_SHARE = 0.5

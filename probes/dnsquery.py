@@ -5,7 +5,8 @@ the start (`exchange_tcp`), for the questions that test TCP 53 itself.
 The resolver (probes/resolve.py), the dns probe's SOA query (probes/dns.py) and the name
 server's and resolvers' other questions (probes/dnstcp.py, probes/dnslarge.py,
 probes/resolvers.py) all ask here; the choice of server, retries and what an rcode means are
-theirs. The EDNS buffer and the DO bit are the query's own (`use_edns`).
+theirs (`rcode_kind` says it for the questions that go through `ask`). The EDNS buffer and
+the DO bit are the query's own (`use_edns`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from probes.base import ErrorKind, ProbeError
 from probes.errors import classify, error
 
 _HEADER = 12
+_RCODE_KINDS = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}
 _TC = 0x02  # in the third byte of the header
 
 
@@ -180,3 +182,9 @@ async def ask(
         return classify(exc)
     except dns.exception.DNSException as exc:
         return error(ErrorKind.DNS_BAD_RESPONSE, f"{what}: {exc}")
+
+
+def rcode_kind(rcode: str) -> ErrorKind:
+    """The error kind of an answer whose rcode is not NOERROR (SERVFAIL for the rest), as the
+    dns probe judges a name server's SOA answer."""
+    return _RCODE_KINDS.get(rcode, ErrorKind.DNS_SERVFAIL)

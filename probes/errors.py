@@ -36,14 +36,6 @@ def error(kind: ErrorKind, message: str, phase: str | None = None) -> ProbeError
     return ProbeError(kind=kind, message=message, phase=phase)
 
 
-_RCODE_KINDS = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}
-
-
-def rcode_kind(rcode: str) -> ErrorKind:
-    """The error kind of a DNS answer whose rcode is not NOERROR (SERVFAIL for the rest)."""
-    return _RCODE_KINDS.get(rcode, ErrorKind.DNS_SERVFAIL)
-
-
 def in_phase(err: ProbeError, phase: str) -> ProbeError:
     """`err` said to have happened in `phase`, unless it already says where."""
     return err if err.phase else dataclasses.replace(err, phase=phase)

@@ -19,7 +19,8 @@ import dns.rdatatype
 from probes import dnsquery
 from probes.base import ErrorKind, Family, Outcome, ProbeError, ProbeRequest, Resolution, Target
 from probes.details import ResolverAnswer
-from probes.errors import error, rcode_kind
+from probes.dnsquery import rcode_kind
+from probes.errors import error
 from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
 from probes.resolve import ip_family
 
