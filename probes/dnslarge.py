@@ -133,7 +133,7 @@ KIND = register(
             ),
         },
         phases=("query",),
-        transport=False,
+        transport=True,
         cost=Cost.LIGHT,
         sampled=False,
         per_address=False,

@@ -128,7 +128,7 @@ KIND = register(
             ),
         },
         phases=("udp", "tcp"),
-        transport=False,
+        transport=True,
         cost=Cost.LIGHT,
         sampled=False,
         per_address=True,
