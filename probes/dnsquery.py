@@ -37,7 +37,8 @@ class Reply:
     """The server's response to the query (its id and question checked)."""
     seconds: float
     """From the send to the kernel's stamp on the UDP reply; over TCP, wall-clock time from
-    the UDP send to the reply read (the retry's own round trips included)."""
+    the UDP send to the reply read (the retry's own round trips included), or from the
+    connect to the reply read when asked over TCP only (`exchange_tcp`)."""
     tcp: bool
     """Asked again over TCP because the UDP reply was truncated (or asked over TCP only)."""
     size: int = 0
