@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import dns.rdatatype
 import yaml
 from pydantic import (
     AfterValidator,
@@ -37,6 +38,7 @@ from probes import ipranges, kinds
 from probes.base import (
     FAMILIES,
     NO_REGION,
+    DnsSpec,
     Family,
     HttpSpec,
     IcmpSpec,
@@ -213,6 +215,42 @@ class IcmpConfig(_Strict):
     sizes: list[Annotated[int, Field(ge=48, le=65535)]] = Field(default_factory=list)
 
 
+def _check_dns_type(value: str) -> str:
+    """A DNS data type by its mnemonic (DNSKEY, TXT, TYPE65534...), as dnspython knows them."""
+    try:
+        rdtype = dns.rdatatype.from_text(value)
+    except (dns.rdatatype.UnknownRdatatype, ValueError):
+        raise ValueError(f"{value!r} is not a DNS type (e.g. DNSKEY, TXT, AAAA)") from None
+    if dns.rdatatype.is_metatype(rdtype) or rdtype == dns.rdatatype.ANY:
+        raise ValueError(f"{value!r} is a query-only type: name a record type (e.g. DNSKEY, TXT)")
+    return dns.rdatatype.to_text(rdtype)
+
+
+def _check_dns_name(value: str) -> str:
+    if not HOST_RE.match(value):
+        raise ValueError(f"{value!r} is not a DNS name")
+    return value.rstrip(".")
+
+
+class DnsLargeConfig(_Strict):
+    """The large question of a name-server target (probe dns_large)."""
+
+    name: Annotated[str, AfterValidator(_check_dns_name)] | None = None
+    type: Annotated[str, AfterValidator(_check_dns_type)] = "DNSKEY"
+
+
+class DnsConfig(_Strict):
+    """A name-server target's questions: the large one and the EDNS buffer it announces."""
+
+    large: DnsLargeConfig = Field(default_factory=DnsLargeConfig)
+    edns_buffer: int = Field(4096, ge=512, le=65535)
+
+    def spec(self) -> DnsSpec:
+        return DnsSpec(
+            large_name=self.large.name, large_type=self.large.type, edns_buffer=self.edns_buffer
+        )
+
+
 class TargetConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_RE)]
     service: str = "custom"
@@ -229,6 +267,8 @@ class TargetConfig(_Strict):
     zone: str | None = None
     race: TargetRaceConfig = Field(default_factory=TargetRaceConfig)
     icmp: IcmpConfig = Field(default_factory=IcmpConfig)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+    resolvers: list[Annotated[str, BeforeValidator(_check_ip)]] | None = Field(None, min_length=1)
 
     @field_validator("name")
     @classmethod
@@ -258,6 +298,14 @@ class Route53Config(_Strict):
     port: int = Field(53, ge=1, le=65535)
     probes: list[ProbeName] = Field(default_factory=lambda: list(kinds.NAMESERVER_DEFAULT))
     max_nameservers: int = Field(8, ge=1, le=16)
+    dns: DnsConfig = Field(default_factory=DnsConfig)
+
+    @field_validator("probes")
+    @classmethod
+    def _no_resolver(cls, v: list[str]) -> list[str]:
+        if kinds.RESOLVER in v:
+            raise ValueError(f"{kinds.RESOLVER!r} asks resolvers: list it in a target of its own")
+        return v
 
 
 class ParityConfig(_Strict):
@@ -337,7 +385,52 @@ class ConfigModel(_Strict):
                     f"duplicate target name {t.name!r} (first at targets[{seen[t.name]}])",
                 )
             seen[t.name] = i
+            _fits(t, i)
         return self
+
+
+def _fits(t: TargetConfig, i: int) -> None:
+    """The probes a target lists suit what it is: a name server (`zone`), a resolver target
+    (probes [resolver]) or a host."""
+    resolver = kinds.RESOLVER in t.probes
+    if resolver and len(set(t.probes)) > 1:
+        raise _KeyError(
+            ("targets", i, "probes"),
+            f"{kinds.RESOLVER!r} asks the target's resolvers, not its host: list it alone "
+            "(a target of its own)",
+        )
+    if resolver and t.zone is not None:
+        raise _KeyError(("targets", i, "zone"), "a resolver target has no zone")
+    if resolver and _is_address(t.host):
+        raise _KeyError(
+            ("targets", i, "host"),
+            f"{t.host!r}: a resolver target's host is the name asked of the resolvers, "
+            "not an address (list them under resolvers)",
+        )
+    if t.resolvers is not None and not resolver:
+        raise _KeyError(
+            ("targets", i, "resolvers"),
+            f"only a target whose probes are [{kinds.RESOLVER}] asks resolvers",
+        )
+    if t.zone is None:
+        for kind in kinds.NAMESERVER_ONLY:
+            if kind in t.probes:
+                raise _KeyError(
+                    ("targets", i, "probes"),
+                    f"{kind!r} asks a name server about its zone: set zone, or drop {kind!r}",
+                )
+        if "dns" in t.model_fields_set:
+            raise _KeyError(
+                ("targets", i, "dns"), "only a name-server target (one with a zone) uses it"
+            )
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _KeyError(ValueError):
@@ -577,13 +670,19 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
     for i, t in enumerate(model.targets):
         key = f"targets[{i}].tls"
         ranges_service, expected = user_target_defaults(t.service)
+        # A resolver target: its resolvers (none listed: the vantage's own name servers), asked
+        # on the resolver's port unless the target says otherwise.
+        resolvers = tuple(t.resolvers or ()) if kinds.RESOLVER in t.probes else None
+        port = t.port
+        if resolvers is not None and "port" not in t.model_fields_set:
+            port = model.resolver.port if model.resolver else 53
         targets.append(
             Target(
                 name=t.name,
                 service=t.service,
                 region=t.region or NO_REGION,
                 host=t.host,
-                port=t.port,
+                port=port,
                 probes=tuple(dict.fromkeys(t.probes)),
                 http=HttpSpec(path=t.http.path, expect_status=tuple(t.http.expect_status)),
                 tls=TlsSpec(
@@ -601,6 +700,8 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
                     or model.race.connection_attempt_delay,
                 ),
                 icmp=IcmpSpec(count=t.icmp.count, sizes=tuple(sorted(set(t.icmp.sizes)))),
+                dns=t.dns.spec(),
+                resolvers=resolvers,
                 zone=t.zone,
                 families=tuple(dict.fromkeys(t.families or model.families)),
                 source="config",
@@ -661,6 +762,7 @@ def nameserver_target(cfg: Config, zone: str, n: int, host: str) -> Target:
         timeout=cfg.timeout,
         max_addresses=cfg.max_addresses,
         zone=zone,
+        dns=cfg.route53.dns.spec(),
         families=cfg.families,
         source="route53-zone",
     )

@@ -51,6 +51,8 @@ class ErrorKind(enum.StrEnum):
     DNS_SERVFAIL = "dns_servfail"
     DNS_REFUSED = "dns_refused"
     DNS_BAD_RESPONSE = "dns_bad_response"
+    DNS_FRAGMENTS_LOST = "dns_fragments_lost"
+    DNS_TCP_FAILED = "dns_tcp_failed"
     TIMEOUT = "timeout"
     PMTU_BLACKHOLE = "pmtu_blackhole"
     CONNECT_REFUSED = "connect_refused"
@@ -174,6 +176,18 @@ class IcmpSpec:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DnsSpec:
+    """Per-target options of a name server's questions (config `dns`)."""
+
+    large_name: str | None = None
+    """The name of the large question (`dns.large.name`); None: the zone itself."""
+    large_type: str = "DNSKEY"
+    """Its type, a DNS type mnemonic (`dns.large.type`); the zone's DNSKEY by default."""
+    edns_buffer: int = 4096
+    """The EDNS UDP payload size the large question announces (`dns.edns_buffer`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Target:
     """One endpoint to compare over IPv4 and IPv6, after catalog expansion."""
 
@@ -208,6 +222,11 @@ class Target:
     """The Happy Eyeballs timers, when `probes` lists `race`."""
     icmp: IcmpSpec = field(default_factory=IcmpSpec)
     """Options of the icmp probe."""
+    dns: DnsSpec = field(default_factory=DnsSpec)
+    """Options of a name server's questions (dns_large)."""
+    resolvers: tuple[str, ...] | None = None
+    """Set for a resolver target (probes [resolver]): the resolvers' addresses, each family
+    asking those of its own; () means the vantage's own name servers. `host` is the name asked."""
 
     def expected_service(self, family: Family) -> str | None:
         return dict(self.ip_ranges_service).get(family)

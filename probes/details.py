@@ -78,6 +78,71 @@ class SoaAnswer(Details):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SoaOverTcp(Details):
+    """The dns_tcp probe: the zone's SOA asked of the name server over TCP only."""
+
+    rcode: str
+    """DNS response code of the server's answer."""
+    zone: str
+    """The zone asked for."""
+    authoritative: bool
+    """The AA flag: the server answers with authority for the zone."""
+    serial: int | None
+    """The SOA serial; None when the answer held no SOA."""
+    size_bytes: int
+    """Bytes of the reply (without TCP's length prefix)."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "rcode", "zone")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LargeAnswer(Details):
+    """The dns_large probe: a large answer over UDP with EDNS, as a resolver asks for it."""
+
+    rcode: str
+    """DNS response code of the server's answer."""
+    name: str
+    """The name asked (the zone, unless `dns.large.name`)."""
+    rdtype: str
+    """The type asked (DNSKEY, unless `dns.large.type`)."""
+    records: int
+    """Records in the answer section."""
+    size_bytes: int
+    """Bytes of the reply as it arrived."""
+    truncated: bool
+    """TC was set: the answer did not fit the EDNS buffer (a resolver would ask over TCP)."""
+    edns_buffer: int
+    """The EDNS UDP payload size the query announced."""
+    transport: str = "udp"
+    """udp; tcp when the UDP answer never came and these are the TCP answer's figures."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "rcode", "name", "rdtype")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolverAnswer(Details):
+    """The resolver probe: one name's A and AAAA asked of a resolver over UDP and over TCP."""
+
+    name: str
+    """The name asked (the target's host)."""
+    rcode: str
+    """DNS response code of the A question over UDP; "" without an answer."""
+    a_records: tuple[str, ...] = ()
+    """The A answer over UDP, sorted."""
+    aaaa_records: tuple[str, ...] = ()
+    """The AAAA answer over UDP, sorted."""
+    recursion_available: bool = False
+    """The RA flag of the answers: the server offers recursion."""
+    failed: tuple[str, ...] = ()
+    """The questions that failed, each `TYPE over transport: error kind`."""
+
+    def __post_init__(self) -> None:
+        _clean(self, "name", "rcode", "a_records", "aaaa_records")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class IcmpEcho(Details):
     """The icmp probe: echo requests sent and replies received."""
 

@@ -33,12 +33,16 @@ def _from_resolution(res: Resolution) -> Outcome:
     )
 
 
+def soa_query(zone: str) -> dnswire.Query:
+    """The zone's SOA, asked of the authority itself (no recursion wanted, no EDNS)."""
+    return dnswire.query(zone, dnswire.SOA, rd=False, payload=None)
+
+
 async def _ask_soa(req: ProbeRequest) -> Outcome:
     zone = req.target.zone or ""
     clock = req.env.clock
     try:
-        # no RD: ask the authority itself, not its recursion; no EDNS, as before
-        query = dnswire.query(zone, dnswire.SOA, rd=False, payload=None)
+        query = soa_query(zone)
     except ValueError as exc:
         return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
     source = req.env.source_addresses.get(req.family)

@@ -2,8 +2,10 @@
 the reply is truncated, or when asked for), timed from the send to the kernel's stamp on the
 reply.
 
-The resolver (probes/resolve.py) and the dns probe's SOA query (probes/dns.py) both ask here;
-the choice of server, retries and what an rcode means are theirs.
+The resolver (probes/resolve.py), the dns probe's SOA query (probes/dns.py) and the name
+server's and resolvers' other questions (probes/dnstcp.py, probes/dnslarge.py,
+probes/resolvers.py) all ask here; the choice of server, retries and what an rcode means are
+theirs (`rcode_kind` says it for the questions that go through `ask`).
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import time
 from dataclasses import dataclass
 
 from probes import stamp
-from probes.dnswire import BadMessage, Message, Query, parse
+from probes.base import ErrorKind, ProbeError
+from probes.dnswire import BadMessage, Message, Query, parse, rcode_text
+from probes.errors import classify, error
 
 _HEADER = 12
+_RCODE_KINDS = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}
 _TC = 0x02  # in the third byte of the header
 _LENGTH = struct.Struct("!H")  # the length before each message over TCP (RFC 1035 4.2.2)
 
@@ -31,6 +36,13 @@ class Reply:
     the first send to the reply read (a UDP try before it included)."""
     tcp: bool
     """Asked over TCP: the UDP reply was truncated, or `tcp` was asked for."""
+    size: int = 0
+    """Octets of the reply as it arrived (its DNS message, without TCP's length prefix)."""
+
+    @property
+    def truncated(self) -> bool:
+        """TC set: a UDP reply kept as it is (`retry_tcp=False`)."""
+        return self.message.truncated
 
 
 async def exchange(
@@ -42,25 +54,30 @@ async def exchange(
     source: str | None = None,
     strict: bool = False,
     tcp: bool = False,
+    retry_tcp: bool = True,
 ) -> Reply:
     """Ask `server` once, within `timeout` seconds, over UDP (then TCP if the reply is
-    truncated), or over TCP only when `tcp`. A UDP datagram that is not a response to the
-    query is dropped (it may be spoofed) unless `strict`, when it raises BadMessage (a
-    name-server target is judged by its reply). Raises TimeoutError, OSError
+    truncated, unless not `retry_tcp`: it is then the reply), or over TCP only when `tcp`
+    (RFC 7766: one fresh connection, one query, timed by the wall clock). A UDP datagram that
+    is not a response to the query is dropped (it may be spoofed) unless `strict`, when it
+    raises BadMessage (a name-server target is judged by its reply). Raises TimeoutError, OSError
     (ConnectionRefusedError: the port is closed), BadMessage."""
     deadline = time.monotonic() + timeout
     if tcp:
         sent_ns = stamp.now_ns()
         response = await _tcp(query, server, port, timeout, source)
-        return Reply(message=response, seconds=stamp.elapsed(sent_ns, stamp.now_ns()), tcp=True)
+        seconds = stamp.elapsed(sent_ns, stamp.now_ns())
+        return Reply(message=response, seconds=seconds, tcp=True, size=response.size)
     sent_ns, response, received_ns = await _udp(query, server, port, timeout, source, strict)
-    if not response.truncated:
-        return Reply(message=response, seconds=stamp.elapsed(sent_ns, received_ns), tcp=False)
+    if not response.truncated or not retry_tcp:
+        seconds = stamp.elapsed(sent_ns, received_ns)
+        return Reply(message=response, seconds=seconds, tcp=False, size=response.size)
     left = deadline - time.monotonic()
     if left <= 0:
         raise TimeoutError("truncated, and no time left to ask over TCP")
     response = await _tcp(query, server, port, left, source)
-    return Reply(message=response, seconds=stamp.elapsed(sent_ns, stamp.now_ns()), tcp=True)
+    seconds = stamp.elapsed(sent_ns, stamp.now_ns())
+    return Reply(message=response, seconds=seconds, tcp=True, size=response.size)
 
 
 def _read(query: Query, data: bytes, strict: bool) -> Message | None:
@@ -129,3 +146,40 @@ async def _tcp(query: Query, server: str, port: int, timeout: float, source: str
     if not response.answers_to(query):
         raise BadMessage("a reply over TCP that does not answer the question asked")
     return response
+
+
+async def ask(
+    query: Query,
+    server: str,
+    port: int,
+    *,
+    timeout: float,
+    source: str | None = None,
+    tcp: bool = False,
+) -> Reply | ProbeError:
+    """One question of a name server's or a resolver's probe: over UDP (a truncated reply is
+    the reply) or over TCP only, its reply judged strictly; what went wrong as an error."""
+    what = "over TCP" if tcp else "over UDP"
+    try:
+        return await exchange(
+            query,
+            server,
+            port,
+            timeout=timeout,
+            source=source,
+            strict=True,
+            tcp=tcp,
+            retry_tcp=False,
+        )
+    except TimeoutError:
+        return error(ErrorKind.TIMEOUT, f"no DNS answer {what} in {timeout:.3g} s")
+    except OSError as exc:
+        return classify(exc)
+    except BadMessage as exc:
+        return error(ErrorKind.DNS_BAD_RESPONSE, f"{what}: {exc}")
+
+
+def rcode_kind(rcode: int) -> ErrorKind:
+    """The error kind of an answer whose rcode is not NOERROR (SERVFAIL for the rest), as the
+    dns probe judges a name server's SOA answer."""
+    return _RCODE_KINDS.get(rcode_text(rcode), ErrorKind.DNS_SERVFAIL)

@@ -17,11 +17,14 @@ from typing import Any, Generic, TypeVar
 
 BUILTIN_MODULES: Mapping[str, str] = {
     "dns": "probes.dns",
+    "dns_tcp": "probes.dnstcp",
+    "dns_large": "probes.dnslarge",
     "icmp": "probes.icmp",
     "tcp": "probes.tcp",
     "tls": "probes.tls",
     "http2": "probes.http2",
     "http3": "probes.http3",
+    "resolver": "probes.resolvers",
 }
 """The kinds the package ships, each name with the module that declares it (`KIND`), in the
 order tables and reports list them."""
@@ -127,14 +130,23 @@ def names() -> tuple[str, ...]:
     return (*BUILTIN_MODULES, *(n for n in _KINDS if n not in BUILTIN_MODULES))
 
 
+NAMESERVER_ONLY: tuple[str, ...] = ("dns_tcp", "dns_large")
+"""Kinds that ask a name server about its zone: only a target with a `zone` may list them."""
+
+RESOLVER = "resolver"
+"""The kind of a resolver target, which asks its resolvers, not its host: listed alone."""
+
+
 def default_names() -> tuple[str, ...]:
-    """The kinds a target gets when its configuration lists none: the built-in ones."""
-    return tuple(BUILTIN_MODULES)
+    """The kinds a host target gets when its configuration lists none: the built-in ones but
+    a name server's questions and the resolver's."""
+    return tuple(n for n in BUILTIN_MODULES if n not in NAMESERVER_ONLY and n != RESOLVER)
 
 
-NAMESERVER_DEFAULT: tuple[str, ...] = ("dns", "icmp", "tcp")
+NAMESERVER_DEFAULT: tuple[str, ...] = ("dns", "dns_tcp", "dns_large", "icmp", "tcp")
 """The probes of a Route 53 zone's name servers unless `route53.probes` says otherwise: the
-light ones (a name server serves DNS, not HTTPS)."""
+light ones (a name server serves DNS, not HTTPS), its SOA over UDP and over TCP, and a large
+answer over UDP."""
 
 RACE = "race"
 """Happy Eyeballs (probes/race.py): one client over both families, so not a `Kind` (it adds

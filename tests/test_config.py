@@ -31,7 +31,28 @@ INVALID = {
     ),
     "invalid-bad-probe.yml": (
         "targets[0].probes[1]: 'smtp' is not one of "
-        "'dns', 'icmp', 'tcp', 'tls', 'http2', 'http3' or 'race'"
+        "'dns', 'dns_tcp', 'dns_large', 'icmp', 'tcp', 'tls', 'http2', 'http3', 'resolver' "
+        "or 'race'"
+    ),
+    "invalid-dns-large-type.yml": (
+        "targets[0].dns.large.type: 'DNSKEYS' is not a DNS type (e.g. DNSKEY, TXT, AAAA)"
+    ),
+    "invalid-dns-edns-buffer.yml": "targets[0].dns.edns_buffer: 100000: must be at most 65535",
+    "invalid-route53-edns-buffer.yml": "route53.dns.edns_buffer: 511: must be at least 512",
+    "invalid-resolver-address.yml": (
+        "targets[0].resolvers[1]: 'resolver.example.net' does not appear to be an IPv4 or IPv6 "
+        "address"
+    ),
+    "invalid-dns-large-on-host.yml": (
+        "targets[0].probes: 'dns_large' asks a name server about its zone: set zone, or drop "
+        "'dns_large'"
+    ),
+    "invalid-resolver-not-alone.yml": (
+        "targets[0].probes: 'resolver' asks the target's resolvers, not its host: list it alone "
+        "(a target of its own)"
+    ),
+    "invalid-resolvers-without-probe.yml": (
+        "targets[0].resolvers: only a target whose probes are [resolver] asks resolvers"
     ),
     "invalid-unknown-service.yml": (
         "catalog.services[1]: unknown service 'sqs' "

@@ -13,6 +13,8 @@ from monitor.config import (
     CatalogConfig,
     ConfigError,
     ConfigModel,
+    DnsConfig,
+    DnsLargeConfig,
     EventsConfig,
     HttpConfig,
     IcmpConfig,
@@ -138,6 +140,8 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("race", RaceConfig),
     ("targets[].race", TargetRaceConfig),
     ("targets[].icmp", IcmpConfig),
+    ("targets[].dns", DnsConfig),
+    ("targets[].dns.large", DnsLargeConfig),
     ("events", EventsConfig),
 ]
 

@@ -42,6 +42,7 @@ from probes.base import (
 from probes.kinds import RACE, Cost
 from probes.race import race
 from probes.resolve import Resolver
+from probes.resolvers import listed
 
 Progress = Callable[[int, int], None]
 Pick = Callable[[Target], Target | None]
@@ -72,6 +73,8 @@ async def run_round(
     sem = asyncio.Semaphore(cfg.concurrency)
 
     async def resolve(t: Target, family: Family) -> Resolution:
+        if t.resolvers is not None:  # a resolver target: its resolvers, not its name
+            return listed(t, family, resolver.nameservers)
         async with sem:
             return await resolver.resolve(t.host, family)
 

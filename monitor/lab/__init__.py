@@ -12,7 +12,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from monitor.lab.dnsserver import DnsRecord, DnsServer
+from monitor.lab.dnsserver import DnsRecord, DnsServer, dnskey_records
 from monitor.lab.pki import IssuedCert, LabPki
 from monitor.lab.ports import LOOPBACK_V4, LOOPBACK_V6, LOOPBACKS, SocketSpec, bind_same_port
 from monitor.lab.web import BlackholeServer, ClosedPort, LabServer, ResetServer, WebServer
@@ -171,11 +171,12 @@ FAULTS: tuple[str, ...] = tuple(plan.fault for plan in _PLANS)
 
 
 def _zone_records(zone: str) -> dict[str, list[DnsRecord]]:
-    """SOA and NS for one served zone, AWS Route 53 style."""
+    """SOA, NS and DNSKEY for one served zone, AWS Route 53 style."""
     ns = [DnsRecord(rtype="NS", value=f"{name}.", ttl=NS_TTL) for name in NAMESERVERS]
     # Minimum (negative TTL) kept short: the lab's answers change between runs.
     soa_value = f"{NAMESERVERS[0]}. awsdns-hostmaster.amazon.com. 1 7200 900 1209600 60"
-    return {zone: [DnsRecord(rtype="SOA", value=soa_value, ttl=900), *ns]}
+    # A DNSKEY RRset of a few kilobytes: the name servers' large answer (probe dns_large).
+    return {zone: [DnsRecord(rtype="SOA", value=soa_value, ttl=900), *ns, *dnskey_records()]}
 
 
 def lab_records() -> dict[str, tuple[DnsRecord, ...]]:

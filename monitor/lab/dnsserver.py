@@ -1,10 +1,14 @@
 """Small authoritative DNS server (UDP+TCP, ::1 and 127.0.0.1 on one port) over a dict of records.
-No recursion, wildcards, DNSSEC, zone transfers or delegations; built for the lab and tests."""
+No recursion, wildcards, DNSSEC, zone transfers or delegations; built for the lab and tests.
+`recursive` makes it pass for a resolver of its own names (RA set); `dnskey_records` is a
+signed-looking DNSKEY RRset (fixed bytes, no real key) for a large answer."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import socket
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,10 +66,28 @@ def default_soa(zone: str, ttl: int = 60) -> DnsRecord:
     return DnsRecord(rtype="SOA", value=f"{mname} {rname} 1 7200 900 1209600 {ttl}", ttl=ttl)
 
 
+def dnskey_records(count: int = 4, key_bytes: int = 516, ttl: int = 3600) -> list[DnsRecord]:
+    """`count` DNSKEYs of `key_bytes` each (an RSA-4096 key's size): about count x key_bytes
+    bytes on the wire, so a DNSKEY answer is larger than a 1280 or 1500-byte packet. The key
+    bytes are a fixed hash stream: the same every run, and no key at all."""
+    records = []
+    for n in range(count):
+        stream = b"".join(
+            hashlib.sha256(f"lab-dnskey-{n}-{i}".encode()).digest()
+            for i in range(key_bytes // 32 + 1)
+        )
+        flags = 257 if n == 0 else 256  # one key-signing key, the rest zone-signing keys
+        key = base64.b64encode(stream[:key_bytes]).decode()
+        records.append(DnsRecord(rtype="DNSKEY", value=f"{flags} 3 8 {key}", ttl=ttl))
+    return records
+
+
 class ZoneData:
     """The records compiled into RRsets, and the query logic of an authoritative server."""
 
-    def __init__(self, records: Records, zones: Iterable[str]) -> None:
+    def __init__(self, records: Records, zones: Iterable[str], *, recursive: bool = False) -> None:
+        self.recursive = recursive
+        """Set RA on answers to queries that want recursion, as a resolver would."""
         # Deepest zone first, so "a.sub.example.com" picks "sub.example.com" over "example.com".
         self.zones: tuple[dns.name.Name, ...] = tuple(
             sorted({dns.name.from_text(z) for z in zones}, key=len, reverse=True)
@@ -138,6 +160,8 @@ class ZoneData:
     def respond(self, query: dns.message.Message) -> dns.message.Message:
         """The authoritative answer to a parsed query (never raises for odd queries)."""
         response = dns.message.make_response(query)
+        if self.recursive and query.flags & dns.flags.RD:
+            response.flags |= dns.flags.RA
         if query.opcode() != dns.opcode.QUERY:
             response.set_rcode(dns.rcode.NOTIMP)
             return response
@@ -230,8 +254,9 @@ def handle_wire(zone_data: ZoneData, wire: bytes, *, udp: bool) -> bytes | None:
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, zone_data: ZoneData) -> None:
+    def __init__(self, zone_data: ZoneData, drop_above: int | None = None) -> None:
         self._zone_data = zone_data
+        self._drop_above = drop_above
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,8 +266,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         reply = handle_wire(self._zone_data, data, udp=True)
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)
+        if reply is None or self._transport is None:
+            return
+        if self._drop_above is not None and len(reply) > self._drop_above:
+            return  # a large answer lost on the way, as IP fragments are on many paths
+        self._transport.sendto(reply, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier replies (client gone): nothing to do, keep serving.
@@ -253,7 +281,8 @@ class DnsServer:
     """Serves `records` for `zones` on UDP and TCP, on ::1 and 127.0.0.1, one port number.
 
     `async with DnsServer(records, zones) as srv: srv.port` — the port comes from the kernel
-    unless `port` is given.
+    unless `port` is given. Faults for tests: no TCP listener (`tcp=False`: TCP 53 refused), UDP
+    replies longer than `udp_drop_above` bytes never sent (large answers lost).
     """
 
     def __init__(
@@ -263,8 +292,13 @@ class DnsServer:
         *,
         hosts: Sequence[str] = (LOOPBACK_V6, LOOPBACK_V4),
         port: int = 0,
+        recursive: bool = False,
+        tcp: bool = True,
+        udp_drop_above: int | None = None,
     ) -> None:
-        self.zone_data = ZoneData(records, zones)
+        self.zone_data = ZoneData(records, zones, recursive=recursive)
+        self._with_tcp = tcp
+        self._udp_drop_above = udp_drop_above
         self.hosts = tuple(hosts)
         self._wanted_port = port
         self._port: int | None = None
@@ -285,7 +319,8 @@ class DnsServer:
         for host in self.hosts:
             # UDP first: it is the socket the brief's port choice starts from.
             specs.append(SocketSpec(host=host, kind=socket.SOCK_DGRAM))
-            specs.append(SocketSpec(host=host, kind=socket.SOCK_STREAM))
+            if self._with_tcp:
+                specs.append(SocketSpec(host=host, kind=socket.SOCK_STREAM))
         port, socks = bind_same_port(specs, port=self._wanted_port)
         loop = asyncio.get_running_loop()
         pending = list(socks)
@@ -293,7 +328,7 @@ class DnsServer:
             for sock in socks:
                 if sock.type == socket.SOCK_DGRAM:
                     transport, _ = await loop.create_datagram_endpoint(
-                        lambda: _UdpProtocol(self.zone_data), sock=sock
+                        lambda: _UdpProtocol(self.zone_data, self._udp_drop_above), sock=sock
                     )
                     self._udp.append(transport)
                 else:

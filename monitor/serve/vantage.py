@@ -41,6 +41,7 @@ from probes.errors import classify
 from probes.handler import not_run
 from probes.race import race
 from probes.resolve import Resolver
+from probes.resolvers import listed
 
 log = logging.getLogger("dualstack.vantage")
 FAILURE_REMINDER_SECONDS = 600.0
@@ -181,9 +182,12 @@ class Vantage:
             )
             self._end_first_round()
             return
-        resolutions = {
-            f: r for f in FAMILIES if probe != "dns" and (r := self.cache.peek(target.host, f))
-        }
+        if target.resolvers is not None:  # a resolver target: its resolvers, not its name
+            resolutions = {f: listed(target, f, self.resolver.nameservers) for f in FAMILIES}
+        else:
+            resolutions = {
+                f: r for f in FAMILIES if probe != "dns" and (r := self.cache.peek(target.host, f))
+            }
         if len(resolutions) < len(FAMILIES):  # ask for what is not cached, both at once
             missing = [f for f in FAMILIES if f not in resolutions]
             res = await asyncio.gather(

@@ -160,9 +160,10 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
         dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts]),
         verdicts,
     )
-    probes = _ordered(
-        [str(r.get("probe")) for r in results] + [k for _, k in verdicts], kinds.names()
-    )
+    # A column per kind some target has, in the registry's order: a page of hosts has no
+    # column for a name server's or a resolver's questions.
+    seen = dict.fromkeys([str(r.get("probe")) for r in results] + [k for _, k in verdicts])
+    probes = _ordered(seen, [k for k in kinds.names() if k in seen])
     where: dict[str, Mapping[str, Any]] = {}
     for r in results:
         where.setdefault(str(r.get("target")), r)
