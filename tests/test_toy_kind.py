@@ -1,7 +1,7 @@
 """A probe kind is declared once: a kind defined here, registered with one call, is probed by
 `probe run`, shown in its table and JSON, validated by the report's schema, judged by parity
-from its own `compared` table and exported on /metrics, with no package file changed. And no
-second list of kinds hides anywhere in the package."""
+from its own `compared` table and exported on /metrics with a metric of its own, with no
+package file changed. And no second list of kinds hides anywhere in the package."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ from monitor.engine.round import run_round
 from monitor.engine.schema import report_schema
 from monitor.lab.dnsserver import DnsRecord, DnsServer
 from monitor.serve.exporter import Exposition
+from monitor.serve.metrics import metrics as metric_rows
 from monitor.serve.state import Store
 from probes import kinds
 from probes.base import Outcome, ProbeRequest
 from probes.details import Details
 from probes.errors import classify
-from probes.kinds import SIG, Compared, Kind
+from probes.kinds import SIG, Compared, Kind, KindMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,13 @@ TOY = Kind(
     details=(Banner,),
     compared={Banner: (Compared[Banner]("line", lambda d: d.line, SIG),)},
     phases=("greeting",),
+    metrics=(
+        KindMetric(
+            name="dualstack_banner_characters",
+            help="Characters in the first line the server sent over this family.",
+            value=lambda r: len(r.details.line) if isinstance(r.details, Banner) else None,
+        ),
+    ),
 )
 
 
@@ -130,7 +138,8 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
             )
             metrics = await exported(cfg)
         assert kinds.get("banner") is TOY
-    assert "banner" not in kinds.names()  # gone with the block
+    assert "banner" not in kinds.names()  # gone with the block, and its metric with it
+    assert "dualstack_banner_characters" not in {m.name for m in metric_rows()}
 
     results = {r["family"]: r for r in doc["results"]}
     assert results["ipv4"]["details"] == {"line": "hello from four"}
@@ -145,6 +154,9 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
     assert metrics[("dualstack_probe_success", "ipv6", "")] == 1.0
     assert ("dualstack_probe_phase_duration_seconds", "ipv4", "greeting") in metrics
     assert metrics[("dualstack_parity", "", "mismatch")] == 1.0
+    # and its own metric, from its declaration
+    assert metrics[("dualstack_banner_characters", "ipv4", "")] == len("hello from four")
+    assert metrics[("dualstack_banner_characters", "ipv6", "")] == len("hello from six")
 
 
 async def exported(cfg: Path) -> dict[tuple[str, str, str], float]:
