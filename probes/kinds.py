@@ -103,8 +103,9 @@ class Kind:
     name: str
     """The kind's name in configuration, labels, JSON and tables (`dns`, `tcp`, ...)."""
     probe: ProbeFn
-    """Runs the kind once for one family and one address (`probes.handler` owns the deadline,
-    the address pinning and crash isolation around it)."""
+    """Runs the kind once for one family and one address, or once over both families when
+    `per_family` is False (`probes.handler` owns the deadline, the address pinning and crash
+    isolation around it)."""
     summary: str
     """One line for `docs/probes.md` and `--help`."""
     details: tuple[type[Any], ...] = ()

@@ -236,8 +236,9 @@ def _ready(
     configured: bool, targets: Mapping[str, Target], latest: Mapping[ResultKey, ProbeResult]
 ) -> bool:
     """Every job has its results (and a verdict, which comes with them, if its kind has one)."""
-    done = {(name, probe) for name, probe, _ in latest}
-    return configured and all((t.name, p) in done for t in targets.values() for p in t.probes)
+    return configured and all(
+        any((t.name, p, f) in latest for f in FAMILIES) for t in targets.values() for p in t.probes
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
