@@ -11,11 +11,12 @@ import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from toykind import registered
@@ -251,3 +252,12 @@ def test_a_kind_of_a_taken_name_is_refused() -> None:
             assert "registered already" in str(exc)
         else:
             raise AssertionError("a second kind named banner was accepted")
+
+
+def test_a_metric_name_two_kinds_declare_apart_is_refused() -> None:
+    """A kind's metric is one declaration: a second one of the same name (here the HTTP kinds'
+    status) is an error, not a family exported twice."""
+    clash = KindMetric(name="dualstack_http_status_code", help="again", value=lambda r: None)
+    with registered(replace(TOY, metrics=(clash,))), pytest.raises(ValueError, match="twice"):
+        metric_rows()
+    assert "dualstack_http_status_code" in {m.name for m in metric_rows()}  # gone with it
