@@ -96,9 +96,9 @@ def expand_catalog(
         for ep in services[service]["endpoints"]:
             if ep["plane"] not in planes:
                 continue
-            listable = kinds.listable()
+            kind_names = kinds.names()
             probes: tuple[ProbeKind, ...] = tuple(
-                p for p in ep.get("probes", kinds.default_names()) if p in listable
+                p for p in ep.get("probes", kinds.default_names()) if p in kind_names
             )
             for region, host in sorted(ep["hosts"].items()):
                 if region != GLOBAL and region not in wanted_regions:

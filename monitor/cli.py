@@ -154,9 +154,9 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         "--probe",
         action="append",
         default=[],
-        choices=kinds.listable(),
+        choices=kinds.names(),
         metavar="KIND",
-        help=f"only this probe kind (repeatable): one of {', '.join(kinds.listable())}",
+        help=f"only this probe kind (repeatable): one of {', '.join(kinds.names())}",
     )
     p.add_argument(
         "--family",

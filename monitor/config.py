@@ -76,14 +76,14 @@ def _one_of(known: Sequence[str]) -> str:
 
 
 def _probe_kind(v: str) -> str:
-    known = kinds.listable()
+    known = kinds.names()
     if v not in known:
         raise ValueError(f"{v!r} is not one of {_one_of(known)}{did_you_mean(v, known)}")
     return v
 
 
 ProbeName = Annotated[str, AfterValidator(_probe_kind)]
-"""A probe kind a target may list: a registered kind's name (probes/kinds.py) or `race`."""
+"""A probe kind a target may list: a registered kind's name (probes/kinds.py)."""
 
 
 class ConfigError(Exception):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
-from typing import Literal
+from typing import Literal, Protocol
 
 from probes import kinds
 from probes.details import Details
@@ -24,7 +24,7 @@ from probes.text import peer_text
 Family = Literal["ipv4", "ipv6"]
 FAMILIES: tuple[Family, ...] = ("ipv4", "ipv6")
 ProbeKind = str
-"""A probe kind's name: one registered in probes/kinds.py, or `race`."""
+"""A probe kind's name: one registered in probes/kinds.py."""
 NO_REGION = "none"
 """The region of a target that has none: one spelling in JSON, metrics, tables and pages."""
 Clock = Callable[[], float]
@@ -219,7 +219,7 @@ class Target:
     max_addresses: int = 8
     """Transport probes dial every address of a family's answer, sorted, up to this many."""
     race: RaceSpec = field(default_factory=RaceSpec)
-    """The Happy Eyeballs timers, when `probes` lists `race`."""
+    """The Happy Eyeballs timers of the `race` probe, when `probes` lists it."""
     icmp: IcmpSpec = field(default_factory=IcmpSpec)
     """Options of the icmp probe."""
     dns: DnsSpec = field(default_factory=DnsSpec)
@@ -254,6 +254,13 @@ class Resolution:
     error: ProbeError | None = None
 
 
+class Resolves(Protocol):
+    """What a kind that resolves for itself needs of a resolver (probes/resolve.py's Resolver;
+    tests script one)."""
+
+    async def resolve(self, host: str, family: Family) -> Resolution: ...
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeEnv:
     """What probes share and tests inject: trust anchors, resolver, clock, source addresses."""
@@ -266,6 +273,9 @@ class ProbeEnv:
     """AWS's published ranges: each result's address is attributed to its prefix (None: not)."""
     samples: int = 1
     """Latency samples per address for icmp, tcp and tls (`probe run --samples`; serve: 1)."""
+    resolver: Resolves | None = None
+    """The configured resolver, for a kind that resolves for itself (`Kind.per_family` False:
+    the race); None: such a kind fails with `client_config`."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -277,6 +287,9 @@ class ProbeRequest:
     timeout: float
     env: ProbeEnv
     resolution: Resolution | None = None
+    families: tuple[Family, ...] = ()
+    """For a kind that runs once over both families (`Kind.per_family` False): the families it
+    may use, and `address` is empty."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -290,6 +303,10 @@ class Outcome:
     """What the endpoint presented, typed per probe kind; None when nothing was learnt."""
     duration: float | None = None
     """The latency to compare, when it is not the wall time of the probe (ICMP: mean RTT)."""
+    family: Family | None = None
+    address: str | None = None
+    """A kind run once over both families: the family and address it ended on (the race's
+    winner); None: the request's family, no address."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -348,75 +365,6 @@ class ProbeResult:
     """The fastest latency sample of the family, when several were taken (`--samples`)."""
     note: str | None = None
     """What a person should know about the result (AAAA records dropped as not native)."""
-
-
-RaceOutcome = Literal["connected", "failed", "cancelled", "not_started"]
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RaceAttempt:
-    """One address of a Happy Eyeballs race, in the order the client would try them."""
-
-    family: Family
-    address: str
-    started_seconds: float | None
-    """When its connect began, after the race's first attempt; None when never started."""
-    outcome: RaceOutcome
-    """connected (the winner), failed (before a winner), cancelled (still connecting, or
-    connected too late, when the race ended), not_started."""
-    error: ProbeError | None = None
-    """Why it failed (outcome failed only)."""
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "family": self.family,
-            "address": self.address,
-            "started_seconds": self.started_seconds,
-            "outcome": self.outcome,
-            "error": self.error.to_json() if self.error else None,
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RaceResult:
-    """What an RFC 8305 client saw connecting to a target: who won, and what IPv6 cost."""
-
-    target: str
-    started: float
-    """Unix time the race began (its DNS queries)."""
-    winner_family: Family | None
-    """The family of the first completed TCP connect; None when nothing connected."""
-    winner_address: str | None
-    connect_seconds: float | None
-    """From the first connection attempt to the winner's completed TCP handshake."""
-    ipv6_penalty_seconds: float | None
-    """0 when IPv6 won; when IPv4 won, `connect_seconds` less a direct IPv4 connect to the
-    winning address right after (what broken or slow IPv6 cost); None when nothing won, the
-    direct connect failed, or IPv6 was not raced (`--family ipv4`)."""
-    attempts: tuple[RaceAttempt, ...]
-    resolution_seconds: float = 0.0
-    """From the DNS queries to the first connection attempt (the resolution delay included)."""
-    direct_ipv4_seconds: float | None = None
-    """The direct IPv4 connect the penalty is measured against (IPv4 winners only)."""
-    tls_seconds: float | None = None
-    """The winner's TLS handshake, when the target also has a tls or http2 probe."""
-    error: ProbeError | None = None
-    """Why the race (or the winner's TLS handshake) failed; None when it worked."""
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "target": self.target,
-            "started": self.started,
-            "winner_family": self.winner_family,
-            "winner_address": self.winner_address,
-            "connect_seconds": self.connect_seconds,
-            "ipv6_penalty_seconds": self.ipv6_penalty_seconds,
-            "resolution_seconds": self.resolution_seconds,
-            "direct_ipv4_seconds": self.direct_ipv4_seconds,
-            "tls_seconds": self.tls_seconds,
-            "error": self.error.to_json() if self.error else None,
-            "attempts": [a.to_json() for a in self.attempts],
-        }
 
 
 FileStamp = tuple[str, int, int, int] | None

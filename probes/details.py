@@ -284,6 +284,6 @@ def _plain(obj: Any) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             value = _plain(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = [_plain(v) if dataclasses.is_dataclass(v) else v for v in value]
         out[f.name] = value
     return out

@@ -11,7 +11,7 @@ from probes import dnsquery, dnswire
 from probes.base import ErrorKind, Outcome, ProbeRequest, Resolution
 from probes.details import DnsAnswer, SoaAnswer
 from probes.errors import classify, error
-from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, KindMetric, register
 
 
 def _from_resolution(res: Resolution) -> Outcome:
@@ -132,5 +132,14 @@ KIND = register(
         cost=Cost.LIGHT,
         sampled=False,
         per_address=False,
+        metrics=(
+            KindMetric(
+                name="dualstack_dns_records",
+                help="Addresses in the last A (ipv4) or AAAA (ipv6) answer.",
+                value=lambda r: (
+                    len(r.details.records) if isinstance(r.details, DnsAnswer) else None
+                ),
+            ),
+        ),
     )
 )

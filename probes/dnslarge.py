@@ -125,6 +125,7 @@ KIND = register(
         transport=True,
         cost=Cost.LIGHT,
         sampled=False,
+        default=False,
         per_address=False,
     )
 )

@@ -96,6 +96,7 @@ KIND = register(
         transport=True,
         cost=Cost.LIGHT,
         sampled=False,
+        default=False,
         per_address=False,
     )
 )

@@ -1,4 +1,5 @@
-"""The shared handler that runs one (target, probe kind, family), whatever the kind.
+"""The shared handler that runs one (target, probe kind, family), whatever the kind (or, for a
+kind that covers both families at once, one (target, probe kind): `run_once`).
 
 The kind's declaration (probes/kinds.py) says what to call and how; the handler owns what every
 probe shares: the address pinning, the deadline, crash isolation. Importing it loads every
@@ -143,6 +144,38 @@ async def run_probe(
         aws=_attribute(env, address),
         addresses=tuple(per_address) if spec.per_address else (),
         note=note,
+    )
+
+
+async def run_once(
+    kind: ProbeKind, target: Target, families: Sequence[Family], env: ProbeEnv
+) -> ProbeResult:
+    """Run a kind that covers both families at once (`Kind.per_family` False: the race) over
+    `families`, which must not be empty: one result, under the family the probe ended on (else
+    the first of `families`). It resolves for itself, so it gets two timeouts, one for its
+    lookups and one for the rest: a backstop, the kind keeps its own deadline within them."""
+    started = time.time()
+    req = ProbeRequest(
+        target=target,
+        family=families[0],
+        address="",
+        timeout=target.timeout,
+        env=env,
+        families=tuple(families),
+    )
+    outcome, elapsed = await _attempt(kind, req, 2 * target.timeout)
+    return ProbeResult(
+        target=target.name,
+        probe=kind,
+        family=outcome.family or req.family,
+        address=outcome.address,
+        success=outcome.success,
+        duration_seconds=_duration(outcome, elapsed),
+        started=started,
+        phases=dict(outcome.phases),
+        error=outcome.error,
+        details=outcome.details,
+        aws=_attribute(env, outcome.address),
     )
 
 

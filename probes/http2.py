@@ -20,6 +20,7 @@ from probes.base import ErrorKind, Outcome, ProbeRequest, passed
 from probes.details import HttpExchange, TlsHandshake
 from probes.errors import classify, error
 from probes.httpbase import (
+    HTTP_METRICS,
     MAX_BODY,
     MAX_HEADER_LIST_SIZE,
     USER_AGENT,
@@ -224,5 +225,6 @@ KIND = register(
         },
         phases=("connect", "handshake", "ttfb", "transfer"),
         cost=Cost.HEAVY,
+        metrics=HTTP_METRICS,
     )
 )

@@ -33,6 +33,7 @@ from probes.base import Clock, ErrorKind, Outcome, ProbeError, ProbeRequest, pas
 from probes.details import QuicExchange
 from probes.errors import classify, error
 from probes.httpbase import (
+    HTTP_METRICS,
     MAX_BODY,
     MAX_HEADER_LIST_SIZE,
     USER_AGENT,
@@ -380,5 +381,6 @@ KIND = register(
         },
         phases=("handshake", "ttfb", "transfer"),
         cost=Cost.HEAVY,
+        metrics=HTTP_METRICS,
     )
 )

@@ -4,10 +4,12 @@ imported here."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from probes.base import VERSION, ErrorKind, ProbeError, ProbeRequest
+from probes.base import VERSION, ErrorKind, ProbeError, ProbeRequest, ProbeResult
+from probes.details import HttpExchange, QuicExchange
 from probes.errors import error
+from probes.kinds import KindMetric
 
 MAX_BODY = 1 << 20
 """Body bytes read at most; the rest is not needed to judge the response."""
@@ -71,3 +73,35 @@ def status_error(req: ProbeRequest, status: int | None, protocol: str) -> ProbeE
 def status_class(status: int | None) -> str | None:
     """200 -> "2xx": what parity holds against the other family."""
     return f"{status // 100}xx" if status is not None else None
+
+
+HTTP_VERSIONS = ("1.1", "2", "3")
+"""The versions the http_version label may take: a closed list, never a peer's text."""
+
+
+def _status(r: ProbeResult) -> float | None:
+    return r.details.status if isinstance(r.details, HttpExchange | QuicExchange) else None
+
+
+def _version(r: ProbeResult) -> Mapping[str, float] | None:
+    d = r.details
+    if isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
+        # A value we negotiated, checked against a closed list: never peer text.
+        return {d.http_version: 1.0} if d.http_version in HTTP_VERSIONS else None
+    return None
+
+
+HTTP_METRICS = (
+    KindMetric(
+        name="dualstack_http_status_code",
+        help="HTTP status of the last response over this family.",
+        value=_status,
+    ),
+    KindMetric(
+        name="dualstack_http_version_info",
+        help="1 for the HTTP version negotiated over this family.",
+        value=_version,
+        by="version",
+    ),
+)
+"""The metrics of the HTTP kinds (http2, http3): one declaration each, over both kinds."""

@@ -16,7 +16,7 @@ from probes.base import ErrorKind, Outcome, ProbeRequest
 from probes.details import IcmpEcho
 from probes.echo import OVERHEAD, PING_PAYLOAD, Echoes, EchoSocket, exchange, has_root
 from probes.errors import classify, error
-from probes.kinds import NORMAL, NOT, Compared, Kind, register
+from probes.kinds import NORMAL, NOT, Compared, Kind, KindMetric, register
 from probes.pmtu import SizeEchoes, echo_sizes
 
 _has_root = has_root  # tests ask whether ICMP may be permitted here
@@ -141,5 +141,16 @@ KIND = register(
         },
         phases=("rtt",),
         sampled=True,
+        metrics=(
+            KindMetric(
+                name="dualstack_path_mtu_bytes",
+                help="The largest of the target's icmp.sizes (whole IP packets) echoed back over "
+                "this family with fragmentation forbidden.",
+                value=lambda r: (
+                    r.details.path_mtu_bytes if isinstance(r.details, IcmpEcho) else None
+                ),
+                probe_label=False,
+            ),
+        ),
     )
 )

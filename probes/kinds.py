@@ -13,7 +13,7 @@ import enum
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 BUILTIN_MODULES: Mapping[str, str] = {
     "dns": "probes.dns",
@@ -25,6 +25,7 @@ BUILTIN_MODULES: Mapping[str, str] = {
     "http2": "probes.http2",
     "http3": "probes.http3",
     "resolver": "probes.resolvers",
+    "race": "probes.race",
 }
 """The kinds the package ships, each name with the module that declares it (`KIND`), in the
 order tables and reports list them."""
@@ -68,6 +69,29 @@ class Cost(enum.StrEnum):
     """A packet or two (dns, icmp, tcp): run first and wide."""
     HEAVY = "heavy"
     """Handshakes that cost CPU (tls, http2, http3): run after the light ones, narrower."""
+    APART = "apart"
+    """Timed as one client, whose timers the others' load would skew (race): run last, wide."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KindMetric:
+    """A metric a kind exports beyond the common ones (monitor/serve/metrics.py builds its row
+    from the registry). Labels: the target's, `probe` unless `probe_label` is False, `family`
+    unless `family_label` is False, then `by` when `value` gives a mapping. Label values come
+    from the configuration, or from a closed set the value function checks: never a peer's."""
+
+    name: str
+    """`dualstack_...`, without `_total` for a counter (prometheus_client adds it)."""
+    help: str
+    value: Callable[[Any], float | Mapping[str, float] | None]
+    """From a result of the kind (`ProbeResult`, never a skipped one): a gauge's value (None: no
+    series; a mapping: one series per key, label `by`), or what a result adds to a counter
+    (a number, None: nothing)."""
+    by: str = ""
+    probe_label: bool = True
+    family_label: bool = True
+    type: Literal["gauge", "counter"] = "gauge"
+    """A counter has a series per family for every target listing the kind, 0 until counted."""
 
 
 ProbeFn = Callable[[Any], Awaitable[Any]]
@@ -82,8 +106,9 @@ class Kind:
     name: str
     """The kind's name in configuration, labels, JSON and tables (`dns`, `tcp`, ...)."""
     probe: ProbeFn
-    """Runs the kind once for one family and one address (`probes.handler` owns the deadline,
-    the address pinning and crash isolation around it)."""
+    """Runs the kind once for one family and one address, or once over both families when
+    `per_family` is False (`probes.handler` owns the deadline, the address pinning and crash
+    isolation around it)."""
     summary: str
     """One line for `docs/probes.md` and `--help`."""
     details: tuple[type[Any], ...] = ()
@@ -99,6 +124,15 @@ class Kind:
     """Its latency may be sampled several times (`probe run --samples`)."""
     per_address: bool = True
     """Dials every address of the family's answer; False: asks once (dns)."""
+    per_family: bool = True
+    """Runs once per family and is judged by parity; False: runs once per target over both
+    families, as one client does (race), resolving for itself (`ProbeEnv.resolver`): one result,
+    filed under the family it ended on (`Outcome.family`), and no verdict."""
+    default: bool = True
+    """A target that lists no probes gets it (a built-in kind; False: only when listed)."""
+    metrics: tuple[KindMetric, ...] = ()
+    """Its metrics beyond the common ones; a declaration shared by kinds (http2 and http3) is
+    one metric over both."""
 
 
 _KINDS: dict[str, Kind] = {}
@@ -112,6 +146,8 @@ def register(kind: Kind) -> Kind:
     known = _KINDS.get(kind.name)
     if known is not None and known is not kind:
         raise ValueError(f"probe kind {kind.name!r} is registered already")
+    if kind.name in BUILTIN_MODULES and kind.default is (kind.name in OPT_IN):
+        raise ValueError(f"probe kind {kind.name!r}: its `default` disagrees with OPT_IN")
     _KINDS[kind.name] = kind
     _ROWS.clear()
     return kind
@@ -136,26 +172,21 @@ NAMESERVER_ONLY: tuple[str, ...] = ("dns_tcp", "dns_large")
 RESOLVER = "resolver"
 """The kind of a resolver target, which asks its resolvers, not its host: listed alone."""
 
+OPT_IN: frozenset[str] = frozenset({"race", *NAMESERVER_ONLY, RESOLVER})
+"""The built-in kinds declared with `default=False` (a host target runs them only when it lists
+them), named here so that a target's defaults are known without importing every protocol
+(`register` checks that the two agree)."""
+
 
 def default_names() -> tuple[str, ...]:
-    """The kinds a host target gets when its configuration lists none: the built-in ones but
-    a name server's questions and the resolver's."""
-    return tuple(n for n in BUILTIN_MODULES if n not in NAMESERVER_ONLY and n != RESOLVER)
+    """The kinds a host target gets when its configuration lists none (`Kind.default`)."""
+    return tuple(n for n in BUILTIN_MODULES if n not in OPT_IN)
 
 
 NAMESERVER_DEFAULT: tuple[str, ...] = ("dns", "dns_tcp", "dns_large", "icmp", "tcp")
 """The probes of a Route 53 zone's name servers unless `route53.probes` says otherwise: the
 light ones (a name server serves DNS, not HTTPS), its SOA over UDP and over TCP, and a large
 answer over UDP."""
-
-RACE = "race"
-"""Happy Eyeballs (probes/race.py): one client over both families, so not a `Kind` (it adds
-nothing to the per-family results or to parity), but a target may list it."""
-
-
-def listable() -> tuple[str, ...]:
-    """Every name a target's `probes` may list."""
-    return (*names(), RACE)
 
 
 def get(name: str) -> Kind:

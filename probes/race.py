@@ -7,7 +7,8 @@ Addresses alternate by family, IPv6 first (section 4). Attempts start `connectio
 apart, or as soon as the latest one failed; the first completed TCP connect wins and the others
 are cancelled (section 5). When the target also has a tls or http2 probe, the winner's TLS
 handshake follows, as a browser's would (section 6 leaves it after the race). One race is one
-client: it adds nothing to the per-family results or to parity, only a RaceResult.
+client over both families: a kind run once per target (`per_family` False), whose one result
+is filed under the winner's family, with `RaceDetails`, and has no verdict.
 Limits: TCP only (no QUIC in the race), and NAT64-synthesized AAAA are not raced (the question
 is native IPv6 against IPv4).
 """
@@ -15,47 +16,84 @@ is native IPv6 against IPv4).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from operator import attrgetter
+from typing import Any, Literal
 
 from probes import kinds
 from probes.base import (
     FAMILIES,
     ErrorKind,
     Family,
+    Outcome,
     ProbeEnv,
     ProbeError,
     ProbeRequest,
-    RaceAttempt,
-    RaceOutcome,
-    RaceResult,
+    ProbeResult,
     Resolution,
+    Resolves,
     Target,
+    passed,
 )
-from probes.details import TlsHandshake
+from probes.details import Details, TlsHandshake
 from probes.errors import classify, error, in_phase
+from probes.kinds import NOT, Compared, Cost, Kind, KindMetric, register
 from probes.netutil import connect_seconds, connect_socket
 from probes.tls import close, start_tls
 from probes.trust import client_context
 
 log = logging.getLogger(__name__)
 
+RaceOutcome = Literal["connected", "failed", "cancelled", "not_started"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaceAttempt:
+    """One address of a Happy Eyeballs race, in the order the client would try them."""
+
+    family: Family
+    address: str
+    started_seconds: float | None
+    """When its connect began, after the race's first attempt; None when never started."""
+    outcome: RaceOutcome
+    """connected (the winner), failed (before a winner), cancelled (still connecting, or
+    connected too late, when the race ended), not_started."""
+    error: ProbeError | None = None
+    """Why it failed (outcome failed only)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaceDetails(Details):
+    """The race: what an RFC 8305 client saw connecting to the target, who won and what IPv6
+    cost it. Times are from the race's first connection attempt."""
+
+    winner_family: Family | None
+    """The family of the first completed TCP connect; None when nothing connected."""
+    winner_address: str | None
+    connect_seconds: float | None
+    """From the first connection attempt to the winner's completed TCP handshake."""
+    ipv6_penalty_seconds: float | None
+    """0 when IPv6 won; when IPv4 won, `connect_seconds` less a direct IPv4 connect to the
+    winning address right after (what broken or slow IPv6 cost); None when nothing won, the
+    direct connect failed, or IPv6 was not raced (`--family ipv4`)."""
+    resolution_seconds: float = 0.0
+    """From the DNS queries to the first connection attempt (the resolution delay included)."""
+    direct_ipv4_seconds: float | None = None
+    """The direct IPv4 connect the penalty is measured against (IPv4 winners only)."""
+    tls_seconds: float | None = None
+    """The winner's TLS handshake, when the target also has a tls or http2 probe."""
+    attempts: tuple[RaceAttempt, ...] = ()
+
 
 def speaks_tls(target: Target) -> bool:
     """The target has a probe that shakes hands in TLS over TCP (its details say so): the
     race's winner then does too, as a browser's would."""
-    return any(TlsHandshake in kinds.get(p).details for p in target.probes if p != kinds.RACE)
-
-
-class Resolves(Protocol):
-    """What the race needs of a resolver (probes/resolve.py's Resolver; tests script one)."""
-
-    async def resolve(self, host: str, family: Family) -> Resolution: ...
+    return any(TlsHandshake in kinds.get(p).details for p in target.probes if p != KIND.name)
 
 
 @dataclass(slots=True)
@@ -119,30 +157,15 @@ def raced_addresses(res: Resolution, limit: int) -> tuple[str, ...]:
     return res.addresses[:limit]
 
 
-async def race(
-    target: Target,
-    resolver: Resolves,
-    env: ProbeEnv,
-    *,
-    families: Sequence[Family] = FAMILIES,
-) -> RaceResult:
-    """One race against `target`'s name, over the families both `families` and the target
-    allow; never raises for the network, and a bug becomes an internal_error result."""
-    started = time.time()
-    try:
-        return await _Race(target, resolver, env, families, started).run()
-    except Exception as exc:  # the isolation boundary, as in probes/handler.py
-        log.exception("race crashed on %s", target.name)
-        return RaceResult(
-            target=target.name,
-            started=started,
-            winner_family=None,
-            winner_address=None,
-            connect_seconds=None,
-            ipv6_penalty_seconds=None,
-            attempts=(),
-            error=error(ErrorKind.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}", "connect"),
+async def probe(req: ProbeRequest) -> Outcome:
+    """One race against the target's name over `req.families` (those the target allows),
+    resolved with `req.env.resolver`; never raises for the network (the handler is the crash
+    boundary and the backstop deadline)."""
+    if req.env.resolver is None:
+        return Outcome(
+            success=False, error=error(ErrorKind.CLIENT_CONFIG, "no resolver to race with")
         )
+    return await _Race(req.target, req.env.resolver, req.env, req.families).run()
 
 
 class _Race:
@@ -152,14 +175,12 @@ class _Race:
         resolver: Resolves,
         env: ProbeEnv,
         families: Sequence[Family],
-        started: float,
     ) -> None:
         self.target = target
         self.resolver = resolver
         self.env = env
         self.clock = env.clock
         self.families = [f for f in ("ipv6", "ipv4") if f in families and f in target.families]
-        self.started = started
         self.queue = _Queue()
         self.order: list[_Try] = []
         """Attempts in the order they started."""
@@ -221,13 +242,15 @@ class _Race:
         t.sock = sock
         t.connected_after = connect_seconds(sock, self.clock() - begun)
 
-    async def run(self) -> RaceResult:
+    async def run(self) -> Outcome:
         q_start = self.clock()
         try:
             await self._resolve()
             self.t0 = self.clock()
             deadline = self.t0 + self.target.timeout
             winner, timed_out = await self._attempts(deadline)
+            if winner is not None:
+                passed("connect")
             direct = tls = None
             err: ProbeError | None = None
             # IPv6 left out (--family ipv4): IPv4 wins by default, and IPv6 cost nothing to
@@ -250,18 +273,27 @@ class _Race:
                 penalty = max(0.0, connect - direct)
         elif err is None:
             err = self._no_winner(timed_out)
-        return RaceResult(
-            target=self.target.name,
-            started=self.started,
-            winner_family=winner.family if winner else None,
-            winner_address=winner.address if winner else None,
-            connect_seconds=connect,
-            ipv6_penalty_seconds=penalty,
-            attempts=tuple(t.frozen() for t in attempts),
-            resolution_seconds=self.t0 - q_start if self.t0 else self.clock() - q_start,
-            direct_ipv4_seconds=direct,
-            tls_seconds=tls,
+        resolution = self.t0 - q_start if self.t0 else self.clock() - q_start
+        timed = {"resolve": resolution, "connect": connect, "handshake": tls}
+        return Outcome(
+            success=err is None,
+            phases={name: s for name, s in timed.items() if s is not None},
             error=err,
+            details=RaceDetails(
+                winner_family=winner.family if winner else None,
+                winner_address=winner.address if winner else None,
+                connect_seconds=connect,
+                ipv6_penalty_seconds=penalty,
+                attempts=tuple(t.frozen() for t in attempts),
+                resolution_seconds=resolution,
+                direct_ipv4_seconds=direct,
+                tls_seconds=tls,
+            ),
+            # the latency of a usable connection, from the first attempt (resolution apart)
+            duration=None if connect is None else connect + (tls or 0.0),
+            # filed under the winner's family (none: the request's, the first selected)
+            family=winner.family if winner else None,
+            address=winner.address if winner else None,
         )
 
     async def _attempts(self, deadline: float) -> tuple[_Try | None, bool]:
@@ -356,6 +388,7 @@ class _Race:
                 kind=found.kind, message=f"winner's TLS: {found.message}", phase="handshake"
             )
         seconds = self.clock() - t1
+        passed("handshake")
         winner.sock = None
         await close(conn)
         return seconds, None
@@ -402,3 +435,86 @@ class _Race:
 
 def _connected_at(t: _Try) -> float:
     return (t.started or 0.0) + (t.connected_after or 0.0)
+
+
+def _race(r: ProbeResult) -> RaceDetails | None:
+    return r.details if isinstance(r.details, RaceDetails) else None
+
+
+def _field(name: str) -> Any:
+    """The latest race's `name` (no series while it is None)."""
+    return lambda r: getattr(_race(r), name, None)
+
+
+def _won(r: ProbeResult) -> float | None:
+    """A race won counts once, under the winner's family (the result's)."""
+    d = _race(r)
+    return 1.0 if d is not None and d.winner_family is not None else None
+
+
+KIND = register(
+    Kind(
+        name="race",
+        probe=probe,
+        summary="Happy Eyeballs (RFC 8305): one client races both families; who won, what "
+        "IPv6 cost",
+        details=(RaceDetails,),
+        # One client over both families: no verdict, nothing compared between them.
+        compared={
+            RaceDetails: (
+                *(
+                    Compared[RaceDetails](f.name, attrgetter(f.name), NOT)
+                    for f in dataclasses.fields(RaceDetails)
+                    if f.name != "attempts"
+                ),
+                Compared[RaceDetails](
+                    "attempts",
+                    attrgetter("attempts"),
+                    NOT,
+                    covers=tuple(
+                        f"attempts.{name}"
+                        for name in (
+                            "family",
+                            "address",
+                            "started_seconds",
+                            "outcome",
+                            "error.kind",
+                            "error.message",
+                            "error.phase",
+                        )
+                    ),
+                ),
+            )
+        },
+        phases=("connect", "handshake"),
+        cost=Cost.APART,
+        per_family=False,
+        default=False,
+        metrics=(
+            KindMetric(
+                name="dualstack_race_wins",
+                help="Happy Eyeballs (RFC 8305) races won, by the family of the first "
+                "completed connect.",
+                value=_won,
+                probe_label=False,
+                type="counter",
+            ),
+            KindMetric(
+                name="dualstack_race_connect_seconds",
+                help="The last race's time from its first connection attempt to the winner's "
+                "connect.",
+                value=_field("connect_seconds"),
+                probe_label=False,
+                family_label=False,
+            ),
+            KindMetric(
+                name="dualstack_race_ipv6_penalty_seconds",
+                help="What IPv6 cost the last race: 0 when IPv6 won, else its connect time less "
+                "a direct IPv4 connect.",
+                value=_field("ipv6_penalty_seconds"),
+                probe_label=False,
+                family_label=False,
+            ),
+        ),
+    )
+)

@@ -119,6 +119,7 @@ KIND = register(
         transport=True,
         cost=Cost.LIGHT,
         sampled=False,
+        default=False,
         per_address=True,
     )
 )

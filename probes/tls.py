@@ -22,7 +22,7 @@ from probes.adapters.ssl import verified_chain
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, passed
 from probes.details import Certificate, TlsHandshake
 from probes.errors import classify, error
-from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
+from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, KindMetric, register
 from probes.netutil import (
     CLOSE_GRACE,
     announced_mss,
@@ -372,5 +372,16 @@ KIND = register(
         phases=("connect", "handshake"),
         cost=Cost.HEAVY,
         sampled=True,
+        metrics=(
+            KindMetric(
+                name="dualstack_tls_cert_not_after_timestamp_seconds",
+                help="Expiry (Unix time) of the leaf certificate presented over this family.",
+                value=lambda r: (
+                    c.not_after_timestamp
+                    if isinstance(r.details, TlsHandshake) and (c := _cert(r.details))
+                    else None
+                ),
+            ),
+        ),
     )
 )

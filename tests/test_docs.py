@@ -33,7 +33,7 @@ from monitor.config import (
     validate,
 )
 from monitor.engine import parity
-from monitor.serve.metrics import METRICS
+from monitor.serve.metrics import metrics
 from probes import kinds
 from probes.base import ErrorKind
 
@@ -502,7 +502,7 @@ def test_the_metric_table_is_the_exporters() -> None:
     counters end in `_total`) with its type first, and nothing else; the README links it."""
     rows = table_rows(section(STACK_MD.read_text(encoding="utf-8"), "## Metrics"))
     documented = {m.group(1): row[1] for row in rows if (m := CODE.fullmatch(row[0]))}
-    exported = {m.name + ("_total" if m.type == "counter" else ""): m.type for m in METRICS}
+    exported = {m.name + ("_total" if m.type == "counter" else ""): m.type for m in metrics()}
     assert documented.keys() == exported.keys(), documented.keys() ^ exported.keys()
     for name, kind in exported.items():
         assert re.match(r"\w+", documented[name])[0] == kind, (name, documented[name])  # type: ignore[index]

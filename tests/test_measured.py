@@ -207,5 +207,7 @@ def test_family_ipv4_race_claims_no_ipv6_cost(
     assert "race healthy: IPv4 won (127.0.0.1)" in out and "IPv6 not tried" in out
     assert "IPv6 cost this client" not in out
     main([*args, "--family", "ipv4", "--format", "json"])
-    [race] = json.loads(capsys.readouterr().out)["races"]
-    assert race["ipv6_penalty_seconds"] is None and race["direct_ipv4_seconds"] is None
+    [race] = json.loads(capsys.readouterr().out)["results"]
+    assert (race["probe"], race["family"]) == ("race", "ipv4")
+    details = race["details"]
+    assert details["ipv6_penalty_seconds"] is None and details["direct_ipv4_seconds"] is None

@@ -258,8 +258,9 @@ def test_blackhole_is_named_pmtu_blackhole(tmp_path: Path) -> None:
         icmp_parity = next(p for p in doc["parity"] if p["probe"] == "icmp")
         assert [d["field"] for d in icmp_parity["differences"]] == ["path_mtu_bytes"]
     # A real client: IPv6 wins the TCP race, then its TLS handshake hangs.
-    [race] = doc["races"]
-    assert race["winner_family"] == "ipv6" and race["ipv6_penalty_seconds"] == 0
+    [race] = [r for r in doc["results"] if r["probe"] == "race"]
+    assert race["family"] == race["details"]["winner_family"] == "ipv6"
+    assert race["details"]["ipv6_penalty_seconds"] == 0
     assert race["error"]["kind"] == "timeout" and race["error"]["message"].startswith(
         "winner's TLS"
     )
@@ -275,5 +276,5 @@ def test_with_packet_too_big_the_kernel_learns_and_all_is_ok(tmp_path: Path) -> 
     assert all(r["success"] for r in results.values()), results
     if results[("icmp", "ipv6")]["details"].get("path_mtu_bytes") is not None:
         assert results[("icmp", "ipv6")]["details"]["path_mtu_bytes"] == MINIMUM_MTU
-    [race] = doc["races"]
-    assert race["winner_family"] == "ipv6" and race["error"] is None
+    [race] = [r for r in doc["results"] if r["probe"] == "race"]
+    assert race["details"]["winner_family"] == "ipv6" and race["error"] is None

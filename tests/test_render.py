@@ -32,7 +32,6 @@ from probes.base import (
     ProbeError,
     ProbeKind,
     ProbeResult,
-    RaceResult,
     Target,
 )
 from probes.details import (
@@ -46,6 +45,7 @@ from probes.details import (
     TlsHandshake,
 )
 from probes.ipranges import Attribution
+from probes.race import RaceDetails
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
 ACCEPTS = (
@@ -147,18 +147,15 @@ def rich_store(targets: int = 4) -> Store:
     store.set_targets(all_targets)
     for i, t in enumerate(all_targets.values()):
         for probe in kinds:
-            if probe == "race":
-                store.record_race(
-                    RaceResult(
-                        target=t.name,
-                        started=1_700_000_000.0,
-                        winner_family="ipv6" if i % 2 else "ipv4",
-                        winner_address="::1",
-                        connect_seconds=0.002,
-                        ipv6_penalty_seconds=0.0 if i % 2 else 0.25,
-                        attempts=(),
-                    )
+            if probe == "race":  # one result, under the winner's family, no verdict
+                winner: Family = "ipv6" if i % 2 else "ipv4"
+                details = RaceDetails(
+                    winner_family=winner,
+                    winner_address="::1" if i % 2 else "127.0.0.1",
+                    connect_seconds=0.002,
+                    ipv6_penalty_seconds=0.0 if i % 2 else 0.25,
                 )
+                store.record([result(t.name, probe, winner, details)])
                 continue
             v4 = result(
                 t.name,

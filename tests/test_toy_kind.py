@@ -1,7 +1,7 @@
 """A probe kind is declared once: a kind defined here, registered with one call, is probed by
 `probe run`, shown in its table and JSON, validated by the report's schema, judged by parity
-from its own `compared` table and exported on /metrics, with no package file changed. And no
-second list of kinds hides anywhere in the package."""
+from its own `compared` table and exported on /metrics with a metric of its own, with no
+package file changed. And no second list of kinds hides anywhere in the package."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import contextlib
 import io
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from toykind import registered
@@ -26,12 +27,13 @@ from monitor.engine.round import run_round
 from monitor.engine.schema import report_schema
 from monitor.lab.dnsserver import DnsRecord, DnsServer
 from monitor.serve.exporter import Exposition
+from monitor.serve.metrics import metrics as metric_rows
 from monitor.serve.state import Store
 from probes import kinds
 from probes.base import Outcome, ProbeRequest
 from probes.details import Details
 from probes.errors import classify
-from probes.kinds import SIG, Compared, Kind
+from probes.kinds import SIG, Compared, Kind, KindMetric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +65,13 @@ TOY = Kind(
     details=(Banner,),
     compared={Banner: (Compared[Banner]("line", lambda d: d.line, SIG),)},
     phases=("greeting",),
+    metrics=(
+        KindMetric(
+            name="dualstack_banner_characters",
+            help="Characters in the first line the server sent over this family.",
+            value=lambda r: len(r.details.line) if isinstance(r.details, Banner) else None,
+        ),
+    ),
 )
 
 
@@ -130,7 +139,8 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
             )
             metrics = await exported(cfg)
         assert kinds.get("banner") is TOY
-    assert "banner" not in kinds.names()  # gone with the block
+    assert "banner" not in kinds.names()  # gone with the block, and its metric with it
+    assert "dualstack_banner_characters" not in {m.name for m in metric_rows()}
 
     results = {r["family"]: r for r in doc["results"]}
     assert results["ipv4"]["details"] == {"line": "hello from four"}
@@ -145,6 +155,9 @@ async def test_a_kind_registered_from_outside_is_probed_judged_reported(tmp_path
     assert metrics[("dualstack_probe_success", "ipv6", "")] == 1.0
     assert ("dualstack_probe_phase_duration_seconds", "ipv4", "greeting") in metrics
     assert metrics[("dualstack_parity", "", "mismatch")] == 1.0
+    # and its own metric, from its declaration
+    assert metrics[("dualstack_banner_characters", "ipv4", "")] == len("hello from four")
+    assert metrics[("dualstack_banner_characters", "ipv6", "")] == len("hello from six")
 
 
 async def exported(cfg: Path) -> dict[tuple[str, str, str], float]:
@@ -239,3 +252,12 @@ def test_a_kind_of_a_taken_name_is_refused() -> None:
             assert "registered already" in str(exc)
         else:
             raise AssertionError("a second kind named banner was accepted")
+
+
+def test_a_metric_name_two_kinds_declare_apart_is_refused() -> None:
+    """A kind's metric is one declaration: a second one of the same name (here the HTTP kinds'
+    status) is an error, not a family exported twice."""
+    clash = KindMetric(name="dualstack_http_status_code", help="again", value=lambda r: None)
+    with registered(replace(TOY, metrics=(clash,))), pytest.raises(ValueError, match="twice"):
+        metric_rows()
+    assert "dualstack_http_status_code" in {m.name for m in metric_rows()}  # gone with it

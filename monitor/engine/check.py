@@ -5,15 +5,18 @@ target's probes run together, and each (target, probe) judged."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from monitor.config import Config, ConfigError, nameserver_name, nameserver_target
 from monitor.engine.parity import Parity, Thresholds, judge
 from monitor.engine.vantage import VantageCheck
 from probes import ipranges
+from probes import kinds as registry
 from probes.base import FAMILIES, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
-from probes.handler import run_probe, skipped
+from probes.handler import run_once, run_probe, skipped
 from probes.resolve import LookupFailed, Resolver
 from probes.text import peer_text
 
@@ -43,6 +46,11 @@ def make_env(cfg: Config) -> ProbeEnv:
 
 def make_resolver(cfg: Config, env: ProbeEnv) -> Resolver:
     return Resolver(cfg.nameservers, cfg.resolver_port, timeout=cfg.timeout, clock=env.clock)
+
+
+def with_resolver(env: ProbeEnv, resolver: Resolver) -> ProbeEnv:
+    """The environment with the resolver a kind that resolves for itself uses (the race)."""
+    return dataclasses.replace(env, resolver=resolver)
 
 
 def thresholds(cfg: Config) -> Thresholds:
@@ -80,7 +88,20 @@ async def check_target(
     vantage: VantageCheck,
     done: Callable[[], None] = lambda: None,
 ) -> list[ProbeResult]:
-    """Both families of each probe kind, started together so they are comparable."""
+    """Both families of each probe kind, started together so they are comparable; a kind that
+    covers both at once (the race) runs once, over the families selected."""
+
+    async def once(kind: ProbeKind) -> ProbeResult:
+        try:
+            fams = [f for f in FAMILIES if f in families and f in target.families]
+            if not fams:
+                return skipped(target, kind, FAMILIES[0], "no family selected")
+            if sem is None:
+                return await run_once(kind, target, fams, env)
+            async with sem:
+                return await run_once(kind, target, fams, env)
+        finally:
+            done()
 
     async def one(kind: ProbeKind, family: Family) -> ProbeResult:
         try:
@@ -95,7 +116,12 @@ async def check_target(
         finally:
             done()
 
-    jobs = [one(kind, family) for kind in kinds for family in FAMILIES]
+    jobs: list[Coroutine[Any, Any, ProbeResult]] = []
+    for kind in kinds:
+        if registry.get(kind).per_family:
+            jobs.extend(one(kind, family) for family in FAMILIES)
+        else:
+            jobs.append(once(kind))
     return list(await asyncio.gather(*jobs))
 
 
@@ -105,10 +131,12 @@ def judge_results(
     th: Thresholds,
     vantage: VantageCheck,
 ) -> list[Parity]:
-    """One verdict per (target, probe) of `results`, in the order they first appear."""
+    """One verdict per (target, probe) of `results`, in the order they first appear; none for a
+    kind run once over both families (nothing to compare)."""
     pairs: dict[tuple[str, ProbeKind], dict[Family, ProbeResult]] = {}
     for r in results:
-        pairs.setdefault((r.target, r.probe), {})[r.family] = r
+        if registry.get(r.probe).per_family:
+            pairs.setdefault((r.target, r.probe), {})[r.family] = r
     return [
         judge(
             targets[name],

@@ -11,7 +11,7 @@ from typing import Any
 
 from monitor.engine.parity import VERDICTS, Parity
 from monitor.engine.vantage import VantageCheck
-from probes.base import FAMILIES, NO_REGION, Family, ProbeResult, RaceResult, Target
+from probes.base import FAMILIES, NO_REGION, Family, ProbeResult, Target
 from probes.details import details_json
 
 
@@ -28,13 +28,12 @@ class Report:
     targets: tuple[Target, ...]
     """Every target the results refer to, name-server targets included."""
     results: tuple[ProbeResult, ...]
-    """One per (target, probe, family)."""
+    """One per (target, probe, family); one per (target, probe) for a kind run once over both
+    families (the race)."""
     parity: tuple[Parity, ...]
-    """One per (target, probe)."""
+    """One per (target, probe) of a kind judged by parity."""
     notes: tuple[str, ...] = ()
     """What a person should know about the round (a zone whose NS set could not be read)."""
-    races: tuple[RaceResult, ...] = ()
-    """One Happy Eyeballs race per target whose probes list `race` (not in results)."""
     families: tuple[Family, ...] = FAMILIES
     """The families this round was asked to probe (`--family`, `families`)."""
     offline: str | None = None
@@ -125,5 +124,4 @@ def report_json(report: Report, *, exit_status: int | None = None) -> dict[str, 
         doc["exit_status"] = exit_status
     doc["results"] = [result_json(r, targets.get(r.target)) for r in report.results]
     doc["parity"] = [parity_json(p, targets.get(p.target)) for p in report.parity]
-    doc["races"] = [r.to_json() for r in report.races]
     return doc

@@ -19,6 +19,7 @@ from monitor.engine.check import (
     make_resolver,
     nameserver_targets,
     thresholds,
+    with_resolver,
 )
 from monitor.engine.report import Report
 from monitor.engine.vantage import (
@@ -35,12 +36,10 @@ from probes.base import (
     ProbeEnv,
     ProbeKind,
     ProbeResult,
-    RaceResult,
     Resolution,
     Target,
 )
-from probes.kinds import RACE, Cost
-from probes.race import race
+from probes.kinds import Cost
 from probes.resolve import Resolver
 from probes.resolvers import listed
 
@@ -65,6 +64,7 @@ async def run_round(
     command line's filters) narrows once they are known."""
     env = dataclasses.replace(env or make_env(cfg), samples=samples)
     resolver = resolver or make_resolver(cfg, env)
+    env = with_resolver(env, resolver)
     started = time.time()
     ns_targets, notes = await nameserver_targets(cfg, resolver) if cfg.zones else ([], [])
     if pick is not None:
@@ -94,8 +94,8 @@ async def run_round(
         else VantageCheck(ipv6=None)
     )
     plan = [(t, [k for k in t.probes if kinds is None or k in kinds]) for t in all_targets]
-    # A race is one client over both families: one step of progress, not two.
-    total = sum(len(FAMILIES) * len(ks) - (RACE in ks) for _, ks in plan)
+    # A kind run once over both families (the race) is one step of progress, not two.
+    total = sum(len(FAMILIES) if registry.get(k).per_family else 1 for _, ks in plan for k in ks)
     finished = 0
 
     def done() -> None:
@@ -108,13 +108,15 @@ async def run_round(
     for stage in Cost:
         # Handshakes cost CPU on this one event loop; run alongside light probes, they would
         # delay the timestamps of everything else. Light kinds go first and wide, the heavy
-        # ones after and narrower, so latencies are the network's, not the loop's.
-        stage_sem = sem if stage is Cost.LIGHT else asyncio.Semaphore(max(1, cfg.concurrency // 8))
+        # ones after and narrower, so latencies are the network's, not the loop's; last and
+        # apart, the kinds timed as one client (the race), whose timers the others would skew.
+        narrow = stage is Cost.HEAVY
+        stage_sem = asyncio.Semaphore(max(1, cfg.concurrency // 8)) if narrow else sem
         per_target = await asyncio.gather(
             *(
                 check_target(
                     t,
-                    [k for k in ks if k != RACE and registry.get(k).cost is stage],
+                    [k for k in ks if registry.get(k).cost is stage],
                     families,
                     by_target[t.name],
                     env,
@@ -126,16 +128,6 @@ async def run_round(
             )
         )
         results.extend(r for rs in per_target for r in rs)
-
-    async def one_race(t: Target) -> RaceResult:
-        try:
-            async with sem:
-                return await race(t, resolver, env, families=families)
-        finally:
-            done()
-
-    # Last and apart: the probes above do not load the loop while a race is timed.
-    races = await asyncio.gather(*(one_race(t) for t, ks in plan if RACE in ks))
     if check.ipv6 and ipv6_broken(results):
         check = check.broken()
     target_map = {t.name: t for t in all_targets}
@@ -147,23 +139,20 @@ async def run_round(
         results=tuple(results),
         parity=tuple(judge_results(results, target_map, thresholds(cfg), check)),
         notes=tuple(notes),
-        races=tuple(races),
         families=tuple(families),
-        offline=_offline(resolver, cfg, results, races),
+        offline=_offline(resolver, cfg, results),
         shard=cfg.shard.index,
         shards=cfg.shard.count,
     )
 
 
-def _offline(
-    resolver: Resolver, cfg: Config, results: Sequence[ProbeResult], races: Sequence[RaceResult]
-) -> str | None:
+def _offline(resolver: Resolver, cfg: Config, results: Sequence[ProbeResult]) -> str | None:
     """Why this vantage cannot probe at all, or None: no DNS server answered, or everything
     failed over every family (then the failures blame the vantage, not the targets)."""
     reach = resolver.reach()
     if reach.offline:
         return reach.summary()
-    if nothing_works(results, races):
+    if nothing_works(results):
         return cannot_probe(results, resolver_names(resolver, cfg.resolver_port))
     return None
 

@@ -32,7 +32,7 @@ def report_schema() -> dict[str, Any]:
     """The whole schema, for the kinds registered now (a fresh dict each call)."""
     schema: dict[str, Any] = json.loads(_document())
     defs: dict[str, Any] = schema["$defs"]
-    defs["probe"] = {"enum": list(kinds.listable())}
+    defs["probe"] = {"enum": list(kinds.names())}
     phases = ["resolve", *dict.fromkeys(p for k in kinds.kinds() for p in k.phases)]
     result = defs["result"]
     result["properties"]["phases"]["propertyNames"] = {"enum": phases}

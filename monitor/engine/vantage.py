@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from probes import kinds
-from probes.base import ProbeResult, RaceResult
+from probes.base import ProbeResult
 from probes.text import peer_text
 
 VantageReason = Literal["no_route", "ipv6_broken"]
@@ -67,14 +67,14 @@ def ipv6_broken(results: Iterable[ProbeResult]) -> bool:
     return len(v6_seen) >= MIN_JUDGED_TARGETS and not v6_ok and v6_seen <= v4_ok
 
 
-def nothing_works(results: Iterable[ProbeResult], races: Iterable[RaceResult] = ()) -> bool:
-    """Every probe that ran failed, over every family, no race connected, and there were at
+def nothing_works(results: Iterable[ProbeResult]) -> bool:
+    """Every probe that ran failed, over every family, and there were at
     least MIN_JUDGED_TARGETS targets: nothing works from here (a resolver answering NXDOMAIN
     for all, a closed DNS port), so the failures say nothing about the targets. One success
     anywhere, over either family, and it is False; so it is with fewer targets (one name
     that does not exist says nothing about the vantage)."""
     ran = [r for r in results if not r.skipped]
-    if any(r.success for r in ran) or any(r.winner_family for r in races):
+    if any(r.success for r in ran):
         return False
     return len({r.target for r in ran}) >= MIN_JUDGED_TARGETS
 

@@ -66,7 +66,7 @@ def lab_config(
             "region": "us-east-1",
             "host": ep.host,
             "port": ep.port,
-            "probes": [*kinds.default_names(), *((kinds.RACE,) if ep.name in RACE_WINNERS else ())],
+            "probes": [*kinds.default_names(), *(("race",) if ep.name in RACE_WINNERS else ())],
         }
         for ep in lab.endpoints
     ]

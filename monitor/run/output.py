@@ -18,7 +18,7 @@ from typing import IO, Any, Literal
 from monitor.engine.parity import REGRESSIONS, VERDICTS, WORST_FIRST, Parity, Verdict
 from monitor.engine.report import Report, iso_utc, milliseconds, report_json
 from probes import kinds
-from probes.base import ProbeResult, RaceResult
+from probes.base import ProbeResult
 
 EXIT_OK = 0
 EXIT_IPV6_WORSE = 1
@@ -435,9 +435,10 @@ def closing_lines(
                 lines.extend(_pack(_commas(worst[v]), width, head, " " * len(head)))
     for text in _vantage_lines(report):
         lines.extend(_wrap(text, width))
-    for race in report.races:
-        head = f"race {_printable(race.target)}: "
-        lines.extend(_wrap(_printable(race_line(race)), width, head, "  "))
+    for r in report.results:
+        if not kinds.get(r.probe).per_family:  # no verdict: a line of its own (the race)
+            head = f"{r.probe} {_printable(r.target)}: "
+            lines.extend(_wrap(_printable(race_line(r)), width, head, "  "))
     for note in report.notes:
         lines.extend(_wrap(_printable(note), width, "note: ", "  "))
     counts = Counter(p.verdict for p in report.parity)
@@ -540,16 +541,19 @@ def write_table(
 PLAN_COLUMNS = ("target", "service", "region", "plane", "host", "port", "probes", "families")
 
 
-def race_line(r: RaceResult) -> str:
+def race_line(r: ProbeResult) -> str:
     """One Happy Eyeballs race, for people: who won, in how long, what IPv6 cost."""
-    if r.winner_family is None or r.connect_seconds is None:
+    from probes.race import RaceDetails  # only once a race ran: `probe targets` loads no probe
+
+    d = r.details if isinstance(r.details, RaceDetails) else None
+    if d is None or d.winner_family is None or d.connect_seconds is None:
         return f"nothing connected ({r.error.kind if r.error else 'failed'})"
-    won = "IPv6" if r.winner_family == "ipv6" else "IPv4"
-    line = f"{won} won ({r.winner_address}) in {milliseconds(r.connect_seconds)}"
-    if r.winner_family == "ipv4" and not any(a.family == "ipv6" for a in r.attempts):
+    won = "IPv6" if d.winner_family == "ipv6" else "IPv4"
+    line = f"{won} won ({d.winner_address}) in {milliseconds(d.connect_seconds)}"
+    if d.winner_family == "ipv4" and not any(a.family == "ipv6" for a in d.attempts):
         line += "; IPv6 not tried"  # --family ipv4, or no AAAA: it cost nothing to measure
-    elif r.winner_family == "ipv4" and r.ipv6_penalty_seconds is not None:
-        line += f"; IPv6 cost this client {r.ipv6_penalty_seconds * 1000:.0f} ms"
+    elif d.winner_family == "ipv4" and d.ipv6_penalty_seconds is not None:
+        line += f"; IPv6 cost this client {d.ipv6_penalty_seconds * 1000:.0f} ms"
     if r.error is not None:
         line += f"; {r.error.kind}"
     return line

@@ -141,4 +141,4 @@ def from_args(
 
 
 def _is_kind(p: str) -> TypeGuard[ProbeKind]:
-    return p in registry.listable()
+    return p in registry.names()

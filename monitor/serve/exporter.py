@@ -1,4 +1,4 @@
-"""Prometheus metrics from the Store: a collector that yields the families of `METRICS`
+"""Prometheus metrics from the Store: a collector that yields the families of `metrics()`
 (monitor/serve/metrics.py) from a snapshot, and `Exposition`, which writes the same text straight
 from the table for the formats Prometheus asks for (prometheus_client's encoder builds an object
 per sample: several seconds and hundreds of MB at 10,000 jobs, benchmarks/README.md); tests check
@@ -16,21 +16,21 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString as _go_float
 
-from monitor.serve.metrics import METRICS
+from monitor.serve.metrics import metrics
 from monitor.serve.state import Histogram, Snapshot, Store
 
 Family = GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily
 
 
 class SnapshotCollector(Collector):
-    """One snapshot's metric families, in the order of `METRICS`."""
+    """One snapshot's metric families, in the order of `metrics()`."""
 
     def __init__(self, snap: Snapshot) -> None:
         self._snap = snap
 
     def collect(self) -> Iterator[Family]:
         s = self._snap
-        for m in METRICS:
+        for m in metrics():
             labels = m.label_names(s)
             if m.type == "histogram":
                 h = HistogramMetricFamily(m.name, m.help, labels=labels)
@@ -123,7 +123,7 @@ def write(s: Snapshot, *, open_metrics: bool) -> Iterator[str]:
     escaped = _Escaped()
     bounds: dict[tuple[float, ...], list[str]] = {}
 
-    for m in METRICS:
+    for m in metrics():
         names = m.label_names(s)
         sample = m.name + ("_total" if m.type == "counter" else "")
         family = m.name if open_metrics else sample

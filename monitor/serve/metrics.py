@@ -1,5 +1,7 @@
 """Every metric `probe serve` exports, defined once: name, type, help, labels, and how its samples
-come from a snapshot. Label values come from configuration only, never from what a peer sends."""
+come from a snapshot; a kind's own metrics are declared with the kind (`Kind.metrics`) and their
+rows built here from the registry (`metrics()`). Label values come from configuration only,
+never from what a peer sends."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from typing import Literal, TypeVar
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
 from monitor.serve.state import Histogram, Snapshot
+from probes import kinds as registry
 from probes.base import FAMILIES, NO_REGION, ProbeResult
-from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
+from probes.kinds import KindMetric
 
 PROBE_LABELS = ("vantage", "target", "service", "region", "probe", "family")
 TARGET_LABELS = PROBE_LABELS[:4]
-HTTP_VERSIONS = ("1.1", "2", "3")
 K = TypeVar("K", bound=tuple[str, ...])
 Sample = tuple[Sequence[str], float | Histogram]
 """Label values (in the order of the label names) and a value, or a histogram."""
@@ -46,15 +48,32 @@ class Metric:
 Value = Callable[[ProbeResult], float | Mapping[str, float] | None]
 
 
-def per_result(name: str, help: str, value: Value, by: str = "", *, probe: bool = True) -> Metric:
+def per_result(
+    name: str,
+    help: str,
+    value: Value,
+    by: str = "",
+    *,
+    probe: bool = True,
+    family: bool = True,
+    of: tuple[str, ...] = (),
+) -> Metric:
     """A gauge read by `value` from each job's latest result (skipped results have none): no
-    series for None, one per key of a mapping (label `by`). `probe`: with a `probe` label."""
-    labels = (*TARGET_LABELS, *(("probe",) if probe else ()), "family", *filter(None, [by]))
+    series for None, one per key of a mapping (label `by`). `probe`, `family`: with those
+    labels. `of`: only the results of these kinds (default: every kind's)."""
+    labels = (
+        *TARGET_LABELS,
+        *(("probe",) if probe else ()),
+        *(("family",) if family else ()),
+        *filter(None, [by]),
+    )
 
     def samples(s: Snapshot) -> Iterator[Sample]:
-        for (target, kind, family), r in sorted(s.latest.items()):
+        for (target, kind, fam), r in sorted(s.latest.items()):
+            if of and kind not in of:
+                continue
             v = None if r.skipped else value(r)
-            base = [*_target(s, target), *((kind,) if probe else ()), family]
+            base = [*_target(s, target), *((kind,) if probe else ()), *((fam,) if family else ())]
             if isinstance(v, Mapping):
                 yield from (([*base, key], x) for key, x in v.items())
             elif v is not None:
@@ -97,15 +116,46 @@ def _parity(s: Snapshot) -> Iterator[Sample]:
             yield [*_target(s, name), probe, str(verdict)], float(p.verdict is verdict)
 
 
-def _races(s: Snapshot) -> Iterator[tuple[str, list[str]]]:
-    return ((n, _target(s, n)) for n, t in sorted(s.targets.items()) if "race" in t.probes)
+def counted(m: KindMetric, of: tuple[str, ...]) -> Metric:
+    """A kind's counter (the Store adds up what `m.value` gives per result): a series per
+    family for every target listing one of the kinds `of`, 0 until counted, so a share is
+    defined at once."""
+    labels = (*TARGET_LABELS, *(("probe",) if m.probe_label else ()), "family")
+
+    def samples(s: Snapshot) -> Iterator[Sample]:
+        for name, t in sorted(s.targets.items()):
+            for kind in (k for k in of if k in t.probes):
+                base = [*_target(s, name), *((kind,) if m.probe_label else ())]
+                for f in FAMILIES:
+                    yield [*base, f], s.counted.get((name, kind, f, m.name), 0)
+
+    return Metric(m.name, m.help, labels, samples, "counter")
 
 
-def _race(field: str) -> Samples:
-    """The last race's `field` per target with a `race` probe (none while it is None)."""
-    return lambda s: [
-        (lv, v) for n, lv in _races(s) if (v := getattr(s.races.get(n), field, None)) is not None
-    ]
+def kind_metrics() -> tuple[Metric, ...]:
+    """The rows of the metrics the registered kinds declare (`Kind.metrics`), in kind order; a
+    declaration shared by several kinds is one row over their results."""
+    declared: dict[str, tuple[KindMetric, list[str]]] = {}
+    for kind in registry.kinds():
+        for m in kind.metrics:
+            known, of = declared.setdefault(m.name, (m, []))
+            if known is not m:
+                raise ValueError(f"metric {m.name} is declared twice (kind {kind.name})")
+            of.append(kind.name)
+    return tuple(
+        counted(m, tuple(of))
+        if m.type == "counter"
+        else per_result(
+            m.name,
+            m.help,
+            m.value,
+            m.by,
+            probe=m.probe_label,
+            family=m.family_label,
+            of=tuple(of),
+        )
+        for m, of in declared.values()
+    )
 
 
 def _addresses(r: ProbeResult) -> Mapping[str, float] | None:
@@ -113,20 +163,7 @@ def _addresses(r: ProbeResult) -> Mapping[str, float] | None:
     return {"ok": ok, "failed": len(r.addresses) - ok} if r.addresses else None
 
 
-def tls_cert_not_after(r: ProbeResult) -> float | None:
-    cert = r.details.certificate if isinstance(r.details, TlsHandshake) else None
-    return cert.not_after_timestamp if cert is not None and r.probe == "tls" else None
-
-
-def http_version(r: ProbeResult) -> Mapping[str, float] | None:
-    d = r.details
-    if isinstance(d, HttpExchange | QuicExchange) and d.status is not None:
-        # A value we negotiated, checked against a closed list: never peer text.
-        return {d.http_version: 1.0} if d.http_version in HTTP_VERSIONS else None
-    return None
-
-
-METRICS: tuple[Metric, ...] = (
+RESULTS: tuple[Metric, ...] = (
     per_result(
         "dualstack_probe_success",
         "1 if the last probe of this family succeeded.",
@@ -149,27 +186,6 @@ METRICS: tuple[Metric, ...] = (
         lambda r: r.started,
     ),
     per_result(
-        "dualstack_dns_records",
-        "Addresses in the last A (ipv4) or AAAA (ipv6) answer.",
-        lambda r: len(r.details.records) if isinstance(r.details, DnsAnswer) else None,
-    ),
-    per_result(
-        "dualstack_tls_cert_not_after_timestamp_seconds",
-        "Expiry (Unix time) of the leaf certificate presented over this family.",
-        tls_cert_not_after,
-    ),
-    per_result(
-        "dualstack_http_status_code",
-        "HTTP status of the last response over this family.",
-        lambda r: r.details.status if isinstance(r.details, HttpExchange | QuicExchange) else None,
-    ),
-    per_result(
-        "dualstack_http_version_info",
-        "1 for the HTTP version negotiated over this family.",
-        http_version,
-        "version",
-    ),
-    per_result(
         "dualstack_probe_addresses",
         "Addresses of this family's answer the last probe dialled, by state (ok, failed).",
         _addresses,
@@ -181,34 +197,10 @@ METRICS: tuple[Metric, ...] = (
         "ip-ranges.json, 0 if in none.",
         lambda r: None if r.address is None else float(r.aws is not None),
     ),
-    per_result(
-        "dualstack_path_mtu_bytes",
-        "The largest of the target's icmp.sizes (whole IP packets) echoed back over this "
-        "family with fragmentation forbidden.",
-        lambda r: r.details.path_mtu_bytes if isinstance(r.details, IcmpEcho) else None,
-        probe=False,
-    ),
-    Metric(
-        "dualstack_race_wins",
-        "Happy Eyeballs (RFC 8305) races won, by the family of the first completed connect.",
-        (*TARGET_LABELS, "family"),
-        # Both families from the start, so a share of wins is defined at once.
-        lambda s: (([*lv, f], s.race_wins.get((n, f), 0)) for n, lv in _races(s) for f in FAMILIES),
-        "counter",
-    ),
-    Metric(
-        "dualstack_race_connect_seconds",
-        "The last race's time from its first connection attempt to the winner's connect.",
-        TARGET_LABELS,
-        _race("connect_seconds"),
-    ),
-    Metric(
-        "dualstack_race_ipv6_penalty_seconds",
-        "What IPv6 cost the last race: 0 when IPv6 won, else its connect time less a "
-        "direct IPv4 connect.",
-        TARGET_LABELS,
-        _race("ipv6_penalty_seconds"),
-    ),
+)
+"""The common per-result rows, before the kinds' own (`kind_metrics`)."""
+
+PROCESS: tuple[Metric, ...] = (
     Metric(
         "dualstack_probe_latency_seconds",
         "Latency of successful probes.",
@@ -255,8 +247,8 @@ METRICS: tuple[Metric, ...] = (
     own(
         "dualstack_vantage_probing_ok",
         "0 when the latest result of every job of this vantage (3 targets or more) failed over "
-        "both families and no race connected: nothing works from here, the vantage cannot "
-        "probe; 1 otherwise (also before any result).",
+        "both families: nothing works from here, the vantage cannot probe; 1 otherwise (also "
+        "before any result).",
         lambda s: [(_own(s, s.site or s.vantage), float(s.vantage_probing_ok))],
         ("site",),
     ),
@@ -334,3 +326,10 @@ METRICS: tuple[Metric, ...] = (
         ("site", "version", "python"),
     ),
 )
+"""The rows after the kinds' own: per-job counters and histograms, parity, the process."""
+
+
+def metrics() -> tuple[Metric, ...]:
+    """Every metric, in exposition order, for the kinds registered now (a kind registered from
+    outside the package brings its own)."""
+    return (*RESULTS, *kind_metrics(), *PROCESS)

@@ -17,7 +17,8 @@ from monitor.engine.parity import Parity
 from monitor.engine.report import Report
 from monitor.engine.vantage import VantageCheck, nothing_works
 from monitor.serve.events import Event, EventLog
-from probes.base import ErrorKind, Family, ProbeKind, ProbeResult, RaceResult, Target
+from probes import kinds
+from probes.base import FAMILIES, ErrorKind, Family, ProbeKind, ProbeResult, Target
 
 # 1 ms to 10 s: loopback labs to intercontinental TLS handshakes.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -109,10 +110,8 @@ class Store:
     """A configuration has been applied (until then nothing is ready, however empty)."""
     before_scrape: Callable[[], None] | None = None
     """Set by the service: pull scheduler figures in just before a scrape or API read."""
-    races: dict[str, RaceResult] = field(default_factory=dict)
-    """The latest Happy Eyeballs race per target (probe `race`: no result, no parity)."""
-    race_wins: Counter[tuple[str, Family]] = field(default_factory=Counter)
-    """Races won, per target and winning family."""
+    counted: dict[tuple[str, ProbeKind, Family, str], float] = field(default_factory=dict)
+    """The kinds' own counters (`Kind.metrics`), per (target, probe, family, metric name)."""
     events: EventLog = field(default_factory=EventLog)
     """The verdict changes, with their evidence (monitor/serve/events.py)."""
     external_url: str = ""
@@ -132,50 +131,55 @@ class Store:
             del self.parity[pkey]
         for pkey in [k for k in self.skipped if k not in keep]:
             del self.skipped[pkey]
-        for name in [n for n in self.races if (n, "race") not in keep]:
-            del self.races[name]
-        for wkey in [k for k in self.race_wins if (k[0], "race") not in keep]:
-            del self.race_wins[wkey]
+        for ckey in [k for k in self.counted if (k[0], k[1]) not in keep]:
+            del self.counted[ckey]
 
-    def record_race(self, race: RaceResult) -> None:
-        """Store one race (no verdict: the race is one client over both families)."""
-        t = self.targets.get(race.target)
-        if t is None or "race" not in t.probes:
-            return  # removed by a reload while it ran
-        self.races[race.target] = race
-        if race.winner_family is not None:
-            self.race_wins[(race.target, race.winner_family)] += 1
-
-    def record(self, results: list[ProbeResult], parity: Parity) -> Parity | None:
-        """Store one tick of a (target, probe); returns the previous parity (for flip logs)."""
-        pkey = (parity.target, parity.probe)
-        if parity.target not in self.targets:
+    def record(self, results: list[ProbeResult], parity: Parity | None = None) -> Parity | None:
+        """Store one tick of a (target, probe): its results (never none) replace the job's (a
+        kind run once per target files its one result under the family it ended on), and its
+        verdict (None for such a kind: it has none). Returns the previous parity (for flip
+        logs)."""
+        target, probe = results[0].target, results[0].probe
+        t = self.targets.get(target)
+        if t is None or probe not in t.probes:
             return None  # removed by a reload while it ran
+        spec = kinds.get(probe)
+        for family in FAMILIES:
+            if not any(r.family == family for r in results):
+                self.latest.pop((target, probe, family), None)
         for r in results:
             key = (r.target, r.probe, r.family)
             self.latest[key] = r
             if r.skipped:
                 continue
             self.runs[key] += 1
+            for m in spec.metrics:
+                if m.type == "counter" and isinstance(v := m.value(r), int | float):
+                    ckey = (*key, m.name)
+                    self.counted[ckey] = self.counted.get(ckey, 0.0) + v
             if r.error is not None:
                 self.errors[(r.target, r.probe, r.family, str(r.error.kind))] += 1
-            elif r.success and not self._host_lookup(r.target, r.probe):
+            elif r.success and self._compared_latency(t, spec):
                 h = self.latency.get(key) or Histogram(LATENCY_BUCKETS)
                 self.latency[key] = h.observed(r.duration_seconds)
+        if parity is None:
+            return None
+        pkey = (target, probe)
         previous = self.parity.get(pkey)
         self.parity[pkey] = parity
         return previous
 
-    def _host_lookup(self, target: str, probe: str) -> bool:
-        """The dns probe of a host (no `zone`) times A against AAAA lookups, which are not
-        compared (docs/probes.md): kept out of the latency histogram and its alerts."""
-        t = self.targets.get(target)
-        return probe == "dns" and t is not None and t.zone is None
+    @staticmethod
+    def _compared_latency(t: Target, kind: kinds.Kind) -> bool:
+        """Latencies the histogram (and its IPv6-over-IPv4 alerts) compares across families:
+        not the dns probe of a host (no `zone`), which times A against AAAA lookups, not
+        compared (docs/probes.md), nor a kind run once over both families (the race)."""
+        return kind.per_family and not (kind.name == "dns" and t.zone is None)
 
     @property
     def ready(self) -> bool:
         """Every (target, probe) has a verdict: the first round is done."""
-        return _ready(self.configured, self.targets, self.parity, self.races)
+        return _ready(self.configured, self.targets, self.latest)
 
     def ipv6_addresses(self) -> list[str]:
         return [
@@ -217,8 +221,7 @@ class Store:
             notes=self.notes,
             offline=self.offline,
             configured=self.configured,
-            races=dict(self.races),
-            race_wins=dict(self.race_wins),
+            counted=dict(self.counted),
             shard=self.shard,
             shards=self.shards,
             events=self.events.events(),
@@ -226,20 +229,16 @@ class Store:
             events_dropped=self.events.dropped,
             events_write_errors=self.events.write_errors,
             external_url=self.external_url,
-            vantage_probing_ok=not nothing_works(self.latest.values(), self.races.values()),
+            vantage_probing_ok=not nothing_works(self.latest.values()),
         )
 
 
 def _ready(
-    configured: bool,
-    targets: Mapping[str, Target],
-    parity: Mapping[PairKey, Parity],
-    races: Mapping[str, RaceResult],
+    configured: bool, targets: Mapping[str, Target], latest: Mapping[ResultKey, ProbeResult]
 ) -> bool:
+    """Every job has its results (and a verdict, which comes with them, if its kind has one)."""
     return configured and all(
-        (t.name in races) if p == "race" else ((t.name, p) in parity)
-        for t in targets.values()
-        for p in t.probes
+        any((t.name, p, f) in latest for f in FAMILIES) for t in targets.values() for p in t.probes
     )
 
 
@@ -269,8 +268,7 @@ class Snapshot:
     notes: tuple[str, ...]
     offline: str | None
     configured: bool
-    races: Mapping[str, RaceResult]
-    race_wins: Mapping[tuple[str, Family], int]
+    counted: Mapping[tuple[str, ProbeKind, Family, str], float]
     shard: int = 0
     shards: int = 1
     """This process probes shard `shard` (from 0) of `shards` of the vantage's targets."""
@@ -286,14 +284,14 @@ class Snapshot:
     """Where people reach this process (the `external_url` label of the vantage info metric)."""
     vantage_probing_ok: bool = True
     """False when the latest result of every job (3 targets or more) failed, over both
-    families, and no race connected: nothing works from here, so per-target failures blame
+    families: nothing works from here, so per-target failures blame
     the vantage (alert DualstackVantageCannotProbe). True before any result, and as soon as
     one job works over either family."""
 
     @property
     def ready(self) -> bool:
         """Every (target, probe) had a verdict: the first round was done."""
-        return _ready(self.configured, self.targets, self.parity, self.races)
+        return _ready(self.configured, self.targets, self.latest)
 
     def report(self) -> Report:
         """The latest result of every job, as one report (the JSON of `probe run`)."""
@@ -306,7 +304,6 @@ class Snapshot:
             results=tuple(r for _, r in sorted(self.latest.items())),
             parity=tuple(p for _, p in sorted(self.parity.items())),
             notes=self.notes,
-            races=tuple(r for _, r in sorted(self.races.items())),
             offline=self.offline,
             shard=self.shard,
             shards=self.shards,

@@ -20,6 +20,7 @@ from monitor.engine.check import (
     make_resolver,
     nameserver_targets,
     thresholds,
+    with_resolver,
 )
 from monitor.engine.parity import Parity, judge
 from monitor.engine.vantage import check_vantage, ipv6_broken
@@ -33,13 +34,11 @@ from probes.base import (
     ProbeEnv,
     ProbeKind,
     ProbeResult,
-    RaceResult,
     Resolution,
     Target,
 )
 from probes.errors import classify
 from probes.handler import not_run
-from probes.race import race
 from probes.resolve import Resolver
 from probes.resolvers import listed
 
@@ -89,8 +88,9 @@ class Vantage:
         self.cfg = cfg
         self.default_external_url = default_external_url
         """`external_url` when the configuration has none (`http://` and the listen address)."""
-        self.env: ProbeEnv = make_env(cfg)
-        self.resolver: Resolver = make_resolver(cfg, self.env)
+        env = make_env(cfg)
+        self.resolver: Resolver = make_resolver(cfg, env)
+        self.env: ProbeEnv = with_resolver(env, self.resolver)
         self.store = Store(
             vantage=cfg.vantage,
             site=cfg.site or cfg.vantage,
@@ -126,7 +126,7 @@ class Vantage:
         mine = (t for t in cfg.targets if cfg.shard.owns(t.name))
         targets = {t.name: t for t in (*mine, *ns_targets)}
         added, removed = self.scheduler.set_targets(targets.values())  # checks, then changes
-        self.cfg, self.env, self.resolver = cfg, env, resolver
+        self.cfg, self.env, self.resolver = cfg, with_resolver(env, resolver), resolver
         self.cache.clear()
         self.store.vantage = cfg.vantage
         ranges = env.ip_ranges
@@ -176,19 +176,14 @@ class Vantage:
     # -- jobs --------------------------------------------------------------------------------
 
     async def run_job(self, target: Target, probe: ProbeKind) -> None:
-        if probe == "race":  # one client over both families: it resolves for itself
-            self.store.record_race(
-                await race(target, self.resolver, self.env, families=self.cfg.families)
-            )
-            self._end_first_round()
-            return
         if target.resolvers is not None:  # a resolver target: its resolvers, not its name
             resolutions = {f: listed(target, f, self.resolver.nameservers) for f in FAMILIES}
         else:
             resolutions = {
                 f: r for f in FAMILIES if probe != "dns" and (r := self.cache.peek(target.host, f))
             }
-        if len(resolutions) < len(FAMILIES):  # ask for what is not cached, both at once
+        # A kind run once over both families (the race) resolves for itself, as a client does.
+        if kinds.get(probe).per_family and len(resolutions) < len(FAMILIES):
             missing = [f for f in FAMILIES if f not in resolutions]
             res = await asyncio.gather(
                 *(self.cache.get(self.resolver, target.host, f, fresh=True) for f in missing)
@@ -210,7 +205,8 @@ class Vantage:
         v6 = by.get("ipv6")
         if self.store.vantage_check.ipv6 is None and v6 is not None and v6.address:
             self.check_vantage()  # the first IPv6 address seen: no need to wait for housekeeping
-        parity = self._judge(target, probe, by.get("ipv4"), v6)
+        judged = kinds.get(probe).per_family  # a kind run once over both has no verdict
+        parity = self._judge(target, probe, by.get("ipv4"), v6) if judged else None
         previous = self.store.record(results, parity)
         if (
             self.store.vantage_check.reason == "ipv6_broken"
@@ -221,7 +217,8 @@ class Vantage:
             self.check_vantage()  # a target works over IPv6 again: clear at once
         for r in results:
             self._log_failure(r)
-        self._changed(previous, parity)
+        if parity is not None:
+            self._changed(previous, parity)
         self._end_first_round()
 
     def _end_first_round(self) -> None:
@@ -352,22 +349,12 @@ class Vantage:
     def _job_failed(self, target: Target, probe: ProbeKind, exc: BaseException) -> None:
         """A job that crashed or hung still leaves a result: both families failed with it."""
         err = classify(exc)
-        if probe == "race":
-            self.store.record_race(
-                RaceResult(
-                    target=target.name,
-                    started=time.time(),
-                    winner_family=None,
-                    winner_address=None,
-                    connect_seconds=None,
-                    ipv6_penalty_seconds=None,
-                    attempts=(),
-                    error=err,
-                )
-            )
-            self._end_first_round()
-            return
-        results = [not_run(target, probe, f, error=err) for f in FAMILIES]
+        # both families; one result for a kind run once over both, under the first (as the
+        # handler files it when the probe ends on no family)
+        families = FAMILIES
+        if not kinds.get(probe).per_family:
+            families = tuple(f for f in FAMILIES if f in target.families)[:1] or FAMILIES[:1]
+        results = [not_run(target, probe, f, error=err) for f in families]
         self._record(target, probe, results)
 
     # -- housekeeping ------------------------------------------------------------------------

@@ -160,10 +160,10 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
         dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts]),
         verdicts,
     )
-    # A column per kind some target has, in the registry's order: a page of hosts has no
-    # column for a name server's or a resolver's questions.
+    # A column per kind some target has and parity judges, in the registry's order: a page of
+    # hosts has no column for a name server's or a resolver's questions.
     seen = dict.fromkeys([str(r.get("probe")) for r in results] + [k for _, k in verdicts])
-    probes = _ordered(seen, [k for k in kinds.names() if k in seen])
+    probes = _ordered(seen, [k for k in kinds.names() if k in seen and _judged(k)])
     where: dict[str, Mapping[str, Any]] = {}
     for r in results:
         where.setdefault(str(r.get("target")), r)
@@ -324,17 +324,25 @@ def _changes(events: list[Mapping[str, Any]]) -> str:
 _WINNER_TEXT = {"ipv6": "IPv6", "ipv4": "IPv4"}
 
 
+def _judged(probe: str) -> bool:
+    """A kind judged by parity (one result per family); an unknown one is shown as such."""
+    return probe not in kinds.names() or kinds.get(probe).per_family
+
+
 def _races(races: list[Mapping[str, Any]]) -> str:
-    """Who won each Happy Eyeballs race, and what IPv6 cost the client."""
+    """Who won each Happy Eyeballs race (the results of the race kind, their details), and
+    what IPv6 cost the client."""
     if not races:
         return ""
     rows = []
-    for r in races:
+    for result in races:
+        r = result.get("details")
+        r = r if isinstance(r, Mapping) else {}
         family = r.get("winner_family")
         winner = _WINNER_TEXT.get(str(family), "nobody")
         cls = {"ipv6": "good", "ipv4": "warn"}.get(str(family), "bad")
         connect, penalty = r.get("connect_seconds"), r.get("ipv6_penalty_seconds")
-        err = r.get("error")
+        err = result.get("error")
         err = err if isinstance(err, Mapping) else {}
         tried = ", ".join(
             f"{a.get('family')} {a.get('address')} {a.get('outcome')}"
@@ -346,8 +354,8 @@ def _races(races: list[Mapping[str, Any]]) -> str:
             for a in _as_list(r.get("attempts"))
         )
         rows.append(
-            f'<tr data-target="{_e(r.get("target"))}" data-winner="{_e(family or "none")}">'
-            f"<td>{_e(r.get('target'))}</td>"
+            f'<tr data-target="{_e(result.get("target"))}" data-winner="{_e(family or "none")}">'
+            f"<td>{_e(result.get('target'))}</td>"
             f'<td class="winner {cls}">{_e(winner)}</td>'
             f"<td>{_e(r.get('winner_address') or '-')}</td>"
             f"<td>{_e(_ms(connect) if connect is not None else '-')}</td>"
@@ -461,7 +469,10 @@ def render_status_page(
 ) -> str:
     """The whole page for one report document (run-report.schema.json) at Unix time `now`;
     `events` (as /api/v1/events gives them, newest first) make its "Recent changes"."""
-    results = _as_list(doc.get("results"))
+    everything = _as_list(doc.get("results"))
+    # a kind run once over both families (the race) has no verdict: its own section
+    races = [r for r in everything if not _judged(str(r.get("probe")))]
+    results = [r for r in everything if _judged(str(r.get("probe")))]
     parity = _as_list(doc.get("parity"))
     vantage = doc.get("vantage") or "unknown vantage"
     started = _parse_started(doc.get("started"))
@@ -557,8 +568,8 @@ def render_status_page(
         f"{''.join(banners)}</header>\n"
         "<main>\n<section><h2>Parity matrix</h2>"
         f"{_summary(parity)}{_matrix(results, parity)}{_legend()}</section>\n"
-        f"{_races(_as_list(doc.get('races')))}"
-        f"<section><h2>Last failures</h2>{_failures(results, max_failures)}</section>\n"
+        f"{_races(races)}"
+        f"<section><h2>Last failures</h2>{_failures(everything, max_failures)}</section>\n"
         f"{changes_html}{notes_html}</main>\n"
         f"<footer>dualstack-monitor · page refreshes every {_REFRESH_SECONDS} s</footer>\n"
         "</body>\n</html>\n"

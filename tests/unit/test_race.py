@@ -1,16 +1,18 @@
 """The race probe's RFC 8305 behaviour, on loopback: real TCP servers (listening, blackholed by a
 full accept queue, closed) on ::1 and 127.0.0.x at one port, and a scripted resolver that
-answers A and AAAA when the test says, so section 3's timing can be watched. The lab test
+answers A and AAAA when the test says, so section 3's timing can be watched. Every race runs
+through the handler (`run_once`), as `probe run` and `probe serve` run it. The lab test
 (tests/test_race_lab.py) runs the real resolver against the lab."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Literal
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any, Literal
 
 import pytest
 
@@ -18,16 +20,19 @@ from monitor.lab.ports import SocketSpec, bind_same_port
 from monitor.lab.web import BlackholeServer, ClosedPort, LabServer
 from probes import race as race_mod
 from probes.base import (
+    FAMILIES,
     ErrorKind,
     Family,
     ProbeEnv,
     ProbeKind,
-    RaceResult,
+    ProbeResult,
     RaceSpec,
     Resolution,
+    Resolves,
     Target,
 )
 from probes.errors import error
+from probes.handler import run_once
 
 Role = Literal["listen", "blackhole", "closed"]
 CAD = 0.2
@@ -123,12 +128,37 @@ def target(port: int, *, timeout: float = 2.0, probes: tuple[ProbeKind, ...] = (
     )
 
 
-async def run(roles: Mapping[str, Role], resolver: Scripted, *, timeout: float = 2.0) -> RaceResult:
+@dataclasses.dataclass(frozen=True)
+class Raced:
+    """A race's one result, its details' fields read as its own (`r.winner_family`)."""
+
+    result: ProbeResult
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.result.details, name)
+
+    @property
+    def error(self) -> Any:
+        return self.result.error
+
+
+async def race(
+    t: Target, resolver: Resolves | None, families: Sequence[Family] = FAMILIES
+) -> Raced:
+    r = await run_once("race", t, families, ProbeEnv(resolver=resolver))
+    assert r.probe == "race" and isinstance(r.details, race_mod.RaceDetails)
+    # filed under the winner's family (none: the first family selected)
+    assert r.family == (r.details.winner_family or families[0])
+    assert r.address == r.details.winner_address and r.success is (r.error is None)
+    return Raced(r)
+
+
+async def run(roles: Mapping[str, Role], resolver: Scripted, *, timeout: float = 2.0) -> Raced:
     async with servers(roles) as port:
-        return await race_mod.race(target(port, timeout=timeout), resolver, ProbeEnv())
+        return await race(target(port, timeout=timeout), resolver)
 
 
-def outcomes(r: RaceResult) -> list[tuple[str, str]]:
+def outcomes(r: Raced) -> list[tuple[str, str]]:
     return [(a.address, a.outcome) for a in r.attempts]
 
 
@@ -143,6 +173,9 @@ async def test_healthy_ipv6_wins_at_once() -> None:
     assert r.attempts[1].started_seconds is None
     assert r.connect_seconds is not None and r.connect_seconds < CAD
     assert r.error is None
+    assert r.result.family == "ipv6" and r.result.success
+    assert r.result.duration_seconds == r.connect_seconds  # no TLS probe listed: no handshake
+    assert set(r.result.phases) == {"resolve", "connect"}
 
 
 async def test_blackholed_ipv6_costs_the_attempt_delay() -> None:
@@ -260,7 +293,7 @@ async def test_the_deadline_ends_the_race() -> None:
 
 
 async def test_no_address_is_the_lookup_error() -> None:
-    r = await race_mod.race(target(9), Scripted({}), ProbeEnv())
+    r = await race(target(9), Scripted({}))
     assert r.winner_family is None and r.attempts == ()
     assert r.error is not None and r.error.kind is ErrorKind.DNS_NO_ADDRESS
 
@@ -275,10 +308,9 @@ async def test_nat64_aaaa_is_not_raced() -> None:
 
 async def test_one_family_only() -> None:
     async with servers({"::1": "listen", "127.0.0.1": "listen"}) as port:
-        r = await race_mod.race(
+        r = await race(
             target(port),
             Scripted({"ipv6": (0.0, ("::1",)), "ipv4": (0.0, ("127.0.0.1",))}),
-            ProbeEnv(),
             families=("ipv4",),
         )
     assert outcomes(r) == [("127.0.0.1", "connected")]
@@ -289,8 +321,30 @@ async def test_a_crash_is_a_result(caplog: pytest.LogCaptureFixture) -> None:
         async def resolve(self, host: str, family: Family) -> Resolution:
             raise RuntimeError("resolver bug")
 
-    r = await race_mod.race(target(9), Broken(), ProbeEnv())
+    r = await race(target(9), Broken())
     assert r.winner_family is None
     assert r.error is not None and r.error.kind is ErrorKind.INTERNAL_ERROR
     assert r.error.message == "RuntimeError: resolver bug"
     assert "resolution crashed in the race for race" in caplog.text
+
+
+async def test_a_bug_in_the_race_is_the_handlers_crash_boundary(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race has no crash boundary of its own: probes/handler.py's turns a bug into a
+    failed result, as for every kind."""
+
+    async def broken(self: Any) -> Any:
+        raise RuntimeError("race bug")
+
+    monkeypatch.setattr(race_mod._Race, "run", broken)
+    r = await run_once("race", target(9), FAMILIES, ProbeEnv(resolver=Scripted({})))
+    assert (r.probe, r.family, r.success, r.details) == ("race", "ipv4", False, None)
+    assert r.error is not None and r.error.kind is ErrorKind.INTERNAL_ERROR
+    assert (r.error.message, r.error.phase) == ("RuntimeError: race bug", "connect")
+    assert "probe race crashed on race" in caplog.text
+
+
+async def test_without_a_resolver_the_race_says_so() -> None:
+    r = await run_once("race", target(9), FAMILIES, ProbeEnv())
+    assert r.error is not None and r.error.kind is ErrorKind.CLIENT_CONFIG

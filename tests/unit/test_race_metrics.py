@@ -1,6 +1,7 @@
 """Races and path MTUs in the Store and through a real scrape (a fresh registry per test): the
-metric names and labels of issue 11, the store's readiness with a race job, reload cleanup,
-and the report's `races`."""
+metric names and labels of issue 11 (declared by the kinds, probes/race.py and probes/icmp.py),
+the store's readiness with a race job, reload cleanup, and the race as a result in the report,
+under its winner's family and with no verdict."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from probes.base import (
     Family,
     ProbeError,
     ProbeResult,
-    RaceAttempt,
-    RaceResult,
     Target,
 )
 from probes.details import IcmpEcho
+from probes.race import RaceAttempt, RaceDetails
 
 RACER = Target(
     name="racer",
@@ -44,19 +44,30 @@ def of(samples: list[Sample], name: str) -> list[tuple[dict[str, str], float]]:
     return [(labels, v) for n, labels, v in samples if n == name]
 
 
-def won(family: Family | None, *, connect: float | None, penalty: float | None) -> RaceResult:
+def won(family: Family | None, *, connect: float | None, penalty: float | None) -> ProbeResult:
+    """A race's result as the handler files it: under the winner's family (none: ipv4)."""
     attempts = (
         RaceAttempt(family="ipv6", address="2001:db8::1", started_seconds=0.0, outcome="cancelled"),
-        RaceAttempt(family="ipv4", address="192.0.2.1", started_seconds=0.25, outcome="connected"),
+        RaceAttempt(
+            family="ipv4", address="198.51.100.1", started_seconds=0.25, outcome="connected"
+        ),
     )
-    return RaceResult(
+    address = {"ipv4": "198.51.100.1", "ipv6": "2001:db8::1"}.get(family or "")
+    return ProbeResult(
         target=RACER.name,
+        probe="race",
+        family=family or "ipv4",
+        address=address,
+        success=family is not None,
+        duration_seconds=connect or 1.0,
         started=1_700_000_000.0,
-        winner_family=family,
-        winner_address={"ipv4": "192.0.2.1", "ipv6": "2001:db8::1"}.get(family or ""),
-        connect_seconds=connect,
-        ipv6_penalty_seconds=penalty,
-        attempts=attempts,
+        details=RaceDetails(
+            winner_family=family,
+            winner_address=address,
+            connect_seconds=connect,
+            ipv6_penalty_seconds=penalty,
+            attempts=attempts,
+        ),
         error=None if family else ProbeError(kind=ErrorKind.TIMEOUT, message="none"),
     )
 
@@ -66,7 +77,7 @@ def icmp(family: Family, mtu: int | None) -> ProbeResult:
         target=RACER.name,
         probe="icmp",
         family=family,
-        address="2001:db8::1" if family == "ipv6" else "192.0.2.1",
+        address="2001:db8::1" if family == "ipv6" else "198.51.100.1",
         success=True,
         duration_seconds=0.01,
         started=1_700_000_000.0,
@@ -101,20 +112,43 @@ def test_race_metrics_names_and_labels() -> None:
         ({**TARGET_LABELS, "family": "ipv6"}, 0.0),
     ]
     assert of(before, "dualstack_race_connect_seconds") == []
-    s.record_race(won("ipv4", connect=0.27, penalty=0.25))
-    s.record_race(won("ipv4", connect=0.26, penalty=0.24))
-    s.record_race(won("ipv6", connect=0.02, penalty=0.0))
-    s.record_race(won(None, connect=None, penalty=None))  # nobody won: counted nowhere
+    s.record([won("ipv4", connect=0.27, penalty=0.25)])
+    s.record([won("ipv4", connect=0.26, penalty=0.24)])
+    s.record([won("ipv6", connect=0.02, penalty=0.0)])
+    s.record([won(None, connect=None, penalty=None)])  # nobody won: counted nowhere
     after = scrape(s)
     wins = {labels["family"]: v for labels, v in of(after, "dualstack_race_wins_total")}
     assert wins == {"ipv4": 2.0, "ipv6": 1.0}
     # The gauges are the latest race's: it connected nothing, so they are absent.
     assert of(after, "dualstack_race_connect_seconds") == []
     assert of(after, "dualstack_race_ipv6_penalty_seconds") == []
-    s.record_race(won("ipv4", connect=0.27, penalty=0.25))
+    s.record([won("ipv4", connect=0.27, penalty=0.25)])
     latest = scrape(s)
     assert of(latest, "dualstack_race_connect_seconds") == [(TARGET_LABELS, 0.27)]
     assert of(latest, "dualstack_race_ipv6_penalty_seconds") == [(TARGET_LABELS, 0.25)]
+
+
+def test_the_race_is_one_result_under_its_winners_family_without_a_verdict() -> None:
+    """The common families carry the race, one series per target: the latest race's family
+    (a race won over the other family replaces it, so no series goes stale), no verdict."""
+    s = store()
+    s.record([won("ipv6", connect=0.02, penalty=0.0)])
+    s.record([won("ipv4", connect=0.27, penalty=0.25)])
+    samples = scrape(s)
+    race = {"probe": "race", **TARGET_LABELS}
+    assert of(samples, "dualstack_probe_success") == [({**race, "family": "ipv4"}, 1.0)]
+    assert [lv for lv, _ in of(samples, "dualstack_probe_last_run_timestamp_seconds")] == [
+        {**race, "family": "ipv4"}
+    ]
+    assert {lv["family"]: v for lv, v in of(samples, "dualstack_probe_runs_total")} == {
+        "ipv4": 1.0,
+        "ipv6": 1.0,
+    }
+    # Won over either family, not a latency of one family against the other: no histogram.
+    assert of(samples, "dualstack_probe_latency_seconds_count") == []
+    assert [lv for lv, _ in of(samples, "dualstack_parity") if lv["probe"] == "race"] == []
+    [result] = s.report().results
+    assert (result.probe, result.family) == ("race", "ipv4") and s.report().parity == ()
 
 
 def test_path_mtu_gauge_per_family() -> None:
@@ -136,18 +170,18 @@ def test_ready_needs_the_race_too() -> None:
     pair = [icmp("ipv4", None), icmp("ipv6", None)]
     s.record(pair, judge(RACER, "icmp", *pair, thresholds=Thresholds()))
     assert not s.ready  # the race job has not reported yet
-    s.record_race(won("ipv6", connect=0.01, penalty=0.0))
+    s.record([won("ipv6", connect=0.01, penalty=0.0)])
     assert s.ready
 
 
 def test_a_reload_without_race_forgets_it() -> None:
     s = store()
-    s.record_race(won("ipv4", connect=0.27, penalty=0.25))
-    assert s.report().races and s.race_wins
+    s.record([won("ipv4", connect=0.27, penalty=0.25)])
+    assert s.report().results and s.counted
     s.set_targets(
         {RACER.name: Target(name="racer", service="alb", region="", host="h", probes=("tcp",))}
     )
-    assert s.report().races == () and not s.race_wins
+    assert s.report().results == () and not s.counted
     assert of(scrape(s), "dualstack_race_wins_total") == []
-    s.record_race(won("ipv4", connect=0.27, penalty=0.25))  # a race still running at reload
-    assert s.races == {}
+    s.record([won("ipv4", connect=0.27, penalty=0.25)])  # a race still running at reload
+    assert s.latest == {} and not s.counted
