@@ -22,6 +22,7 @@ BUILTIN_MODULES: Mapping[str, str] = {
     "tls": "probes.tls",
     "http2": "probes.http2",
     "http3": "probes.http3",
+    "trace": "probes.trace",
 }
 """The kinds the package ships, each name with the module that declares it (`KIND`), in the
 order tables and reports list them."""
@@ -96,6 +97,9 @@ class Kind:
     """Its latency may be sampled several times (`probe run --samples`)."""
     per_address: bool = True
     """Dials every address of the family's answer; False: asks once (dns)."""
+    scheduled: bool = True
+    """A target that lists no probes gets it; False: only when listed (trace: on demand). A
+    built-in kind declared False is also in `ON_DEMAND`, which a test keeps in step."""
 
 
 _KINDS: dict[str, Kind] = {}
@@ -127,9 +131,13 @@ def names() -> tuple[str, ...]:
     return (*BUILTIN_MODULES, *(n for n in _KINDS if n not in BUILTIN_MODULES))
 
 
+ON_DEMAND: frozenset[str] = frozenset({"trace"})
+"""The built-in kinds declared `scheduled=False`, named so that `default_names` imports none."""
+
+
 def default_names() -> tuple[str, ...]:
-    """The kinds a target gets when its configuration lists none: the built-in ones."""
-    return tuple(BUILTIN_MODULES)
+    """The kinds a target gets when its configuration lists none: the built-in scheduled ones."""
+    return tuple(n for n in BUILTIN_MODULES if n not in ON_DEMAND)
 
 
 NAMESERVER_DEFAULT: tuple[str, ...] = ("dns", "icmp", "tcp")

@@ -31,7 +31,7 @@ INVALID = {
     ),
     "invalid-bad-probe.yml": (
         "targets[0].probes[1]: 'smtp' is not one of "
-        "'dns', 'icmp', 'tcp', 'tls', 'http2', 'http3' or 'race'"
+        "'dns', 'icmp', 'tcp', 'tls', 'http2', 'http3', 'trace' or 'race'"
     ),
     "invalid-unknown-service.yml": (
         "catalog.services[1]: unknown service 'sqs' "
