@@ -11,8 +11,10 @@ from typing import Literal, TypeVar
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
 from monitor.serve.state import Histogram, Snapshot
+from monitor.serve.tracing import TRACE_RESULTS
 from probes.base import FAMILIES, NO_REGION, ProbeResult
 from probes.details import DnsAnswer, HttpExchange, IcmpEcho, QuicExchange, TlsHandshake
+from probes.trace import BLAMES
 
 PROBE_LABELS = ("vantage", "target", "service", "region", "probe", "family")
 TARGET_LABELS = PROBE_LABELS[:4]
@@ -95,6 +97,12 @@ def _parity(s: Snapshot) -> Iterator[Sample]:
     for (name, probe), p in sorted(s.parity.items()):
         for verdict in VERDICTS:
             yield [*_target(s, name), probe, str(verdict)], float(p.verdict is verdict)
+
+
+def _blame(s: Snapshot) -> Iterator[Sample]:
+    for (name, family), blame in sorted(s.path_blame.items()):
+        for label in BLAMES:
+            yield [*_target(s, name), family, label], float(label == blame)
 
 
 def _races(s: Snapshot) -> Iterator[tuple[str, list[str]]]:
@@ -235,6 +243,21 @@ METRICS: tuple[Metric, ...] = (
         "IPv6 judged against IPv4: 1 for the current verdict, 0 for the others.",
         (*PROBE_LABELS[:5], "verdict"),
         _parity,
+    ),
+    Metric(
+        "dualstack_path_blame",
+        "Whose network the latest trace of this family toward the target blames (vantage, "
+        "transit, aws_edge, endpoint): 1 for it, 0 for the others and none.",
+        (*TARGET_LABELS, "family", "blame"),
+        _blame,
+    ),
+    own(
+        "dualstack_trace_runs",
+        "Traces on a verdict change to or from ipv6_failed: traced, failed (could not run), "
+        "or not started (over_budget, cooldown).",
+        lambda s: ((_own(s, r), s.trace_runs.get(r, 0)) for r in TRACE_RESULTS),
+        ("result",),
+        "counter",
     ),
     Metric(
         "dualstack_shard_info",

@@ -121,8 +121,9 @@ def routed_path(folder: Path, fault: Fault = "none") -> Iterator[Path4]:
             )
         for ns in (r1, r2, r3):
             sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-            # A fresh trace per test meets no ICMP rate limit left over; keep it so in a test
-            # that traces several times in a second (Linux: a burst of 6, then 1 a second).
+        for ns in (r1, r2, r3, end):
+            # Linux sends ICMP errors in a burst of 6, then 1 a second per destination: tests
+            # that trace many times a second on one path would see hops fall silent.
             sysctl(ns, "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0")
         routes: list[tuple[Netns, str, str, str, str]] = [
             # (namespace, IPv4 destination, via, IPv6 destination, via)
@@ -136,7 +137,20 @@ def routed_path(folder: Path, fault: Fault = "none") -> Iterator[Path4]:
         for ns, d4, via4, d6, via6 in routes:
             ip("route", "add", d4, "via", via4, netns=ns.name)
             ip("-6", "route", "add", d6, "via", via6, netns=ns.name)
-        rules = fault_rules(fault)
-        if rules is not None:
-            nft((r1, r2, r3)[rules[0]], rules[1])
-        yield Path4(van, (r1, r2, r3), end, write_ranges(folder / "ranges.json"))
+        path = Path4(van, (r1, r2, r3), end, write_ranges(folder / "ranges.json"))
+        set_fault(path, fault)
+        yield path
+
+
+def set_fault(path: Path4, fault: Fault) -> None:
+    """Switch the path's fault to `fault` (the others off)."""
+    for router in path.routers:
+        subprocess.run(
+            [*router.exec_prefix(), "nft", "delete", "table", "inet", "fault"],
+            capture_output=True,
+            timeout=30,
+            check=False,  # none there
+        )
+    rules = fault_rules(fault)
+    if rules is not None:
+        nft(path.routers[rules[0]], rules[1])
