@@ -48,8 +48,7 @@ Method = Literal["udp", "icmp", "tcp"]
 METHODS: tuple[Method, ...] = ("udp", "icmp", "tcp")
 BASE_PORT = 33434
 """The first destination port of the udp method (traceroute's), one more for each probe."""
-MAX_HOPS_LIMIT = 64
-MAX_TRIES = 10
+AWS_FIELDS = ("prefix", "region", "network_border_group", "services")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -567,8 +566,9 @@ KIND = register(
                         "last_hop",
                         "last_address",
                         "max_hops",
-                        "hops",
                         "complete",
+                        *(f"hops.{f}" for f in ("hop", "address", "rtts", "reply")),
+                        *(f"hops.aws.{f}" for f in AWS_FIELDS),
                     ),
                 ),
             ),

@@ -26,6 +26,7 @@ from monitor.config import (
     TargetRaceConfig,
     TargetTlsConfig,
     TlsConfig,
+    TraceConfig,
     load_config,
     load_yaml,
     validate,
@@ -139,6 +140,7 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("targets[].race", TargetRaceConfig),
     ("targets[].icmp", IcmpConfig),
     ("events", EventsConfig),
+    ("trace", TraceConfig),
 ]
 
 
