@@ -26,7 +26,7 @@ from probes.base import Family, ProbeEnv, ProbeResult, Target
 log = logging.getLogger("dualstack.vantage")
 
 TRACE_RESULTS: tuple[str, ...] = ("traced", "failed", "over_budget", "cooldown")
-"""The `result` label of dualstack_trace_runs_total: ran (whatever it found), could not run
+"""The `result` label of the trace runs counter: ran (whatever it found), could not run
 (no socket allowed, a bug), not started (the minute's budget spent, the target's cooldown)."""
 WINDOW = 60.0
 """The budget is per minute."""

@@ -160,8 +160,10 @@ def _matrix(results: list[Mapping[str, Any]], parity: list[Mapping[str, Any]]) -
         dict.fromkeys([str(r.get("target")) for r in results] + [t for t, _ in verdicts]),
         verdicts,
     )
+    # The scheduled kinds always (a column of "not probed" says so); an on-demand one (trace)
+    # only where some target lists it.
     probes = _ordered(
-        [str(r.get("probe")) for r in results] + [k for _, k in verdicts], kinds.names()
+        [str(r.get("probe")) for r in results] + [k for _, k in verdicts], kinds.default_names()
     )
     where: dict[str, Mapping[str, Any]] = {}
     for r in results:
