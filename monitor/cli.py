@@ -395,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write the CA, certificates and lab.yml (default ./dualstack-lab)",
     )
 
+    up.add_argument(
+        "--routed",
+        action="store_true",
+        help="instead: a routed path in network namespaces (root): vantage, vantage router, "
+        "transit router, AWS edge router, endpoint, for `probe trace` and its blame",
+    )
+    fault = lab_sub.add_parser(
+        "fault", help="drop IPv6 at one router of the running routed lab (root)"
+    )
+    fault.add_argument("fault", choices=("none", "vantage", "transit", "aws_edge", "silent_hop"))
+    fault.add_argument("--dir", default="dualstack-lab", metavar="DIR", help="the lab's --dir")
+
     ip_ranges = sub.add_parser("ip-ranges", help="AWS's published address ranges")
     ip_ranges_sub = ip_ranges.add_subparsers(dest="ip_ranges_command", required=True)
     ip_update = ip_ranges_sub.add_parser(
@@ -635,8 +647,10 @@ LAB_EXTRA_MISSING = "probe lab up needs the lab extra: pip install 'dualstack-mo
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    # The lab's servers and PKI are an extra (pyproject.toml), not in the vantage image.
+    # The lab's servers and PKI are an extra (pyproject.toml), not in the vantage image (the
+    # lab package loads them, the routed lab's namespaces included).
     try:
+        from monitor.lab import routed
         from monitor.lab.run import lab_up
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in LAB_EXTRA:
@@ -644,6 +658,10 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(LAB_EXTRA_MISSING, file=sys.stderr)
         return EXIT_USAGE
 
+    if args.lab_command == "fault":
+        return routed.fault(Path(args.dir), args.fault)
+    if args.routed:
+        return routed.up(Path(args.dir))
     status: int = lab_up(Path(args.dir))
     return status
 

@@ -28,7 +28,6 @@ from lab.routed import (
     Path4,
     routed_path,
     set_fault,
-    sysctl,
 )
 
 HOP_TIMEOUT = 0.3
@@ -70,7 +69,12 @@ def probe_trace(p: Path4, cfg: Path, *args: str) -> tuple[int, dict[str, Any], s
 def traced(p: Path4, tmp_path: Path, fault: Fault, method: str) -> tuple[int, dict[str, Any]]:
     set_fault(p, fault)
     ping = "0 2147483647" if method == "icmp-ping" else "1 0"
-    sysctl(p.vantage, f"net.ipv4.ping_group_range={ping}")
+    subprocess.run(
+        [*p.vantage.exec_prefix(), "sysctl", "-qw", f"net.ipv4.ping_group_range={ping}"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
     addresses = [a for address in ENDPOINT for a in ("--address", address)]
     rc, doc, err = probe_trace(
         p, config(tmp_path, p.ranges), "--method", method.split("-")[0], *addresses
