@@ -404,7 +404,12 @@ def build_parser() -> argparse.ArgumentParser:
     fault = lab_sub.add_parser(
         "fault", help="drop IPv6 at one router of the running routed lab (root)"
     )
-    fault.add_argument("fault", choices=("none", "vantage", "transit", "aws_edge", "silent_hop"))
+    fault.add_argument(
+        "fault",
+        choices=("none", "vantage", "transit", "aws_edge", "silent_hop"),
+        help="where IPv6 is dropped: at the vantage, transit or AWS edge router; silent_hop: "
+        "the transit router sends no time exceeded; none",
+    )
     fault.add_argument("--dir", default="dualstack-lab", metavar="DIR", help="the lab's --dir")
 
     ip_ranges = sub.add_parser("ip-ranges", help="AWS's published address ranges")

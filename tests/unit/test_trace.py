@@ -192,7 +192,7 @@ async def test_silent_hops_end_the_walk_at_the_gap_limit_or_the_bound() -> None:
     hops, complete, _ = await walk(FakeProber([], reachable=False), bound)
     took = time.monotonic() - t0
     assert len(hops) == 6 and complete
-    assert bound.worst_case - 0.02 <= took <= bound.worst_case + 0.1, took
+    assert bound.worst_case - 0.02 <= took <= bound.worst_case + 0.3, took
 
 
 async def test_a_budget_cuts_the_walk_short_and_says_so() -> None:
