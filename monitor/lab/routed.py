@@ -239,7 +239,11 @@ def up(workdir: Path) -> int:
     ranges = write_ranges(workdir / "ranges.json")
     config = workdir / "routed.yml"
     config.write_text(yaml.safe_dump(lab_config(ranges), sort_keys=False), encoding="utf-8")
-    routed = build(f"dslab{secrets.token_hex(3)}")
+    try:
+        routed = build(f"dslab{secrets.token_hex(3)}")
+    except (RuntimeError, OSError) as exc:  # no `ip` or `nft`, a kernel without veth...
+        print(f"probe lab up --routed: {exc}", file=sys.stderr)
+        return 1
     stopping: list[int] = []
     previous = {
         sig: signal.signal(sig, lambda n, _frame: stopping.append(n))
@@ -284,6 +288,10 @@ def fault(workdir: Path, name: Fault) -> int:
             file=sys.stderr,
         )
         return 2
-    set_fault(Routed(tuple(names)), name)
+    try:
+        set_fault(Routed(tuple(names)), name)
+    except (RuntimeError, OSError) as exc:
+        print(f"probe lab fault: {exc}", file=sys.stderr)
+        return 1
     print(f"fault {name} on" if name != "none" else "no fault", flush=True)
     return 0

@@ -333,7 +333,8 @@ METRICS: tuple[Metric, ...] = (
     ),
     one(
         "dualstack_events",
-        "Verdict changes kept as events (GET /api/v1/events) since the process started.",
+        "Events kept (GET /api/v1/events) since the process started: verdict changes and the "
+        "traces that follow them.",
         lambda s: s.events_total,
         "counter",
     ),
