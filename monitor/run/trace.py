@@ -92,7 +92,10 @@ def write_json(result: TargetTrace, out: TextIO) -> None:
 
 
 def _rtt(seconds: float | None) -> str:
-    return "*" if seconds is None else f"{seconds * 1000:.1f} ms"
+    if seconds is None:
+        return "*"
+    ms = seconds * 1000
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms"  # a LAN hop is a fraction of one
 
 
 def _aws(hop: Hop) -> str:
