@@ -274,8 +274,14 @@ class UdpProber:
         for err in queued_errors(self._sock, self.family):
             reply = _reply_of(err, self.address)
             if reply is not None and err.port >= BASE_PORT:
-                out.append(Answer(probe=err.port - BASE_PORT, address=err.offender,
-                                  reply=reply, received_ns=err.received_ns))  # fmt: skip
+                out.append(
+                    Answer(
+                        probe=err.port - BASE_PORT,
+                        address=err.offender,
+                        reply=reply,
+                        received_ns=err.received_ns,
+                    )
+                )
         return out
 
     async def wait(self) -> None:
@@ -309,8 +315,11 @@ class IcmpProber:
         for seq, err in self._echo.errors():
             reply = _reply_of(err, self.address)
             if reply is not None:
-                out.append(Answer(probe=seq, address=err.offender, reply=reply,
-                                  received_ns=err.received_ns))  # fmt: skip
+                out.append(
+                    Answer(
+                        probe=seq, address=err.offender, reply=reply, received_ns=err.received_ns
+                    )
+                )
         return out
 
     async def wait(self) -> None:
@@ -379,8 +388,9 @@ class TcpProber:
             sport, dport, seq = struct.unpack_from("!HHI", err.quoted)
             n = self._number(seq)
             if sport == self._sport and dport == self.port and n is not None:
-                out.append(Answer(probe=n, address=err.offender, reply=reply,
-                                  received_ns=err.received_ns))  # fmt: skip
+                out.append(
+                    Answer(probe=n, address=err.offender, reply=reply, received_ns=err.received_ns)
+                )
         while True:
             try:
                 data, sender, received_ns = stamp.recv_stamped(self._sock, 2048)
@@ -398,8 +408,9 @@ class TcpProber:
             n = self._number(ack - 1)
             ours = sport == self.port and dport == self._sport and flags & (_RST | _ACK)
             if ours and n is not None:
-                out.append(Answer(probe=n, address=self.address, reply="reached",
-                                  received_ns=received_ns))  # fmt: skip
+                out.append(
+                    Answer(probe=n, address=self.address, reply="reached", received_ns=received_ns)
+                )
 
     async def wait(self) -> None:
         await wait_readable(self._sock)

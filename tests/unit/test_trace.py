@@ -156,8 +156,14 @@ class FakeProber:
         now = time.time_ns()
         if hop <= len(self.routers):
             if self.routers[hop - 1] is not None:
-                self.waiting.append(Answer(probe=n, address=self.routers[hop - 1],
-                                           reply="time_exceeded", received_ns=now))  # fmt: skip
+                self.waiting.append(
+                    Answer(
+                        probe=n,
+                        address=self.routers[hop - 1],
+                        reply="time_exceeded",
+                        received_ns=now,
+                    )
+                )
         elif self.reachable:
             self.waiting.append(Answer(probe=n, address="dst", reply="reached", received_ns=now))
         self.event.set()
