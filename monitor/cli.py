@@ -1,5 +1,5 @@
-"""The `probe` command: run (one round, table or JSON, exit status), targets, serve, config
-init, lab up, ip-ranges update.
+"""The `probe` command: run (one round, table or JSON, exit status), targets, serve, trace,
+config init, lab up, ip-ranges update.
 
 The exit statuses of `probe run` and their meanings: monitor/run/output.py, EXIT_STATUSES.
 `--dry-run`, `targets` and `config init` send no packet. A closed pipe (`| head`) ends any
@@ -102,6 +102,18 @@ def _period(text: str) -> float:
         return parse_period(float(text) if _SECONDS.fullmatch(text) else text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _max_hops(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"bad --max-hops {text!r}: a whole number from 1 to 64")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"bad --port {text!r}: 1 to 65535")
+    return int(text)
 
 
 def _shard(text: str) -> Shard:
@@ -329,6 +341,50 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 10s)",
     )
 
+    trace = sub.add_parser(
+        "trace",
+        help="the path of each family toward a target, hop by hop, and where IPv6 breaks",
+        description="Trace toward each address of TARGET (a configured target's name, a host "
+        "name or an IP address) over both families: each hop's address, round trips and AWS "
+        "prefix, where each path stops, and the blame of a family whose path breaks where the "
+        "other's passes (vantage, transit, aws_edge, endpoint). Exit status: 0 every path "
+        "reached its address, 1 one did not, 2 a usage error or nothing to trace.",
+    )
+    trace.add_argument("target", metavar="TARGET", help="a target's name, a host name or an IP")
+    trace.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config: its targets, resolver, source addresses, ip_ranges and `trace` "
+        "defaults (default: the shipped one)",
+    )
+    trace.add_argument(
+        "--family", choices=("ipv4", "ipv6", "both"), default="both", help="default both"
+    )
+    trace.add_argument(
+        "--method",
+        choices=("udp", "icmp", "tcp"),
+        help="udp (unprivileged, the default of `trace.method`), icmp echoes, or tcp SYNs to "
+        "the target's port (root or CAP_NET_RAW)",
+    )
+    trace.add_argument(
+        "--max-hops",
+        type=_max_hops,
+        metavar="N",
+        help="the highest hop limit tried, 1 to 64 (default `trace.max_hops`, 30); the "
+        "trace's worst case is N x `trace.hop_timeout`",
+    )
+    trace.add_argument(
+        "--address",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="trace toward this address instead of resolving (repeatable)",
+    )
+    trace.add_argument(
+        "--port", type=_port, metavar="PORT", help="the tcp method's port (default the target's)"
+    )
+    trace.add_argument("--format", choices=("table", "json"), default="table", help="default table")
+
     lab = sub.add_parser("lab", help="a local dual-stack lab of real servers on loopback")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True)
     up = lab_sub.add_parser("up", help="start the lab, write its config, run until interrupted")
@@ -338,6 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where to write the CA, certificates and lab.yml (default ./dualstack-lab)",
     )
+
+    up.add_argument(
+        "--routed",
+        action="store_true",
+        help="instead: a routed path in network namespaces (root): vantage, vantage router, "
+        "transit router, AWS edge router, endpoint, for `probe trace` and its blame",
+    )
+    fault = lab_sub.add_parser(
+        "fault", help="drop IPv6 at one router of the running routed lab (root)"
+    )
+    fault.add_argument(
+        "fault",
+        choices=("none", "vantage", "transit", "aws_edge", "silent_hop"),
+        help="where IPv6 is dropped: at the vantage, transit or AWS edge router; silent_hop: "
+        "the transit router sends no time exceeded; none",
+    )
+    fault.add_argument("--dir", default="dualstack-lab", metavar="DIR", help="the lab's --dir")
 
     ip_ranges = sub.add_parser("ip-ranges", help="AWS's published address ranges")
     ip_ranges_sub = ip_ranges.add_subparsers(dest="ip_ranges_command", required=True)
@@ -579,8 +652,10 @@ LAB_EXTRA_MISSING = "probe lab up needs the lab extra: pip install 'dualstack-mo
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    # The lab's servers and PKI are an extra (pyproject.toml), not in the vantage image.
+    # The lab's servers and PKI are an extra (pyproject.toml), not in the vantage image (the
+    # lab package loads them, the routed lab's namespaces included).
     try:
+        from monitor.lab import routed
         from monitor.lab.run import lab_up
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in LAB_EXTRA:
@@ -588,8 +663,33 @@ def cmd_lab(args: argparse.Namespace) -> int:
         print(LAB_EXTRA_MISSING, file=sys.stderr)
         return EXIT_USAGE
 
+    if args.lab_command == "fault":
+        return routed.fault(Path(args.dir), args.fault)
+    if args.routed:
+        return routed.up(Path(args.dir))
     status: int = lab_up(Path(args.dir))
     return status
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from monitor.run import trace  # the probe stack: only when probing
+
+    cfg = _load(args)
+    families: tuple[Family, ...] = FAMILIES if args.family == "both" else (args.family,)
+    request = trace.Request(
+        target=args.target,
+        families=families,
+        method=args.method,
+        max_hops=args.max_hops,
+        addresses=tuple(args.address),
+        port=args.port,
+    )
+    result = run_async(trace.run(cfg, request))
+    if args.format == "json":
+        trace.write_json(result, sys.stdout)
+    else:
+        trace.write_table(result, sys.stdout)
+    return trace.exit_status(result)
 
 
 def cmd_ip_ranges(args: argparse.Namespace) -> int:
@@ -613,6 +713,7 @@ COMMANDS = {
     "ip-ranges": cmd_ip_ranges,
     "config": cmd_config,
     "lab": cmd_lab,
+    "trace": cmd_trace,
 }
 
 

@@ -344,6 +344,28 @@ class EventsConfig(_Strict):
     max_bytes: int = Field(10 * 1024 * 1024, ge=1024)
 
 
+class TraceConfig(_Strict):
+    """The traces `probe serve` runs when a verdict turns `ipv6_failed` or recovers, and the
+    defaults of `probe trace` (probes/trace.py; docs/probes.md, "Where IPv6 breaks")."""
+
+    method: Literal["udp", "icmp", "tcp"] = "udp"
+    max_hops: int = Field(30, ge=1, le=64)
+    tries: int = Field(3, ge=1, le=10)
+    hop_timeout: Duration = 1.0
+    gap_limit: int = Field(5, ge=1, le=64)
+    vantage_hops: int = Field(1, ge=1, le=16)
+    on_verdict_change: bool = True
+    budget: int = Field(6, ge=0, le=600)
+    cooldown: Period = 300.0
+
+    @field_validator("hop_timeout")
+    @classmethod
+    def _hop_timeout(cls, value: float) -> float:
+        if value > 10:
+            raise ValueError(f"{value:g} s: at most 10s (a trace's worst case is max_hops x this)")
+        return value
+
+
 def _check_external_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -374,6 +396,7 @@ class ConfigModel(_Strict):
     sharding: ShardingConfig = Field(default_factory=ShardingConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     external_url: Annotated[str, AfterValidator(_check_external_url)] | None = None
+    trace: TraceConfig = Field(default_factory=TraceConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ConfigModel:
@@ -474,6 +497,8 @@ class Config:
     directory."""
     external_url: str | None = None
     """Where people reach `probe serve`; None: `http://` and the listen address."""
+    trace: TraceConfig = field(default_factory=TraceConfig)
+    """Traces on a verdict change (`probe serve`) and `probe trace`'s defaults."""
 
 
 def _loc(loc: Sequence[str | int]) -> str:
@@ -740,6 +765,7 @@ def build(model: ConfigModel, path: str, *, base_dir: Path) -> Config:
             update={"file": str(base_dir / model.events.file) if model.events.file else None}
         ),
         external_url=model.external_url,
+        trace=model.trace,
     )
 
 

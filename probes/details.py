@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from probes.ipranges import Attribution
 from probes.text import peer_text, peer_text_or_none
 
 
@@ -268,6 +269,45 @@ class QuicExchange(Details):
 
     def __post_init__(self) -> None:
         _clean(self, "alpn", "alt_svc", "server")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hop:
+    """One hop of a trace: who answered the probes sent with this hop limit, and how fast."""
+
+    hop: int
+    """The hop limit (TTL) the probes left with: 1 is the first router."""
+    address: str | None
+    """The address that answered (the first, if several did); None: no answer to any try."""
+    rtts: tuple[float | None, ...]
+    """Each try's round trip in seconds, in the order sent; None: no answer in time."""
+    reply: str
+    """`time_exceeded` (a router), `reached` (the destination), `unreachable` (an ICMP
+    destination unreachable from a router, e.g. a firewall's), or `none`."""
+    aws: Attribution | None = None
+    """The AWS published prefix holding `address`, when the ranges are loaded and it is in one."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TracePath(Details):
+    """The trace probe: the hops toward one address of one family (probes/trace.py)."""
+
+    method: str
+    """`udp`, `icmp` or `tcp`: what the probes were."""
+    destination: str
+    """The address traced toward."""
+    reached: bool
+    """The destination answered."""
+    last_hop: int
+    """The number of the last hop that answered (0: none did)."""
+    last_address: str | None
+    """Its address (None: no hop answered)."""
+    max_hops: int
+    """The hop limit the trace would have gone to."""
+    hops: tuple[Hop, ...] = ()
+    """Every hop probed, from the first."""
+    complete: bool = True
+    """False when the trace's time ran out before it reached, stopped or gave up."""
 
 
 def details_json(details: Details | None) -> dict[str, Any]:

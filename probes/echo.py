@@ -1,5 +1,7 @@
-"""The one ICMP socket layer: echo requests and their replies for the icmp probe's pings and
-the path-MTU echoes of probes/pmtu.py, timed from the send to the kernel's receive stamp.
+"""The one ICMP socket layer: echo requests and their replies for the icmp probe's pings, the
+path-MTU echoes of probes/pmtu.py and the trace's echoes (with a hop limit), timed from the send
+to the kernel's receive stamp; and the ICMP errors the kernel queues on a socket (`IP_RECVERR`,
+`IPV6_RECVERR`), which every method of probes/trace.py reads its hops from.
 
 An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6: allowed by
 `net.ipv4.ping_group_range`) first, else, as root, a raw socket. A raw socket sees every echo
@@ -14,12 +16,14 @@ import os
 import random
 import socket
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
 from probes import stamp
 from probes.base import Family
+from probes.netutil import wait_readable
 
 # The IP and ICMP headers inside a packet of a given size.
 OVERHEAD: dict[Family, int] = {"ipv4": 20 + 8, "ipv6": 40 + 8}
@@ -34,6 +38,14 @@ _IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 _IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
 _IPV6_PMTUDISC_DO = getattr(socket, "IPV6_PMTUDISC_DO", 2)
 _IPV6_DONTFRAG = getattr(socket, "IPV6_DONTFRAG", 62)
+_IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
+_IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
+_RECVERR_CMSGS = ((socket.IPPROTO_IP, _IP_RECVERR), (socket.IPPROTO_IPV6, _IPV6_RECVERR))
+_SOCK_EXTENDED_ERR = struct.Struct("=IBBBBII")  # linux/errqueue.h: struct sock_extended_err
+_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6 = 2, 3
+_TIME_EXCEEDED = {"ipv4": 11, "ipv6": 3}
+_UNREACHABLE = {"ipv4": 3, "ipv6": 1}
+_PORT_UNREACHABLE = {"ipv4": 3, "ipv6": 4}
 
 
 def has_root() -> bool:
@@ -119,15 +131,54 @@ class EchoSocket:
     ) -> None:
         self._sock.close()
 
-    def send(self, size: int) -> tuple[int, int]:
+    def send(self, size: int, *, hop_limit: int | None = None) -> tuple[int, int]:
         """Send an echo request whose IP packet is `size` bytes: (its sequence number, the
         time it left). Raises OSError (EMSGSIZE: larger than the path MTU this host knows,
-        with fragmentation forbidden; ENETUNREACH: no route)."""
+        with fragmentation forbidden; ENETUNREACH: no route). `hop_limit`: the packet's TTL
+        (hop limit), for a trace; None leaves the system's."""
+        if hop_limit is not None:
+            set_hop_limit(self._sock, self.family, hop_limit)
         self._seq = self._seq % 0xFFFF + 1
         packet = echo_request(self.family, self._ident, self._seq, size)
         sent_ns = stamp.now_ns()
         self._sock.sendto(packet, self._peer)
         return self._seq, sent_ns
+
+    def want_errors(self) -> None:
+        """Queue the ICMP errors our echoes meet (time exceeded, unreachable) for `errors()`."""
+        want_errors(self._sock, self.family)
+
+    def errors(self) -> list[tuple[int, IcmpError]]:
+        """The ICMP errors queued so far for our echoes: (the echo's sequence number, the
+        error). Never waits; `wait()` does."""
+        out: list[tuple[int, IcmpError]] = []
+        for err in queued_errors(self._sock, self.family):
+            seq = quoted_echo(err.quoted, self.family, self.raw, self._ident)
+            if seq is not None:
+                out.append((seq, err))
+        return out
+
+    def replies(self) -> list[tuple[int, int]]:
+        """The echo replies from the address waiting now: (sequence number, arrival stamp).
+        Never waits."""
+        out: list[tuple[int, int]] = []
+        while True:
+            try:
+                data, sender, received_ns = stamp.recv_stamped(self._sock, 65535)
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError:  # an error noted on the socket: queued too, `errors()` reads it
+                continue
+            host = str(sender[0]).split("%")[0]
+            if socket.inet_pton(self._sock.family, host) != self._address:
+                continue
+            seq = parse_reply(data, self.family, self.raw, self._ident)
+            if seq is not None:
+                out.append((seq, received_ns))
+
+    async def wait(self) -> None:
+        """Until a reply or an error may be waiting (the caller bounds it)."""
+        await wait_readable(self._sock)
 
     async def reply(self) -> tuple[int, int]:
         """The next echo reply from the address: (its sequence number, the kernel's stamp on
@@ -143,6 +194,122 @@ class EchoSocket:
             seq = parse_reply(data, self.family, self.raw, self._ident)
             if seq is not None:
                 return seq, received_ns
+
+
+def set_hop_limit(sock: socket.socket, family: Family, hops: int) -> None:
+    """The TTL (IPv4) or unicast hop limit (IPv6) of what `sock` sends next."""
+    if family == "ipv6":
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, hops)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, hops)
+
+
+def want_errors(sock: socket.socket, family: Family) -> None:
+    """Ask the kernel to queue the ICMP errors met by what `sock` sends, with the address of
+    the router or host that sent each (IP_RECVERR: unprivileged, as tracepath(8) uses it)."""
+    if family == "ipv6":
+        sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVERR, 1)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, _IP_RECVERR, 1)
+    stamp.stamp_arrivals(sock)  # the error queue's messages carry the ICMP error's arrival
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IcmpError:
+    """One ICMP error the kernel queued on a socket (`want_errors`)."""
+
+    family: Family
+    offender: str | None
+    """The address of the router or host that sent it; None when the kernel gave none."""
+    type: int
+    code: int
+    quoted: bytes
+    """The start of what we sent, past its IP header, as the error quoted it."""
+    port: int
+    """The destination port of what we sent (0 for ICMP)."""
+    received_ns: int
+    """The kernel's stamp on the error's arrival."""
+
+    @property
+    def time_exceeded(self) -> bool:
+        return self.type == _TIME_EXCEEDED[self.family]
+
+    @property
+    def unreachable(self) -> bool:
+        return self.type == _UNREACHABLE[self.family]
+
+    @property
+    def port_unreachable(self) -> bool:
+        return self.unreachable and self.code == _PORT_UNREACHABLE[self.family]
+
+
+def parse_error(
+    family: Family, data: bytes, ancillary: Sequence[tuple[int, int, bytes]], port: int
+) -> IcmpError | None:
+    """An error-queue message as an IcmpError; None when it is not an ICMP error (a local
+    one: EMSGSIZE, say)."""
+    received_ns, err = time.time_ns(), None
+    for level, kind, raw in ancillary:
+        if level == socket.SOL_SOCKET and kind == stamp.SO_TIMESTAMPNS and len(raw) >= 16:
+            seconds, nanoseconds = struct.unpack_from("@ll", raw)
+            received_ns = seconds * 1_000_000_000 + nanoseconds
+        elif (level, kind) in _RECVERR_CMSGS:
+            err = raw
+    if err is None or len(err) < _SOCK_EXTENDED_ERR.size:
+        return None
+    _errno, origin, icmp_type, code, _pad, _info, _data = _SOCK_EXTENDED_ERR.unpack_from(err)
+    if origin not in (_SO_EE_ORIGIN_ICMP, _SO_EE_ORIGIN_ICMP6):
+        return None
+    return IcmpError(
+        family=family,
+        offender=_offender(err[_SOCK_EXTENDED_ERR.size :]),
+        type=icmp_type,
+        code=code,
+        quoted=data,
+        port=port,
+        received_ns=received_ns,
+    )
+
+
+def _offender(sockaddr: bytes) -> str | None:
+    """SO_EE_OFFENDER: the sockaddr after the extended error (AF_UNSPEC: none)."""
+    if len(sockaddr) < 2:
+        return None
+    (af,) = struct.unpack_from("=H", sockaddr)
+    if af == socket.AF_INET and len(sockaddr) >= 8:
+        return socket.inet_ntop(socket.AF_INET, sockaddr[4:8])
+    if af == socket.AF_INET6 and len(sockaddr) >= 24:
+        return socket.inet_ntop(socket.AF_INET6, sockaddr[8:24])
+    return None
+
+
+_ERRQUEUE_ANCILLARY = socket.CMSG_SPACE(512) + socket.CMSG_SPACE(16)
+
+
+def queued_errors(sock: socket.socket, family: Family) -> list[IcmpError]:
+    """Every ICMP error queued on `sock` now, oldest first (never waits)."""
+    out: list[IcmpError] = []
+    while True:
+        try:
+            data, ancillary, _flags, address = sock.recvmsg(
+                512, _ERRQUEUE_ANCILLARY, socket.MSG_ERRQUEUE
+            )
+        except (BlockingIOError, InterruptedError):
+            return out
+        port = address[1] if isinstance(address, tuple) and len(address) > 1 else 0
+        err = parse_error(family, data, ancillary, int(port))
+        if err is not None:
+            out.append(err)
+
+
+def quoted_echo(quoted: bytes, family: Family, raw: bool, ident: int) -> int | None:
+    """The sequence number of our echo request that an ICMP error quotes, else None."""
+    if len(quoted) < _ICMP.size:
+        return None
+    kind, _code, _sum, their_ident, seq = _ICMP.unpack_from(quoted)
+    if kind != _ECHO_REQUEST[family] or (raw and their_ident != ident):
+        return None
+    return int(seq)
 
 
 def _forbid_fragmentation(sock: socket.socket, family: Family) -> None:

@@ -26,6 +26,7 @@ BUILTIN_MODULES: Mapping[str, str] = {
     "http3": "probes.http3",
     "resolver": "probes.resolvers",
     "race": "probes.race",
+    "trace": "probes.trace",
 }
 """The kinds the package ships, each name with the module that declares it (`KIND`), in the
 order tables and reports list them."""
@@ -172,7 +173,7 @@ NAMESERVER_ONLY: tuple[str, ...] = ("dns_tcp", "dns_large")
 RESOLVER = "resolver"
 """The kind of a resolver target, which asks its resolvers, not its host: listed alone."""
 
-OPT_IN: frozenset[str] = frozenset({"race", *NAMESERVER_ONLY, RESOLVER})
+OPT_IN: frozenset[str] = frozenset({"race", "trace", *NAMESERVER_ONLY, RESOLVER})
 """The built-in kinds declared with `default=False` (a host target runs them only when it lists
 them), named here so that a target's defaults are known without importing every protocol
 (`register` checks that the two agree)."""

@@ -31,8 +31,8 @@ INVALID = {
     ),
     "invalid-bad-probe.yml": (
         "targets[0].probes[1]: 'smtp' is not one of "
-        "'dns', 'dns_tcp', 'dns_large', 'icmp', 'tcp', 'tls', 'http2', 'http3', 'resolver' "
-        "or 'race'"
+        "'dns', 'dns_tcp', 'dns_large', 'icmp', 'tcp', 'tls', 'http2', 'http3', 'resolver', "
+        "'race' or 'trace'"
     ),
     "invalid-dns-large-type.yml": (
         "targets[0].dns.large.type: 'DNSKEYS' is not a DNS type (e.g. DNSKEY, TXT, AAAA)"

@@ -28,6 +28,7 @@ from monitor.config import (
     TargetRaceConfig,
     TargetTlsConfig,
     TlsConfig,
+    TraceConfig,
     load_config,
     load_yaml,
     validate,
@@ -143,6 +144,7 @@ CONFIG_MODELS: list[tuple[str, type[BaseModel]]] = [
     ("targets[].dns", DnsConfig),
     ("targets[].dns.large", DnsLargeConfig),
     ("events", EventsConfig),
+    ("trace", TraceConfig),
 ]
 
 

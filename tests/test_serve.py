@@ -226,6 +226,8 @@ def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> N
         "shard",  # dualstack_shard_info: from configuration (default: 0 of 1)
         "shards",
         "external_url",  # dualstack_vantage_info: config `external_url`, default --listen's
+        "blame",  # dualstack_path_blame: the closed set of probes/trace.py's BLAMES
+        "result",  # dualstack_trace_runs_total: monitor/serve/tracing.py's TRACE_RESULTS
     }
 
 

@@ -2,6 +2,10 @@
 optionally appended to a JSON Lines file rotated by size. Limits: the ring is lost on restart;
 the file keeps one old generation (`PATH.1`); a write error is counted, never raised.
 
+A trace started by a verdict change (monitor/serve/tracing.py) ends after its event is
+written: it follows as an event of its own, of type `trace`, whose `about` is the `seq` of the
+verdict change, so that the ring and the append-only file say it the same way.
+
 Writes are synchronous on the event loop: an event is a few kilobytes and verdicts change
 rarely, so a thread would cost more than the write.
 """
@@ -9,6 +13,7 @@ rarely, so a thread would cost more than the write.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -16,10 +21,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from monitor.engine.parity import Parity, Verdict
 from monitor.engine.report import iso_utc, parity_json, result_json
+from monitor.engine.trace import TargetTrace
 from probes.base import ProbeResult, Target
 
 log = logging.getLogger("dualstack.vantage")
@@ -46,6 +52,15 @@ class Event:
     """The verdict before; None for the first verdict of the job."""
     results: tuple[ProbeResult, ...]
     """The results the new verdict was judged on, IPv4 first."""
+    seq: int = 0
+    """Its number among the events since the process started, from 1."""
+    type: Literal["verdict_change", "trace"] = "verdict_change"
+    """`trace`: the paths traced because of the verdict change `about` (its target, probe,
+    verdicts and parity are that change's; no results)."""
+    about: int | None = None
+    """The `seq` of the verdict change a trace event belongs to."""
+    trace: TargetTrace | None = None
+    """Both families' paths and their blame (trace events)."""
 
     @property
     def name(self) -> str:
@@ -57,7 +72,9 @@ class Event:
 
     def to_json(self) -> dict[str, Any]:
         """The event as the API and the file give it; results as `probe run --format json`."""
-        return {
+        out = {
+            "seq": self.seq,
+            "type": self.type,
             "time": iso_utc(self.time, ms=True),
             "vantage": self.vantage,
             "site": self.site,
@@ -69,6 +86,10 @@ class Event:
             "parity": parity_json(self.parity, self.target),
             "results": [result_json(r, self.target) for r in self.results],
         }
+        if self.type == "trace":
+            out["about"] = self.about
+            out["trace"] = self.trace.to_json() if self.trace else None
+        return out
 
 
 def is_event(previous: Verdict | None, new: Verdict) -> bool:
@@ -137,15 +158,34 @@ class EventLog:
         results: Iterable[ProbeResult],
     ) -> Event:
         """Record one event now (on the injected clock), in the ring and the file."""
-        event = Event(
-            time=self.clock(),
-            vantage=vantage,
-            site=site,
-            target=target,
-            parity=parity,
-            previous=previous,
-            results=tuple(results),
+        return self._keep(
+            Event(
+                time=self.clock(),
+                vantage=vantage,
+                site=site,
+                target=target,
+                parity=parity,
+                previous=previous,
+                results=tuple(results),
+                seq=self.total + 1,
+            )
         )
+
+    def add_trace(self, about: Event, trace: TargetTrace) -> Event:
+        """Record the trace a verdict change started, now that it is done."""
+        return self._keep(
+            dataclasses.replace(
+                about,
+                time=self.clock(),
+                results=(),
+                seq=self.total + 1,
+                type="trace",
+                about=about.seq,
+                trace=trace,
+            )
+        )
+
+    def _keep(self, event: Event) -> Event:
         if len(self._ring) == self._ring.maxlen:
             self.dropped += 1
         self._ring.append(event)

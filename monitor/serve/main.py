@@ -185,6 +185,7 @@ async def serve_forever(
             extra={"fields": {"event": "stopping"}},
         )
         cancelled = await service.scheduler.drain(drain_timeout)
+        await service.tracer.close()  # a trace is evidence, not a probe: not waited for
         housekeeping.cancel()
         await asyncio.gather(scheduler, housekeeping, *pending, return_exceptions=True)
         await runner.cleanup()

@@ -13,9 +13,11 @@ from typing import Literal, TypeVar
 from monitor import __version__
 from monitor.engine.parity import VERDICTS
 from monitor.serve.state import Histogram, Snapshot
+from monitor.serve.tracing import TRACE_RESULTS
 from probes import kinds as registry
 from probes.base import FAMILIES, NO_REGION, ProbeResult
 from probes.kinds import KindMetric
+from probes.trace import BLAMES
 
 PROBE_LABELS = ("vantage", "target", "service", "region", "probe", "family")
 TARGET_LABELS = PROBE_LABELS[:4]
@@ -132,6 +134,12 @@ def counted(m: KindMetric, of: tuple[str, ...]) -> Metric:
     return Metric(m.name, m.help, labels, samples, "counter")
 
 
+def _blame(s: Snapshot) -> Iterator[Sample]:
+    for (name, family), blame in sorted(s.path_blame.items()):
+        for label in BLAMES:
+            yield [*_target(s, name), family, label], float(label == blame)
+
+
 def kind_metrics() -> tuple[Metric, ...]:
     """The rows of the metrics the registered kinds declare (`Kind.metrics`), in kind order; a
     declaration shared by several kinds is one row over their results."""
@@ -229,6 +237,21 @@ PROCESS: tuple[Metric, ...] = (
         _parity,
     ),
     Metric(
+        "dualstack_path_blame",
+        "Whose network the latest trace of this family toward the target blames (vantage, "
+        "transit, aws_edge, endpoint): 1 for it, 0 for the others and none.",
+        (*TARGET_LABELS, "family", "blame"),
+        _blame,
+    ),
+    own(
+        "dualstack_trace_runs",
+        "Traces on a verdict change to or from ipv6_failed: traced, failed (could not run), "
+        "or not started (over_budget, cooldown).",
+        lambda s: ((_own(s, r), s.trace_runs.get(r, 0)) for r in TRACE_RESULTS),
+        ("result",),
+        "counter",
+    ),
+    Metric(
         "dualstack_shard_info",
         "Which shard (from 0) of how many this process probes of the vantage's targets; always 1.",
         ("vantage", "shard", "shards"),
@@ -302,7 +325,8 @@ PROCESS: tuple[Metric, ...] = (
     ),
     one(
         "dualstack_events",
-        "Verdict changes kept as events (GET /api/v1/events) since the process started.",
+        "Events kept (GET /api/v1/events) since the process started: verdict changes and the "
+        "traces that follow them.",
         lambda s: s.events_total,
         "counter",
     ),

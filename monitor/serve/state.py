@@ -116,6 +116,10 @@ class Store:
     """The verdict changes, with their evidence (monitor/serve/events.py)."""
     external_url: str = ""
     """Where people reach this process (config `external_url`), for links from alerts."""
+    trace_runs: Counter[str] = field(default_factory=Counter)
+    """Traces on a verdict change, by result (monitor/serve/tracing.py, TRACE_RESULTS)."""
+    path_blame: dict[tuple[str, Family], str] = field(default_factory=dict)
+    """The blame of the latest trace per (target, family)."""
 
     def set_targets(self, targets: dict[str, Target]) -> None:
         """New configuration: forget every series of targets that are gone (or lost a probe)."""
@@ -133,6 +137,8 @@ class Store:
             del self.skipped[pkey]
         for ckey in [k for k in self.counted if (k[0], k[1]) not in keep]:
             del self.counted[ckey]
+        for bkey in [k for k in self.path_blame if k[0] not in targets]:
+            del self.path_blame[bkey]
 
     def record(self, results: list[ProbeResult], parity: Parity | None = None) -> Parity | None:
         """Store one tick of a (target, probe): its results (never none) replace the job's (a
@@ -229,6 +235,8 @@ class Store:
             events_dropped=self.events.dropped,
             events_write_errors=self.events.write_errors,
             external_url=self.external_url,
+            trace_runs=dict(self.trace_runs),
+            path_blame=dict(self.path_blame),
             vantage_probing_ok=not nothing_works(self.latest.values()),
         )
 
@@ -282,6 +290,10 @@ class Snapshot:
     """Events not appended to the events file."""
     external_url: str = ""
     """Where people reach this process (the `external_url` label of the vantage info metric)."""
+    trace_runs: Mapping[str, int] = field(default_factory=dict)
+    """Traces on a verdict change, by result."""
+    path_blame: Mapping[tuple[str, Family], str] = field(default_factory=dict)
+    """The blame of the latest trace per (target, family)."""
     vantage_probing_ok: bool = True
     """False when the latest result of every job (3 targets or more) failed, over both
     families: nothing works from here, so per-target failures blame

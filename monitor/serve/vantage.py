@@ -27,6 +27,7 @@ from monitor.engine.vantage import check_vantage, ipv6_broken
 from monitor.serve.events import is_event
 from monitor.serve.scheduler import Clock, Scheduler
 from monitor.serve.state import Store
+from monitor.serve.tracing import Tracer
 from probes import kinds
 from probes.base import (
     FAMILIES,
@@ -98,6 +99,8 @@ class Vantage:
             shards=cfg.shard.count,
         )
         self.cache = ResolutionCache()
+        self.tracer = Tracer(self.store)
+        self.tracer.configure(cfg.trace, self.env)
         self.scheduler = Scheduler(
             self.run_job,
             clock=clock,
@@ -127,6 +130,7 @@ class Vantage:
         targets = {t.name: t for t in (*mine, *ns_targets)}
         added, removed = self.scheduler.set_targets(targets.values())  # checks, then changes
         self.cfg, self.env, self.resolver = cfg, with_resolver(env, resolver), resolver
+        self.tracer.configure(cfg.trace, self.env)
         self.cache.clear()
         self.store.vantage = cfg.vantage
         ranges = env.ip_ranges
@@ -313,12 +317,13 @@ class Vantage:
         """A verdict stored: a change is logged and kept as an event with the results it was
         judged on (the store's latest of the job, both families)."""
         was = previous.verdict if previous is not None else None
-        if is_event(was, parity.verdict) and parity.target in self.store.targets:
+        target = self.store.targets.get(parity.target)
+        if is_event(was, parity.verdict) and target is not None:
             latest = self.store.latest
-            self.store.events.add(
+            event = self.store.events.add(
                 vantage=self.store.vantage,
                 site=self.store.site,
-                target=self.store.targets.get(parity.target),
+                target=target,
                 parity=parity,
                 previous=was,
                 results=(
@@ -327,6 +332,7 @@ class Vantage:
                     if (r := latest.get((parity.target, parity.probe, f))) is not None
                 ),
             )
+            self.tracer.on_event(event, target)
         if was is parity.verdict:
             return
         if previous is None and self._first_round:

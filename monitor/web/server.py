@@ -167,6 +167,8 @@ def recent_changes(snap: Snapshot, per_target: int = CHANGES_SHOWN) -> list[dict
     shown: Counter[str] = Counter()
     out = []
     for e in reversed(snap.events):
+        if e.type != "verdict_change":
+            continue  # a trace belongs to its verdict change (the API has it)
         if e.name in snap.targets and shown[e.name] < per_target:
             shown[e.name] += 1
             out.append(e.to_json())

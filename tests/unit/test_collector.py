@@ -16,6 +16,7 @@ from monitor.engine.parity import VERDICTS, Parity, Thresholds, Verdict, judge
 from monitor.serve.exporter import make_registry
 from monitor.serve.metrics import metrics
 from monitor.serve.state import Store
+from monitor.serve.tracing import TRACE_RESULTS
 from probes.base import (
     FAMILIES,
     ErrorKind,
@@ -26,6 +27,7 @@ from probes.base import (
     Target,
 )
 from probes.details import Certificate, Details, DnsAnswer, HttpExchange, TlsHandshake
+from probes.trace import BLAMES
 
 VANTAGE = "unit-vantage"
 WEB = Target(
@@ -349,6 +351,8 @@ def test_labels_come_only_from_configuration(store: Store) -> None:
         "transfer",  # phases
         "crashed",
         "hung",
+        *TRACE_RESULTS,
+        *BLAMES,
         "1.1",
         "2",
         "3",
