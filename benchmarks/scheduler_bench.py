@@ -304,6 +304,7 @@ def scraper_main(url: str, case: str, duration: float, out: str) -> int:
         json.dumps(
             {
                 "durations": sorted(durations),
+                "in_order": durations,
                 "bytes": statistics.median(sizes) if sizes else 0,
                 "errors": dict(errors),
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
@@ -729,6 +730,19 @@ def scrape_report(runs: list[dict[str, Any]], cases: list[str]) -> str:
                 f"{r['scrapes']['bytes'] / 1e6:>7.2f} {ms(r['connect_p99']):>10} "
                 f"{ms(r['delta']):>8} {r['cpu_pct']:>5.0f} {r['vmhwm_mib']:>7.0f} "
                 f"{r['failed']:>6.0f} {ms(r['loop_lag_p99']):>7}"
+            )
+    for r in runs:
+        # The first two scrapes of a key are rendered on request: its period is not known yet.
+        first, rest = (
+            r["scrapes"].get("in_order", [])[:2],
+            sorted(r["scrapes"].get("in_order", [])[2:]),
+        )
+        if rest:
+            lines.append(
+                f"{r['case']} run {r['run']}: first two scrapes "
+                + "/".join(f"{x:.3f}" for x in first)
+                + f" s; the {len(rest)} after them p50/p99/max "
+                f"{percentile(rest, 0.5):.3f}/{percentile(rest, 0.99):.3f}/{rest[-1]:.3f} s"
             )
     errors = {f"{r['case']} run {r['run']}": r["scrapes"]["errors"] for r in runs}
     errors = {k: v for k, v in errors.items() if v}
