@@ -90,8 +90,8 @@ def parse_reply(data: bytes, family: Family, raw: bool, ident: int) -> int | Non
 
 class EchoSocket:
     """Echo requests to one address and its replies, on a socket of its own. Raises OSError
-    when no socket can be opened (PermissionError: neither a ping socket nor, without root,
-    a raw one is allowed) or `source` cannot be bound."""
+    when no socket can be opened (PermissionError: neither a ping socket nor a raw one, which
+    needs root or CAP_NET_RAW, is allowed) or `source` cannot be bound."""
 
     def __init__(
         self, family: Family, address: str, *, source: str | None, dont_fragment: bool = False
@@ -101,10 +101,11 @@ class EchoSocket:
         proto = socket.IPPROTO_ICMPV6 if family == "ipv6" else socket.IPPROTO_ICMP
         try:
             self._sock, self.raw = socket.socket(af, socket.SOCK_DGRAM, proto), False
-        except PermissionError:
-            if not has_root():
-                raise
-            self._sock, self.raw = socket.socket(af, socket.SOCK_RAW, proto), True
+        except PermissionError as denied:
+            try:  # as root, or with CAP_NET_RAW alone (the compose vantages)
+                self._sock, self.raw = socket.socket(af, socket.SOCK_RAW, proto), True
+            except PermissionError:
+                raise denied from None
         try:
             self._sock.setblocking(False)
             stamp.stamp_arrivals(self._sock)
