@@ -416,7 +416,7 @@ async def test_a_key_asked_at_a_steady_period_is_rendered_before_it_is_due() -> 
     a key asked for once, or more often than `warm_min`, is rendered on request only."""
     store = rich_store(1)
     cache = RenderCache(store, max_age=0.05, warm_min=0.3)
-    period = 1.3  # the lead is at least 1 s: the warm render starts 0.3 s after a request
+    period = 1.3  # the lead is half the period: the warm render starts 0.65 s after a request
 
     def render(snap: Snapshot) -> tuple[bytes]:
         return (exposed(snap, ""),)

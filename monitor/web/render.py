@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -14,6 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from monitor.serve.state import Snapshot, Store
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread holds the GIL before another waiting for it gets it (Python's default is
+0.005): the probing loop waits for it after each system call while a render runs."""
 
 Render = Callable[[Snapshot], Iterable[str | bytes]]
 """A body in pieces (text is UTF-8 encoded)."""
@@ -85,6 +90,9 @@ class RenderCache:
         """How long each key's last render took."""
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        # The render thread holds the GIL in turns with the loop, which gives it up at every
+        # socket call: at the default 5 ms a turn, a render stalls the loop a second and more.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.renders = 0  # started: tests count them
 
     async def get(self, key: str, render: Render) -> Rendered:
@@ -127,9 +135,10 @@ class RenderCache:
         return flight
 
     def _plan(self, key: str, render: Render, *, period: float) -> None:
-        """Start the next render of `key` ahead of its next request: its last render's
-        duration and as much again before the request is due (at least 1 s)."""
-        lead = max(2 * self._took.get(key, 0.0), 1.0)
+        """Start the next render of `key` ahead of its next request: twice its last render's
+        duration before the request is due, and at least half the period (the last render may
+        have been of a vantage just started, with few results)."""
+        lead = max(2 * self._took.get(key, 0.0), period / 2)
         if (timer := self._timers.pop(key, None)) is not None:
             timer.cancel()
         if period > lead:
