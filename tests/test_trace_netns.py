@@ -323,6 +323,7 @@ def test_serve_traces_a_verdict_that_turns_ipv6_failed_within_the_budget(
     change = changes[trace_event["about"]]
     assert trace_event["target"] == change["target"] and trace_event["probe"] == "tcp"
     trace = trace_event["trace"]
+    assert change["trace"] == trace  # the verdict change carries its trace
     assert trace["blame"] == {"ipv4": "none", "ipv6": "transit"}, trace
     v4, v6 = trace["traces"]
     assert v4["reached"] and v6["address"] == ENDPOINT[1]

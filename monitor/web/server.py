@@ -141,7 +141,9 @@ def parse_event_query(params: Iterable[tuple[str, str]]) -> EventQuery | str:
 
 
 def select_events(snap: Snapshot, query: EventQuery) -> list[dict[str, Any]]:
-    """The snapshot's events that match, newest first, as JSON documents."""
+    """The snapshot's events that match, newest first, as JSON documents; a verdict change
+    whose trace is done carries it too (`trace`, as its trace event has it)."""
+    traces = {e.about: e.trace for e in snap.events if e.type == "trace" and e.trace}
     out: list[dict[str, Any]] = []
     for e in reversed(snap.events):
         if len(out) >= query.limit:
@@ -151,7 +153,10 @@ def select_events(snap: Snapshot, query: EventQuery) -> list[dict[str, Any]]:
             and (query.probe is None or e.probe == query.probe)
             and (query.since is None or e.time >= query.since)
         ):
-            out.append(e.to_json())
+            doc = e.to_json()
+            if e.type == "verdict_change" and (trace := traces.get(e.seq)) is not None:
+                doc["trace"] = trace.to_json()
+            out.append(doc)
     return out
 
 
