@@ -73,24 +73,7 @@ class SoaAnswer(Details):
     """The SOA serial; None when the answer held no SOA."""
     transport: str = "udp"
     """The DNS transport used."""
-
-    def __post_init__(self) -> None:
-        _clean(self, "rcode", "zone")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SoaOverTcp(Details):
-    """The dns_tcp probe: the zone's SOA asked of the name server over TCP only."""
-
-    rcode: str
-    """DNS response code of the server's answer."""
-    zone: str
-    """The zone asked for."""
-    authoritative: bool
-    """The AA flag: the server answers with authority for the zone."""
-    serial: int | None
-    """The SOA serial; None when the answer held no SOA."""
-    size_bytes: int
+    size_bytes: int | None = None
     """Bytes of the reply (without TCP's length prefix)."""
 
     def __post_init__(self) -> None:

@@ -59,8 +59,24 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
         return Outcome(success=False, error=classify(exc), phases={"query": clock() - t0})
     except dnswire.BadMessage as exc:
         return Outcome(success=False, error=error(ErrorKind.DNS_BAD_RESPONSE, str(exc)))
+    return soa_outcome(zone, reply)
+
+
+SOA_ROWS = (
+    Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
+    Compared[SoaAnswer]("serial", lambda d: d.serial, NORMAL),  # zone transfer in progress
+    Compared[SoaAnswer]("rcode", lambda d: d.rcode, NOT),
+    Compared[SoaAnswer]("zone", lambda d: d.zone, NOT),
+    Compared[SoaAnswer]("transport", lambda d: d.transport, NOT),
+    Compared[SoaAnswer]("size_bytes", lambda d: d.size_bytes, NOT),
+)
+"""What parity compares in a name server's SOA answer (the dns probe's, and dns_tcp's)."""
+
+
+def soa_outcome(zone: str, reply: dnsquery.Reply, how: str = "") -> Outcome:
+    """A name server's reply to the zone's SOA judged: NOERROR with an authoritative SOA, else
+    the rcode's error kind or dns_bad_response (`how` names the transport in messages)."""
     response = reply.message
-    seconds = reply.seconds
     rcode = dnswire.rcode_text(response.rcode)
     soa = next((rr for rr in response.answer if rr.rtype == dnswire.SOA), None)
     details = SoaAnswer(
@@ -69,28 +85,20 @@ async def _ask_soa(req: ProbeRequest) -> Outcome:
         authoritative=response.authoritative,
         serial=soa.value if soa and isinstance(soa.value, int) else None,
         transport="tcp" if reply.tcp else "udp",
+        size_bytes=reply.size,
     )
-    phases = {"query": seconds}
+    failure = None
     if rcode != "NOERROR":
-        kind = {"REFUSED": ErrorKind.DNS_REFUSED, "NXDOMAIN": ErrorKind.DNS_NXDOMAIN}.get(
-            rcode, ErrorKind.DNS_SERVFAIL
-        )
-        return Outcome(
-            success=False,
-            error=error(kind, f"SOA {zone}: {rcode}"),
-            phases=phases,
-            details=details,
-            duration=seconds,
-        )
-    if soa is None or not details.authoritative:
-        return Outcome(
-            success=False,
-            error=error(ErrorKind.DNS_BAD_RESPONSE, f"SOA {zone}: no authoritative answer"),
-            phases=phases,
-            details=details,
-            duration=seconds,
-        )
-    return Outcome(success=True, phases=phases, details=details, duration=seconds)
+        failure = error(dnsquery.rcode_kind(response.rcode), f"SOA {zone}{how}: {rcode}")
+    elif soa is None or not details.authoritative:
+        failure = error(ErrorKind.DNS_BAD_RESPONSE, f"SOA {zone}{how}: no authoritative answer")
+    return Outcome(
+        success=failure is None,
+        error=failure,
+        phases={"query": reply.seconds},
+        details=details,
+        duration=reply.seconds,
+    )
 
 
 async def probe(req: ProbeRequest) -> Outcome:
@@ -117,15 +125,7 @@ KIND = register(
                 Compared[DnsAnswer]("nat64_synthesized", lambda d: d.nat64_synthesized, NOT),
                 Compared[DnsAnswer]("not_native", lambda d: d.not_native, NOT),  # judged as missing
             ),
-            SoaAnswer: (
-                Compared[SoaAnswer]("authoritative", lambda d: d.authoritative, SIG),
-                Compared[SoaAnswer](
-                    "serial", lambda d: d.serial, NORMAL
-                ),  # zone transfer in progress
-                Compared[SoaAnswer]("rcode", lambda d: d.rcode, NOT),
-                Compared[SoaAnswer]("zone", lambda d: d.zone, NOT),
-                Compared[SoaAnswer]("transport", lambda d: d.transport, NOT),
-            ),
+            SoaAnswer: SOA_ROWS,
         },
         phases=("query",),
         transport=False,

@@ -18,7 +18,7 @@ from probes.details import LargeAnswer
 from probes.dns import soa_query
 from probes.dnsquery import rcode_kind
 from probes.errors import error
-from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
+from probes.kinds import NORMAL, NOT, SIG, Compared, Kind, register
 
 FIRST_SHARE = 0.5
 """The share of the timeout the large answer may take; the rest is for the two checks."""
@@ -122,9 +122,6 @@ KIND = register(
             ),
         },
         phases=("query",),
-        transport=True,
-        cost=Cost.LIGHT,
-        sampled=False,
         default=False,
         per_address=False,
     )

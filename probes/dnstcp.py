@@ -7,13 +7,12 @@ failure): answered, the failure is `dns_tcp_failed`; not, it stays what TCP gave
 
 from __future__ import annotations
 
-from probes import dnsquery, dnswire
+from probes import dnsquery
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest
-from probes.details import SoaOverTcp
-from probes.dns import soa_query
-from probes.dnsquery import rcode_kind
+from probes.details import SoaAnswer
+from probes.dns import soa_outcome, soa_query
 from probes.errors import error
-from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
+from probes.kinds import Kind, register
 
 FIRST_SHARE = 0.5
 """The share of the timeout the TCP question may take; the rest is for the UDP check."""
@@ -33,29 +32,7 @@ async def probe(req: ProbeRequest) -> Outcome:
     )
     if isinstance(got, ProbeError):
         return Outcome(success=False, error=await _why(req, got))
-    response = got.message
-    rcode = dnswire.rcode_text(response.rcode)
-    soa = next((rr for rr in response.answer if rr.rtype == dnswire.SOA), None)
-    details = SoaOverTcp(
-        rcode=rcode,
-        zone=zone,
-        authoritative=response.authoritative,
-        serial=soa.value if soa and isinstance(soa.value, int) else None,
-        size_bytes=got.size,
-    )
-    phases = {"query": got.seconds}
-    failure: ProbeError | None = None
-    if rcode != "NOERROR":
-        failure = error(rcode_kind(response.rcode), f"SOA {zone} over TCP: {rcode}")
-    elif soa is None or not details.authoritative:
-        failure = error(ErrorKind.DNS_BAD_RESPONSE, f"SOA {zone} over TCP: no authoritative answer")
-    return Outcome(
-        success=failure is None,
-        error=failure,
-        phases=phases,
-        details=details,
-        duration=got.seconds,
-    )
+    return soa_outcome(zone, got, " over TCP")
 
 
 async def _why(req: ProbeRequest, tcp_error: ProbeError) -> ProbeError:
@@ -82,20 +59,8 @@ KIND = register(
         name="dns_tcp",
         probe=probe,
         summary="A name server's SOA over TCP only (what a resolver does after a truncation)",
-        details=(SoaOverTcp,),
-        compared={
-            SoaOverTcp: (
-                Compared[SoaOverTcp]("authoritative", lambda d: d.authoritative, SIG),
-                Compared[SoaOverTcp]("serial", lambda d: d.serial, NORMAL),
-                Compared[SoaOverTcp]("rcode", lambda d: d.rcode, NOT),
-                Compared[SoaOverTcp]("zone", lambda d: d.zone, NOT),
-                Compared[SoaOverTcp]("size_bytes", lambda d: d.size_bytes, NOT),
-            ),
-        },
+        details=(SoaAnswer,),  # compared as the dns probe declares it
         phases=("query",),
-        transport=True,
-        cost=Cost.LIGHT,
-        sampled=False,
         default=False,
         per_address=False,
     )

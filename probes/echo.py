@@ -170,10 +170,7 @@ class EchoSocket:
                 return out
             except OSError:  # an error noted on the socket: queued too, `errors()` reads it
                 continue
-            host = str(sender[0]).split("%")[0]
-            if socket.inet_pton(self._sock.family, host) != self._address:
-                continue
-            seq = parse_reply(data, self.family, self.raw, self._ident)
+            seq = self._reply_seq(data, sender)
             if seq is not None:
                 out.append((seq, received_ns))
 
@@ -189,12 +186,16 @@ class EchoSocket:
                 data, sender, received_ns = await stamp.arrival(self._sock, 65535)
             except OSError:  # an ICMP error queued on the socket: the echo's own loss says it
                 continue
-            host = str(sender[0]).split("%")[0]
-            if socket.inet_pton(self._sock.family, host) != self._address:
-                continue
-            seq = parse_reply(data, self.family, self.raw, self._ident)
+            seq = self._reply_seq(data, sender)
             if seq is not None:
                 return seq, received_ns
+
+    def _reply_seq(self, data: bytes, sender: tuple[str, int]) -> int | None:
+        """The sequence number of an echo reply from our address, else None."""
+        host = str(sender[0]).split("%")[0]
+        if socket.inet_pton(self._sock.family, host) != self._address:
+            return None
+        return parse_reply(data, self.family, self.raw, self._ident)
 
 
 def set_hop_limit(sock: socket.socket, family: Family, hops: int) -> None:

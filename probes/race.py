@@ -441,9 +441,10 @@ def _race(r: ProbeResult) -> RaceDetails | None:
     return r.details if isinstance(r.details, RaceDetails) else None
 
 
-def _field(name: str) -> Any:
-    """The latest race's `name` (no series while it is None)."""
-    return lambda r: getattr(_race(r), name, None)
+def _per_target(name: str, help: str, field: str) -> KindMetric:
+    """A gauge of the latest race's `field`, one series per target (none while it is None)."""
+    value = lambda r: getattr(_race(r), field, None)  # noqa: E731
+    return KindMetric(name=name, help=help, value=value, probe_label=False, family_label=False)
 
 
 def _won(r: ProbeResult) -> float | None:
@@ -499,21 +500,16 @@ KIND = register(
                 probe_label=False,
                 type="counter",
             ),
-            KindMetric(
-                name="dualstack_race_connect_seconds",
-                help="The last race's time from its first connection attempt to the winner's "
-                "connect.",
-                value=_field("connect_seconds"),
-                probe_label=False,
-                family_label=False,
+            _per_target(
+                "dualstack_race_connect_seconds",
+                "The last race's time from its first connection attempt to the winner's connect.",
+                "connect_seconds",
             ),
-            KindMetric(
-                name="dualstack_race_ipv6_penalty_seconds",
-                help="What IPv6 cost the last race: 0 when IPv6 won, else its connect time less "
-                "a direct IPv4 connect.",
-                value=_field("ipv6_penalty_seconds"),
-                probe_label=False,
-                family_label=False,
+            _per_target(
+                "dualstack_race_ipv6_penalty_seconds",
+                "What IPv6 cost the last race: 0 when IPv6 won, else its connect time less a "
+                "direct IPv4 connect.",
+                "ipv6_penalty_seconds",
             ),
         ),
     )

@@ -16,7 +16,7 @@ from probes.base import ErrorKind, Family, Outcome, ProbeError, ProbeRequest, Re
 from probes.details import ResolverAnswer
 from probes.dnsquery import rcode_kind
 from probes.errors import error
-from probes.kinds import NORMAL, NOT, SIG, Compared, Cost, Kind, register
+from probes.kinds import NORMAL, NOT, SIG, Compared, Kind, register
 from probes.resolve import ip_family
 
 _QUESTIONS = ((dnswire.A, False), (dnswire.AAAA, False), (dnswire.A, True), (dnswire.AAAA, True))
@@ -116,9 +116,6 @@ KIND = register(
             ),
         },
         phases=("udp", "tcp"),
-        transport=True,
-        cost=Cost.LIGHT,
-        sampled=False,
         default=False,
         per_address=True,
     )

@@ -17,10 +17,6 @@ The resolver targets: one resolver on both families is `ok`; one answering only 
 from __future__ import annotations
 
 import json
-import os
-import selectors
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +26,7 @@ from typing import Any, Literal
 import jsonschema
 import pytest
 import yaml
-from lab.netns import Netns, ip, namespace, nft, veth
+from lab.netns import Netns, ip, namespace, nft, probe_cli, python_in, veth
 
 from monitor.engine.schema import report_schema
 
@@ -129,62 +125,17 @@ def config(folder: Path) -> Path:
     return out
 
 
-def wait_ready(proc: subprocess.Popen[str], seconds: float) -> None:
-    assert proc.stdout is not None
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout=seconds):
-            proc.kill()
-            _, err = proc.communicate(timeout=10)
-            pytest.fail(f"the server was not ready within {seconds:g} s: {err}")
-    line = proc.stdout.readline().strip()
-    if line != "ready":
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-        pytest.fail(f"the server failed to start: {line!r} {err}")
-
-
 def probe_run(fault: Fault, tmp: Path) -> tuple[int, dict[str, Any]]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     cfg = config(tmp)
     with link() as (vantage, server):
         if fault == "no_v6_fragments":
             nft(vantage, FAULTS[fault])
         elif fault == "no_v6_tcp":
             nft(server, FAULTS[fault])
-        proc = subprocess.Popen(
-            [*server.exec_prefix(), sys.executable, "-c", SERVER_SCRIPT, *SERVER, V4_ONLY[0]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        try:
-            wait_ready(proc, 30)
+        with python_in(server, SERVER_SCRIPT, *SERVER, V4_ONLY[0]):
             t0 = time.monotonic()
-            run = subprocess.run(
-                [
-                    *vantage.exec_prefix(),
-                    sys.executable,
-                    "-m",
-                    "monitor.cli",
-                    "run",
-                    "--config",
-                    str(cfg),
-                    "--format",
-                    "json",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=env,
-                check=False,
-            )
+            run = probe_cli(vantage, "run", "--config", str(cfg), "--format", "json")
             elapsed = time.monotonic() - t0
-        finally:
-            proc.kill()
-            proc.communicate(timeout=10)
     assert run.stdout, run.stderr
     assert elapsed < 4 * TIMEOUT + 10, elapsed
     doc = json.loads(run.stdout)
@@ -210,6 +161,11 @@ RESOLVER_VERDICTS = {
 }
 
 
+def name_server(**verdicts: str) -> dict[tuple[str, str], str]:
+    """The name server's three questions' verdicts: `ok` but those given."""
+    return {("ns", kind): verdicts.get(kind, "ok") for kind in ("dns", "dns_tcp", "dns_large")}
+
+
 def check_resolvers(doc: dict[str, Any]) -> None:
     rs = results(doc)
     v6 = rs[("v4-only-resolver", "resolver", "ipv6")]
@@ -228,12 +184,7 @@ def check_resolvers(doc: dict[str, Any]) -> None:
 @pytest.mark.slow(30)
 def test_no_fault_every_question_is_ok(tmp_path: Path) -> None:
     rc, doc = probe_run("none", tmp_path)
-    assert verdicts(doc) == {
-        ("ns", "dns"): "ok",
-        ("ns", "dns_tcp"): "ok",
-        ("ns", "dns_large"): "ok",
-        **RESOLVER_VERDICTS,
-    }, doc["parity"]
+    assert verdicts(doc) == name_server() | RESOLVER_VERDICTS, doc["parity"]
     assert rc == 1  # the IPv4-only resolver
     rs = results(doc)
     for family in ("ipv4", "ipv6"):
@@ -251,12 +202,7 @@ def test_no_fault_every_question_is_ok(tmp_path: Path) -> None:
 @pytest.mark.slow(30)
 def test_ipv6_fragments_dropped_is_dns_fragments_lost(tmp_path: Path) -> None:
     rc, doc = probe_run("no_v6_fragments", tmp_path)
-    assert verdicts(doc) == {
-        ("ns", "dns"): "ok",
-        ("ns", "dns_tcp"): "ok",
-        ("ns", "dns_large"): "ipv6_failed",
-        **RESOLVER_VERDICTS,
-    }, doc["parity"]
+    assert verdicts(doc) == name_server(dns_large="ipv6_failed") | RESOLVER_VERDICTS, doc["parity"]
     assert rc == 1
     rs = results(doc)
     v6, v4 = rs[("ns", "dns_large", "ipv6")], rs[("ns", "dns_large", "ipv4")]
@@ -272,10 +218,7 @@ def test_ipv6_fragments_dropped_is_dns_fragments_lost(tmp_path: Path) -> None:
 @pytest.mark.slow(30)
 def test_ipv6_tcp_53_rejected_is_dns_tcp_failed(tmp_path: Path) -> None:
     rc, doc = probe_run("no_v6_tcp", tmp_path)
-    assert verdicts(doc) == {
-        ("ns", "dns"): "ok",
-        ("ns", "dns_tcp"): "ipv6_failed",
-        ("ns", "dns_large"): "ok",
+    assert verdicts(doc) == name_server(dns_tcp="ipv6_failed") | {
         ("resolvers", "resolver"): "ipv6_failed",  # the resolver's TCP is rejected too
         ("v4-only-resolver", "resolver"): "ipv6_failed",
     }, doc["parity"]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lab.netns import project_env
+from lab.netns import probe_cli, project_env
 
 
 def probe(*args: str) -> list[str]:
@@ -53,14 +53,7 @@ def test_routed_lab_shows_each_blame_and_cleans_up(tmp_path: Path) -> None:
         assert vantage in namespaces()
         blames = {}
         for fault in ("none", "vantage", "transit", "aws_edge"):
-            switched = subprocess.run(
-                probe("lab", "fault", "--dir", str(workdir), fault),
-                capture_output=True,
-                text=True,
-                timeout=30,
-                env=project_env(),
-                check=False,
-            )
+            switched = probe_cli(None, "lab", "fault", "--dir", str(workdir), fault, timeout=30)
             assert switched.returncode == 0, switched.stderr
             traced = subprocess.run(
                 [*words[:4], *probe(*words[5:], "--format", "json")],

@@ -158,6 +158,22 @@ def python_in(ns: Netns, script: str, *args: str) -> Iterator[subprocess.Popen[s
         proc.communicate()
 
 
+def probe_cli(
+    ns: Netns | None, *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`probe ARGS...` of this checkout inside `ns` (None: here), its output captured (never
+    raises for its exit status)."""
+    prefix = ns.exec_prefix() if ns is not None else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "monitor.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=project_env(),
+        check=False,
+    )
+
+
 def project_env() -> dict[str, str]:
     """The environment for a child that must import the project from this checkout."""
     root = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from monitor.lab.dnsserver import DnsRecord, DnsServer, dnskey_records
 from monitor.serve.vantage import Vantage
 from probes import handler
 from probes.base import DnsSpec, ErrorKind, Family, ProbeEnv, ProbeResult, Resolution, Target
-from probes.details import LargeAnswer, ResolverAnswer, SoaOverTcp
+from probes.details import LargeAnswer, ResolverAnswer, SoaAnswer
 
 LOOPBACK: dict[Family, str] = {"ipv4": "127.0.0.1", "ipv6": "::1"}
 ZONE = "example.com"
@@ -75,8 +75,8 @@ async def test_every_question_answered(family: Family) -> None:
         tcp = await run("dns_tcp", ns_target("dns_tcp", srv.port), family)
         large = await run("dns_large", ns_target("dns_large", srv.port), family)
     assert tcp.success, tcp.error
-    assert isinstance(tcp.details, SoaOverTcp)
-    assert tcp.details.authoritative and tcp.details.serial == 1 and tcp.details.size_bytes > 0
+    assert isinstance(tcp.details, SoaAnswer) and tcp.details.transport == "tcp"
+    assert tcp.details.authoritative and tcp.details.serial == 1 and tcp.details.size_bytes
     assert large.success, large.error
     assert isinstance(large.details, LargeAnswer)
     assert (large.details.rdtype, large.details.name) == ("DNSKEY", ZONE + ".")
