@@ -76,21 +76,12 @@ def bare(address: str, port: int, times: int) -> list[float]:
     return sorted(out)
 
 
-def one_run(cfg: Path, port: int, bare_times: int, samples: int) -> dict[str, dict[str, float]]:
+def probe_run_json(cfg: Path, *args: str) -> Any:
+    """`probe run --config CFG --format json ARGS` of this checkout, in a child process that
+    may reach loopback only; its report (exit 0 or 1), else SystemExit with its stderr."""
     child = CHILD.format(bench=str(Path(__file__).resolve().parent), repo=str(REPO))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            child,
-            "run",
-            "--config",
-            str(cfg),
-            "--format",
-            "json",
-            "--samples",
-            str(samples),
-        ],
+        [sys.executable, "-c", child, "run", "--config", str(cfg), "--format", "json", *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -98,7 +89,11 @@ def one_run(cfg: Path, port: int, bare_times: int, samples: int) -> dict[str, di
     )
     if proc.returncode not in (0, 1):
         raise SystemExit(f"probe run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    doc = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def one_run(cfg: Path, port: int, bare_times: int, samples: int) -> dict[str, dict[str, float]]:
+    doc = probe_run_json(cfg, "--samples", str(samples))
     figures: dict[str, dict[str, float]] = {}
     for family, address in (("ipv4", "127.0.0.1"), ("ipv6", "::1")):
         reported = sorted(

@@ -15,7 +15,6 @@ on loopback (scheduler_bench.py's audit hook in every process).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_bench import CHILD, ca_file
+from latency_bench import ca_file, probe_run_json
 from scheduler_bench import REPO, LabProcess, percentile
 
 LOADED_KINDS = ["icmp", "tcp", "tls", "http2"]
@@ -107,17 +106,7 @@ def config(lab_yml: Path, dns_port: int, n: int, dns: int) -> dict[str, Any]:
 
 def one_run(cfg: Path) -> tuple[dict[str, list[float]], int]:
     """The reported latencies per kind (every address, both families), and the jobs run."""
-    child = CHILD.format(bench=str(Path(__file__).resolve().parent), repo=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-c", child, "run", "--config", str(cfg), "--format", "json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if proc.returncode not in (0, 1):
-        raise SystemExit(f"probe run exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    doc = json.loads(proc.stdout)
+    doc = probe_run_json(cfg)
     got: dict[str, list[float]] = {"icmp": [], "dns": []}
     for r in doc["results"]:
         if r["probe"] == "icmp" and r["success"]:  # every address's median of its samples

@@ -33,6 +33,20 @@ def binary(name: str) -> str:
     return path
 
 
+def promtool_check_metrics(text: str) -> str:
+    """What `promtool check metrics` says of an exposition: "" when it is clean."""
+    proc = subprocess.run(
+        [binary("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    said = (proc.stdout + proc.stderr).strip()
+    return said or ("" if proc.returncode == 0 else f"promtool exited {proc.returncode}")
+
+
 def http_json(url: str, data: bytes | None = None, timeout: float = 10) -> Any:
     req = urllib.request.Request(url, data=data)
     if data is not None:

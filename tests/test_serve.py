@@ -21,6 +21,7 @@ import jsonschema
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from promstack import promtool_check_metrics
 from serving import Served, serve
 
 from monitor.config import load_config
@@ -95,17 +96,7 @@ def configured_jobs(config: Path) -> int:
 
 def test_promtool_check_metrics_is_clean(served: Served, tmp_path: Path) -> None:
     text, _ = scrape(served)
-    proc = subprocess.run(
-        ["promtool", "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert proc.returncode == 0 and proc.stdout.strip() == "" and proc.stderr.strip() == "", (
-        proc.stdout + proc.stderr
-    )
+    assert promtool_check_metrics(text) == ""
 
 
 def test_metric_values_for_healthy_and_faulty(served: Served, config: Path) -> None:
