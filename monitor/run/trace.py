@@ -15,6 +15,7 @@ from typing import TextIO
 
 from monitor.config import Config, ConfigError
 from monitor.engine.check import make_env, make_resolver
+from monitor.engine.report import milliseconds
 from monitor.engine.trace import TargetTrace, settings, trace_target
 from probes.base import Family, Resolution
 from probes.details import Hop
@@ -92,10 +93,7 @@ def write_json(result: TargetTrace, out: TextIO) -> None:
 
 
 def _rtt(seconds: float | None) -> str:
-    if seconds is None:
-        return "*"
-    ms = seconds * 1000
-    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms"  # a LAN hop is a fraction of one
+    return "*" if seconds is None else milliseconds(seconds)
 
 
 def _aws(hop: Hop) -> str:
