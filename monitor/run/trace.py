@@ -8,7 +8,6 @@ Exit status: 0 every path traced reached its address, 1 one did not (or could no
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from dataclasses import dataclass
 from typing import TextIO
@@ -19,6 +18,7 @@ from monitor.engine.report import milliseconds
 from monitor.engine.trace import TargetTrace, settings, trace_target
 from probes.base import Family, Resolution
 from probes.details import Hop
+from probes.resolve import ip_family
 from probes.trace import Method
 
 EXIT_REACHED, EXIT_NOT_REACHED = 0, 1
@@ -36,10 +36,6 @@ class Request:
     port: int | None = None
 
 
-def _family(address: str) -> Family:
-    return "ipv6" if ipaddress.ip_address(address).version == 6 else "ipv4"
-
-
 async def run(cfg: Config, req: Request) -> TargetTrace:
     """Resolve (unless given addresses), then trace. Raises ConfigError (exit 2) when there is
     nothing to trace, with the one line that says why."""
@@ -52,10 +48,9 @@ async def run(cfg: Config, req: Request) -> TargetTrace:
     pairs: list[tuple[Family, str]] = []
     if req.addresses:
         for address in req.addresses:
-            try:
-                family = _family(address)
-            except ValueError:
-                raise ConfigError(f"--address {address!r} is not an IP address") from None
+            family = ip_family(address)
+            if family is None:
+                raise ConfigError(f"--address {address!r} is not an IP address")
             if family in req.families:
                 pairs.append((family, address))
         if not pairs:
