@@ -174,9 +174,19 @@ def latency_p95(vm: VictoriaMetrics, target: str) -> dict[str, list[str]]:
     return out
 
 
+NOT_HERE = ("DualstackWatchdog", "DualstackIPv6LatencyRegression")
+"""Alerts `active` leaves out. The Watchdog always fires. The latency comparison is not what
+this test is about (configs/prometheus/tests/latency.yml and tests/test_rules.py test it), and it
+is noise here: every target is the one loopback server, TLS handshakes are timed on the event
+loops of four `probe serve` processes on a machine the suite loads, and its `for:`, cut to 45 s,
+is shorter than its 10 m window, so one slow minute over IPv6 can hold it pending or fire it (a
+CI run saw it pending for ok-d). In the shipped rules `for:` (15 m) outlasts the window."""
+
+
 def active(vm: VictoriaMetrics) -> set[tuple[str, str, str]]:
-    """(alertname, target or shard, state) of every pending or firing alert but the Watchdog."""
-    rows = vm.query('ALERTS{alertname!="DualstackWatchdog"}')
+    """(alertname, target or shard, state) of every pending or firing alert but NOT_HERE."""
+    names = "|".join(NOT_HERE)
+    rows = vm.query(f'ALERTS{{alertname!~"{names}"}}')
     return {
         (
             r["metric"]["alertname"],
