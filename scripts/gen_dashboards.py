@@ -38,6 +38,8 @@ from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as model
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat, QueryEditorMode
 
+from probes import kinds
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "grafana"
 DASHBOARD_DIR = "dashboards"
@@ -58,7 +60,13 @@ ALL_VALUE = ".*"
 SEL = ", ".join(f'{v}=~"${v}"' for v in VARIABLES)
 VANTAGE = 'vantage=~"$vantage"'
 
-PROBES = ("dns", "icmp", "tcp", "tls", "http2", "http3")  # probes.base.PROBE_KINDS, in order
+# The matrix's columns: every kind a configuration runs unless told otherwise, a host's
+# defaults and a Route 53 name server's, in the registry's order.
+PROBES = tuple(n for n in kinds.names() if n in {*kinds.default_names(), *kinds.NAMESERVER_DEFAULT})
+# SEL for the per-family panels: the common per-result series of a kind run once over both
+# families (the race) say nothing of the family they are filed under (its own panels show it).
+ONCE = "|".join(k.name for k in kinds.kinds() if not k.per_family)
+PER_FAMILY = f'probe!~"{ONCE}", {SEL}'
 FAMILIES = ("ipv4", "ipv6")
 # DualstackWatchdog always fires (a dead man's switch): it is no incident to show.
 ALERTS_EXPR = (
@@ -604,7 +612,7 @@ def overview() -> Board:
             probe_columns,
             links("Endpoint ${__data.fields.target} from ${__data.fields.vantage}", ENDPOINT_LINK),
         )
-        # One query per probe kind (A: dns ... F: http3), each a table of the label columns
+        # One query per probe kind (A: dns, B: dns_tcp, ...), each a table of the label columns
         # and `Value #X`; merged into one row per vantage and target, one column per probe.
         .with_transformation(model.DataTransformerConfig(id_val="merge", options={}))
         .with_transformation(
@@ -710,7 +718,8 @@ def endpoint() -> Board:
         "(IPv6 dashed).",
         [
             Q(
-                f"avg by (family, probe, phase) (dualstack_probe_phase_duration_seconds{{{SEL}}})",
+                "avg by (family, probe, phase) "
+                f"(dualstack_probe_phase_duration_seconds{{{PER_FAMILY}}})",
                 "{{family}} {{probe}}/{{phase}}",
             )
         ],
@@ -758,7 +767,7 @@ def endpoint() -> Board:
         [
             Q(
                 "avg by (vantage, family) "
-                f"(avg_over_time(dualstack_probe_success{{{SEL}}}[$__rate_interval]))",
+                f"(avg_over_time(dualstack_probe_success{{{PER_FAMILY}}}[$__rate_interval]))",
                 "{{vantage}} {{family}}",
             )
         ],
@@ -781,7 +790,7 @@ def endpoint() -> Board:
         [
             Q(
                 "avg by (vantage, family) "
-                f"(avg_over_time(dualstack_probe_success{{{SEL}}}[$__range]))",
+                f"(avg_over_time(dualstack_probe_success{{{PER_FAMILY}}}[$__range]))",
                 "{{vantage}} {{family}}",
             )
         ],
@@ -796,7 +805,7 @@ def endpoint() -> Board:
         [
             Q(
                 "avg by (family, probe) "
-                f"(avg_over_time(dualstack_probe_success{{{SEL}}}[$__rate_interval]))",
+                f"(avg_over_time(dualstack_probe_success{{{PER_FAMILY}}}[$__rate_interval]))",
                 "{{family}} {{probe}}",
             )
         ],
@@ -810,7 +819,7 @@ def endpoint() -> Board:
         [
             Q(
                 "sum by (family, probe, kind) "
-                f"(increase(dualstack_probe_errors_total{{{SEL}}}[$__rate_interval]))",
+                f"(increase(dualstack_probe_errors_total{{{PER_FAMILY}}}[$__rate_interval]))",
                 "{{family}} {{probe}} {{kind}}",
             )
         ],

@@ -22,8 +22,10 @@ from dashboards import PanelQuery, Values, panel_queries, variable_queries
 from promstack import Prometheus, prometheus, write_scrape_config
 from serving import serve
 
+from monitor.config import nameserver_name
 from monitor.lab import LabFacts
-from monitor.lab.run import write_config
+from monitor.lab.run import ZONE, write_config
+from probes import kinds
 
 pytestmark = pytest.mark.slow(40)  # a Prometheus fed 25 s before the first query, once
 
@@ -34,8 +36,23 @@ BUILTINS = {"__rate_interval": "30s", "__interval": "10s", "__range": "1m"}
 # Concrete values as a user would pick them: the lab's faults are all alb in us-east-1.
 CONCRETE: Values = {"vantage": VANTAGE, "service": "alb", "region": "us-east-1"}
 
+# The kinds only name servers run have data only there: the zone's (service route53).
+NAMESERVERS: Values = {"vantage": VANTAGE, "service": "route53", "region": "global"}
+
+
+def _nameservers_only(q: PanelQuery) -> bool:
+    return any(f'probe="{k}"' in q.expr for k in kinds.NAMESERVER_ONLY)
+
+
 ALL_QUERIES = list(panel_queries(builtins=BUILTINS))
-CONCRETE_QUERIES = list(panel_queries(CONCRETE, builtins=BUILTINS))
+CONCRETE_QUERIES = [
+    ns if _nameservers_only(alb) else alb
+    for alb, ns in zip(
+        panel_queries(CONCRETE, builtins=BUILTINS),
+        panel_queries(NAMESERVERS, builtins=BUILTINS),
+        strict=True,
+    )
+]
 
 
 @dataclass
@@ -121,7 +138,8 @@ def test_the_matrix_shows_the_labs_faults(live: Live) -> None:
         if (q.dashboard, q.panel) == ("Dualstack parity", "Verdict per target and probe")
         for probe in re.findall(r'probe="(\w+)"', q.expr)[:1]
     }
-    assert sorted(per_probe) == sorted(["dns", "icmp", "tcp", "tls", "http2", "http3"])
+    # A column for every kind run by default, a name server's ones too.
+    assert sorted(per_probe) == sorted({*kinds.default_names(), *kinds.NAMESERVER_DEFAULT})
     cells = {
         (r["metric"]["target"], probe): r["value"][1]
         for probe, rows in per_probe.items()
@@ -132,6 +150,9 @@ def test_the_matrix_shows_the_labs_faults(live: Live) -> None:
     assert cells[("v4_only", "tcp")] == severity["ipv6_failed"]
     assert cells[("cert_differs_v6", "tls")] == severity["mismatch"]
     assert cells[("no_aaaa", "dns")] == severity["ipv6_missing"]
+    nameserver = nameserver_name(ZONE, 1)
+    assert [cells[(nameserver, k)] for k in kinds.NAMESERVER_ONLY] == [severity["ok"]] * 2
+    assert ("healthy", "dns_tcp") not in cells  # a host target does not run it: an empty cell
     worst = _check(live, _query("Dualstack parity", "Worst verdict by service and region"))
     by_cell = {(r["metric"]["service"], r["metric"]["region"]): r["value"][1] for r in worst}
     assert by_cell[("alb", "us-east-1")] == "7"  # ipv6_failed is the worst there
