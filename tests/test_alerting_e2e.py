@@ -39,6 +39,12 @@ from monitor.lab import LabFacts
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs" / "prometheus" / "rules"
 SHORT_FOR = "5s"
+AS_SHIPPED = ("DualstackIPv6LatencyRegression",)
+"""Alerts whose `for:` is never shortened. The latency one compares the p95 of a 10 m window,
+which stays as shipped: shortened, one slow minute of IPv6 handshakes fires it, and on a machine
+the suite loads, a lab where both families are one loopback server has such minutes (TLS and
+HTTP phases are timed on the event loop). As shipped, its `for:` (15 m) outlasts its window and
+every test; configs/prometheus/tests/latency.yml tests it."""
 
 
 def seconds(text: str) -> float:
@@ -47,15 +53,17 @@ def seconds(text: str) -> float:
 
 
 def shortened_rules(dest: Path, *, scale: float | None = None) -> list[Path]:
-    """The shipped rule files with every `for:` and `keep_firing_for:` shortened: set to
-    SHORT_FOR, or (with `scale`) multiplied by it, which keeps their order; nothing else
-    changes."""
+    """The shipped rule files with every `for:` and `keep_firing_for:` shortened (but those of
+    AS_SHIPPED): set to SHORT_FOR, or (with `scale`) multiplied by it, which keeps their order;
+    nothing else changes."""
     dest.mkdir()
     out = []
     for path in sorted(RULES.glob("*.yml")):
         doc = yaml.safe_load(path.read_text())
         for group in doc["groups"]:
             for rule in group["rules"]:
+                if rule.get("alert") in AS_SHIPPED:
+                    continue
                 for key in ("for", "keep_firing_for"):
                     if key in rule:
                         short = max(1, round(seconds(rule[key]) * scale)) if scale else None
