@@ -32,7 +32,7 @@ LOADED_KINDS = ["icmp", "tcp", "tls", "http2"]
 DNS_CHILD = (
     "import asyncio, sys; sys.path.insert(0, {bench!r}); import scheduler_bench as b; "
     "b.install_loopback_guard(); sys.path.insert(0, {repo!r})\n"
-    "from monitor.lab import SERVED_ZONES, lab_records\n"
+    "from monitor.lab.loopback import SERVED_ZONES, lab_records\n"
     "from monitor.lab.dnsserver import DnsServer\n"
     "import dns.message, dns.query, os\n"
     "if os.geteuid() == 0:\n"

@@ -19,7 +19,7 @@ guard.install()
 
 from lab.process import LabProcess  # noqa: E402
 
-from monitor.lab import LabFacts  # noqa: E402
+from monitor.lab.loopback import LabFacts  # noqa: E402
 from monitor.lab.run import write_config  # noqa: E402
 
 

@@ -34,7 +34,7 @@ from promstack import alertmanager, prometheus, write_scrape_config
 from serving import serve
 from webhook import webhook_sink
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ROOT / "configs" / "prometheus" / "rules"

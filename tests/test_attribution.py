@@ -19,7 +19,7 @@ from monitor.config import load_config
 from monitor.engine.parity import Verdict
 from monitor.engine.report import Report
 from monitor.engine.round import run_round
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 
 SYNC = "1790000000"

@@ -43,7 +43,7 @@ from test_alerting_e2e import (
 )
 from vmstack import VictoriaMetrics, stop, victoria_metrics, vmagent, vmalert
 
-from monitor.lab import Lab
+from monitor.lab.loopback import Lab
 from monitor.sharding import shard_of
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ from serving import serve
 
 from monitor.cli import main
 from monitor.config import Config, ConfigError, load_config, parse_duration
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 from monitor.serve.vantage import Vantage
 

@@ -23,8 +23,8 @@ from promstack import Prometheus, prometheus, write_scrape_config
 from serving import serve
 
 from monitor.config import nameserver_name
-from monitor.lab import LabFacts
-from monitor.lab.run import ZONE, write_config
+from monitor.lab.loopback import ZONE, LabFacts
+from monitor.lab.run import write_config
 from probes import kinds
 
 pytestmark = pytest.mark.slow(40)  # a Prometheus fed 25 s before the first query, once

@@ -16,7 +16,7 @@ import yaml
 from faultproxy import fault_proxy
 from serving import Served, serve
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 
 Event = dict[str, Any]
 

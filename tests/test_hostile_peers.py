@@ -40,7 +40,7 @@ from hostile import (
 )
 
 from monitor.cli import main
-from monitor.lab import LabFacts, endpoint_host
+from monitor.lab.loopback import LabFacts, endpoint_host
 from probes.base import ErrorKind, Family, ProbeEnv, ProbeKind, ProbeResult, Resolution, Target
 from probes.base import TlsSpec as TargetTls
 from probes.details import QuicExchange, TlsHandshake

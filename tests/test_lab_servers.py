@@ -34,7 +34,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from monitor.lab import (
+from monitor.lab.dnsserver import DnsRecord, DnsServer, ZoneData, handle_wire
+from monitor.lab.loopback import (
     ALIAS_HOST,
     FAULTS,
     MISSING_HOST,
@@ -43,7 +44,6 @@ from monitor.lab import (
     LabEndpoint,
     lab_records,
 )
-from monitor.lab.dnsserver import DnsRecord, DnsServer, ZoneData, handle_wire
 from monitor.lab.pki import CA1_NAME, CA2_NAME
 
 V6, V4 = "::1", "127.0.0.1"

@@ -18,7 +18,7 @@ import yaml
 
 from monitor.cli import main
 from monitor.engine.schema import report_schema
-from monitor.lab import LabFacts, endpoint_host
+from monitor.lab.loopback import LabFacts, endpoint_host
 from probes.base import Family, ProbeEnv, ProbeResult, Resolution, Target
 from probes.handler import run_probe
 

@@ -25,7 +25,7 @@ from serving import serve
 
 from monitor.cli import main
 from monitor.engine.schema import report_schema
-from monitor.lab import LabFacts, endpoint_host
+from monitor.lab.loopback import LabFacts, endpoint_host
 from monitor.lab.run import write_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ from pathlib import Path
 from promstack import prometheus, write_scrape_config
 from serving import serve
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 
 

@@ -20,7 +20,7 @@ from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
 from monitor.engine.schema import report_schema
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import RACE_WINNERS
 from probes.base import ProbeResult
 from probes.race import RaceDetails

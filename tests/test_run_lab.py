@@ -16,7 +16,7 @@ from monitor.config import load_config
 from monitor.engine.report import Report, report_json
 from monitor.engine.round import run_round
 from monitor.engine.schema import report_schema
-from monitor.lab import FAULTS, LabFacts
+from monitor.lab.loopback import FAULTS, LabFacts
 from monitor.lab.run import EXPECTED, expected
 from probes import icmp
 from probes.base import ProbeResult

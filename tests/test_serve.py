@@ -27,7 +27,7 @@ from serving import Served, serve
 from monitor.config import load_config
 from monitor.engine.parity import VERDICTS
 from monitor.engine.schema import report_schema
-from monitor.lab import NAMESERVERS, LabFacts
+from monitor.lab.loopback import NAMESERVERS, LabFacts
 from monitor.lab.run import EXPECTED, expected, write_config
 
 SCHEMA = report_schema()

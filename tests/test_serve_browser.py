@@ -10,7 +10,7 @@ import pytest
 from browser import load_page
 from serving import serve
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.statuspage import VERDICT_STYLE
 

@@ -22,7 +22,7 @@ from promstack import free_port
 from serving import Served, serve
 from test_compose import healthcheck_code
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 
 

@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from serving import Served, serve
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.limits import connection_cap, probe_reserve
 

@@ -21,7 +21,7 @@ from serving import ROOT, serve
 
 from monitor.config import ConfigError, load_config
 from monitor.engine.schema import report_schema
-from monitor.lab import NAMESERVERS, ZONE, Lab
+from monitor.lab.loopback import NAMESERVERS, ZONE, Lab
 from monitor.lab.run import lab_config
 from monitor.serve.exporter import make_registry
 from monitor.serve.state import Store

@@ -29,7 +29,7 @@ from promstack import Prometheus, free_port, http_json, prometheus
 from serving import serve
 from test_compose import SERVICES, flags, healthcheck_code, host_path, stages
 
-from monitor.lab import LabFacts
+from monitor.lab.loopback import LabFacts
 from monitor.lab.run import write_config
 from monitor.web.server import parse_listen
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from monitor.lab import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab, LabFacts
+from monitor.lab.loopback import ALIAS_HOST, FAULTS, MISSING_HOST, ZONE, Lab, LabFacts
 from monitor.lab.pki import write_file
 from probes import kinds
 

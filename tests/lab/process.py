@@ -1,4 +1,4 @@
-"""Run monitor.lab.Lab in a child process for the test session.
+"""Run monitor.lab.loopback.Lab in a child process for the test session.
 
 The lab used to serve from a thread of the pytest process. Python threads share one GIL: while
 a test parsed a scrape or validated a JSON schema, the lab's QUIC server waited up to a switch
@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from types import TracebackType
 
-from monitor.lab import Lab, LabFacts
+from monitor.lab.loopback import Lab, LabFacts
 
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0

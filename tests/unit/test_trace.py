@@ -18,7 +18,7 @@ from monitor.cli import main
 from monitor.engine.parity import Parity, Verdict
 from monitor.engine.schema import report_schema
 from monitor.engine.trace import TargetTrace, judged
-from monitor.lab import MISSING_HOST
+from monitor.lab.loopback import MISSING_HOST
 from monitor.serve import tracing
 from monitor.serve.events import EventLog
 from monitor.serve.metrics import metrics
