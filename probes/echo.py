@@ -4,9 +4,10 @@ to the kernel's receive stamp; and the ICMP errors the kernel queues on a socket
 `IPV6_RECVERR`), which every method of probes/trace.py reads its hops from.
 
 An unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP/ICMPV6: allowed by
-`net.ipv4.ping_group_range`) first, else, as root, a raw socket. A raw socket sees every echo
-reply on the host, so replies are matched by source, type and identifier here; a ping
-socket's identifier is the kernel's, which already delivers it only its own.
+`net.ipv4.ping_group_range`) first, else a raw socket (root, or CAP_NET_RAW alone). A raw
+socket sees every echo reply on the host, so replies are matched by source, type and
+identifier here; a ping socket's identifier is the kernel's, which already delivers it only
+its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """ICMP / ICMPv6 echo to the target's address of one family, over probes/echo.py.
 
-An unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux), then, as
-root, a raw socket; with neither permitted it reports `icmp_not_permitted`. Round trips run
-from the send to the kernel's stamp on the reply. With the target's `icmp.sizes`, echoes of
-those sizes with fragmentation forbidden run beside the ping on a socket of their own
-(probes/pmtu.py) and give the family's path MTU.
+An unprivileged ICMP socket first (allowed by `net.ipv4.ping_group_range` on Linux), then a
+raw socket (root or CAP_NET_RAW); with neither permitted it reports `icmp_not_permitted`.
+Round trips run from the send to the kernel's stamp on the reply. With the target's
+`icmp.sizes`, echoes of those sizes with fragmentation forbidden run beside the ping on a
+socket of their own (probes/pmtu.py) and give the family's path MTU.
 """
 
 from __future__ import annotations
