@@ -66,6 +66,25 @@ def connect_seconds(sock: socket.socket | None, wall: float) -> float:
     return rtt_us / 1e6 if 0 < rtt_us / 1e6 <= wall else wall
 
 
+# tcpi_data_segs_out, the u32 at byte 156 (Linux 4.6): segments carrying data this end sent.
+_TCPI_DATA_SEGS_OUT_OFFSET = 156
+
+
+def data_segments_sent(sock: socket.socket) -> int | None:
+    """How many segments carrying data this end of a TCP connection has sent (Linux TCP_INFO),
+    so that a caller knows whether a library that writes the socket itself sent anything;
+    None where the kernel does not say."""
+    if _TCP_INFO is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCPI_DATA_SEGS_OUT_OFFSET + 4)
+    except (OSError, ValueError):
+        return None
+    if len(info) < _TCPI_DATA_SEGS_OUT_OFFSET + 4:
+        return None
+    return int(_U32.unpack_from(info, _TCPI_DATA_SEGS_OUT_OFFSET)[0])
+
+
 # tcpi_advmss, the u32 at byte 84: the segment size this end announced in its SYN (which
 # bounds the segments the peer sends, so the size of the packets coming back), less the 12
 # bytes of the timestamp option once both ends use it (TCPI_OPT_TIMESTAMPS of tcpi_options).

@@ -1,20 +1,23 @@
-"""Receive times from the kernel: SO_TIMESTAMPNS stamps each datagram as it arrives, so an
-event loop that reads it late does not add its own delay to a measured round trip.
+"""Receive times from the kernel: SO_TIMESTAMPNS stamps each datagram (and each TCP segment)
+as it arrives, so an event loop that reads it late does not add its own delay to a measured
+round trip.
 
 Linux stamps with CLOCK_REALTIME, so the send time is time.time_ns() taken just before sendto.
-Where no stamp comes back (another OS, or the option refused) the time of the read stands in.
+Where no stamp comes back (another OS, or the option refused) the time of the read stands in,
+and `PeerTime` says it has no figure.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import os
 import socket
 import struct
 import time
 from typing import Any
 
-from probes.netutil import wait_readable
+from probes.netutil import data_segments_sent, wait_readable
 
 # Python 3.11 does not export the name; 35 on Linux (asm-generic/socket.h), SCM_TIMESTAMPNS
 # is the same value.
@@ -72,3 +75,78 @@ def elapsed(sent_ns: int, received_ns: int) -> float:
     """Seconds between a send and a kernel-stamped arrival; never negative (the realtime
     clock may be stepped between the two)."""
     return max(0, received_ns - sent_ns) / 1e9
+
+
+PEEK = 65536
+"""Bytes a peek may copy: the stamp comes from the last segment copied."""
+
+
+def queued_arrival(sock: socket.socket) -> int | None:
+    """The kernel's arrival stamp (ns) of the last segment queued on a stamped TCP socket, read
+    without taking any data; None when nothing is queued (or the peer closed) or no stamp came."""
+    try:
+        data, ancillary, _flags, _address = sock.recvmsg(
+            PEEK, _ANCILLARY, socket.MSG_PEEK | socket.MSG_DONTWAIT
+        )
+    except OSError:  # BlockingIOError: nothing queued; a reset is the reader's to see
+        return None
+    for level, kind, raw in ancillary:
+        if data and level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(raw)
+            return int(seconds * 1_000_000_000 + nanoseconds)
+    return None
+
+
+class PeerTime:
+    """How long an exchange on a TCP socket that a library reads and writes itself (OpenSSL's
+    handshake) waited on the peer, by the kernel's clock: from when this end's data last left
+    to the arrival stamp of what came back, summed over the round trips. What this end takes
+    in between, its event loop's delays included, is not in it. Call `waiting()` when the
+    exchange waits for the peer and `arrived()` once the socket is readable; `seconds()` is
+    None when the kernel gave no figure (another OS, no stamp), and the caller times by wall.
+
+    It reads the socket through a duplicate of its descriptor: peeks, never takes data."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._peek: socket.socket | None = None
+        self._sent: int | None = None  # data segments sent when last asked
+        self._since = 0  # ns: when the peer's turn began (our data left, or its last came)
+        self._waited = 0
+        self._timed = True
+        try:
+            self._peek = socket.socket(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
+            stamp_arrivals(self._peek)
+        except OSError:
+            self._timed = False
+
+    def __enter__(self) -> PeerTime:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._peek is not None:
+            self._peek.close()
+
+    def waiting(self) -> None:
+        """The exchange waits for the peer: if this end sent data since, the peer's turn
+        starts now."""
+        if self._peek is None:
+            return
+        sent = data_segments_sent(self._peek)
+        if sent is None:
+            self._timed = False
+        elif sent != self._sent:
+            self._sent, self._since = sent, now_ns()
+
+    def arrived(self) -> None:
+        """The socket is readable: the wait lasted until the last queued segment arrived."""
+        if self._peek is None or not self._timed:
+            return
+        at = queued_arrival(self._peek) if self._sent is not None else None
+        if at is None:
+            self._timed = False
+            return
+        self._waited += max(0, at - self._since)
+        self._since = max(self._since, at)
+
+    def seconds(self) -> float | None:
+        return self._waited / 1e9 if self._timed and self._peek is not None else None

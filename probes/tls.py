@@ -18,6 +18,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
+from probes import stamp
 from probes.adapters.ssl import verified_chain
 from probes.base import ErrorKind, Outcome, ProbeError, ProbeRequest, passed
 from probes.details import Certificate, TlsHandshake
@@ -161,9 +162,13 @@ def _wrap(sock: socket.socket, ctx: ssl.SSLContext, server_name: str) -> ssl.SSL
         raise
 
 
-async def _shake(conn: ssl.SSLSocket) -> None:
+async def _shake(conn: ssl.SSLSocket) -> float | None:
+    """The handshake; the time it waited on the peer by the kernel's clock (stamp.PeerTime),
+    None where the kernel gave no figure."""
     try:
-        await _until_done(conn, conn.do_handshake)
+        with stamp.PeerTime(conn) as waited:
+            await _until_done(conn, conn.do_handshake, waited)
+            return waited.seconds()
     except BaseException:  # failed or cancelled (the probe's deadline): ours to close
         conn.close()
         raise
@@ -196,18 +201,20 @@ async def handshake(
         conn = _wrap(sock, ctx, req.target.sni)
         # cut_if_stalled reads the socket's unread bytes: the TLS socket's, which owns the fd now
         async with cut_if_stalled(conn, None if cut_at is None else max(0.0, cut_at - t1)) as cut:
-            await _shake(conn)
+            waited = await _shake(conn)
     except (OSError, ssl.SSLError) as exc:
         phases = {"connect": connect, "handshake": clock() - t1}
         raise await _failure(req, alpn, exc, phases, announced, cut) from exc
     t2 = clock()
+    # the kernel's figure, never more than what we saw (as connect_seconds)
+    shake = waited if waited is not None and waited <= t2 - t1 else t2 - t1
     passed("handshake")
     try:
         details = _details(conn, verified=True)
     except BaseException:
         conn.close()
         raise
-    return Handshake(conn=conn, connect_seconds=connect, tls_seconds=t2 - t1, details=details)
+    return Handshake(conn=conn, connect_seconds=connect, tls_seconds=shake, details=details)
 
 
 async def _failure(
@@ -242,14 +249,21 @@ async def _unverified_details(req: ProbeRequest, alpn: tuple[str, ...]) -> TlsHa
         await close(conn)
 
 
-async def _until_done(conn: ssl.SSLSocket, step: Callable[[], T]) -> T:
+async def _until_done(
+    conn: ssl.SSLSocket, step: Callable[[], T], waited: stamp.PeerTime | None = None
+) -> T:
     """A TLS step (handshake, read, write, shutdown) on a non-blocking socket, retried whenever
-    the socket is ready for what OpenSSL waits for; what the step returned."""
+    the socket is ready for what OpenSSL waits for; what the step returned. `waited` is told
+    of each wait for the peer."""
     while True:
         try:
             return step()
         except ssl.SSLWantReadError:
+            if waited is not None:
+                waited.waiting()
             await wait_readable(conn)
+            if waited is not None:
+                waited.arrived()
         except ssl.SSLWantWriteError:
             await wait_writable(conn)
 
