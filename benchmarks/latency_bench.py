@@ -6,16 +6,20 @@ TLS and HTTP/2 while TCP connects are timed); `probe run --format json` in a fre
 Its reported TCP `connect` phases (every address, both families) are compared with a bare
 measurement of the same address and port: one blocking socket, connect() timed with
 perf_counter, --bare times per family. Prints p50 and p90 of each, and their difference, per
-run and as the median over --runs runs. Traffic stays on loopback (the same audit hook as
+run and as the median over --runs runs. The same for the tls probe's `handshake` phase against
+a blocking handshake of Python's ssl on the same server (which includes this end's
+cryptography, as the reported figure does not). Traffic stays on loopback (the same audit hook as
 scheduler_bench.py in every process it starts).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -76,6 +80,23 @@ def bare(address: str, port: int, times: int) -> list[float]:
     return sorted(out)
 
 
+def bare_tls(address: str, port: int, server_name: str, cafile: str, times: int) -> list[float]:
+    """Blocking handshakes (connect first, not timed), perf_counter around do_handshake."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    out = []
+    for _ in range(times):
+        with socket.create_connection((address, port)) as raw:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with ctx.wrap_socket(
+                raw, server_hostname=server_name, do_handshake_on_connect=False
+            ) as tls:
+                t0 = time.perf_counter()
+                tls.do_handshake()
+                out.append(time.perf_counter() - t0)
+        time.sleep(0.002)
+    return sorted(out)
+
+
 def probe_run_json(cfg: Path, *args: str) -> Any:
     """`probe run --config CFG --format json ARGS` of this checkout, in a child process that
     may reach loopback only; its report (exit 0 or 1), else SystemExit with its stderr."""
@@ -92,25 +113,39 @@ def probe_run_json(cfg: Path, *args: str) -> Any:
     return json.loads(proc.stdout)
 
 
-def one_run(cfg: Path, port: int, bare_times: int, samples: int) -> dict[str, dict[str, float]]:
+PHASES = (("tcp", "connect"), ("tls", "handshake"))
+
+
+def one_run(cfg: Path, bare_times: int, samples: int) -> dict[str, dict[str, float]]:
+    """Per `<phase> <family>`: the reported and the bare p50 and p90, in ms."""
+    import yaml
+
     doc = probe_run_json(cfg, "--samples", str(samples))
+    target = yaml.safe_load(cfg.read_text())
+    [port] = {t["port"] for t in target["targets"]}
+    [host] = {t["host"] for t in target["targets"]}
     figures: dict[str, dict[str, float]] = {}
-    for family, address in (("ipv4", "127.0.0.1"), ("ipv6", "::1")):
+    for (kind, phase), (family, address) in itertools.product(
+        PHASES, (("ipv4", "127.0.0.1"), ("ipv6", "::1"))
+    ):
         reported = sorted(
-            a["phases"]["connect"]
+            a["phases"][phase]
             for r in doc["results"]
-            if r["probe"] == "tcp" and r["family"] == family and r["success"]
+            if r["probe"] == kind and r["family"] == family and r["success"]
             for a in r["addresses"]
         )
-        base = bare(address, port, bare_times)
-        figures[family] = {
+        if kind == "tcp":
+            base = bare(address, port, bare_times)
+        else:
+            base = bare_tls(address, port, host, target["tls"]["ca_file"], bare_times)
+        figures[f"{phase} {family}"] = {
             "reported_p50_ms": percentile(reported, 0.5) * 1000,
             "reported_p90_ms": percentile(reported, 0.9) * 1000,
             "bare_p50_ms": percentile(base, 0.5) * 1000,
             "bare_p90_ms": percentile(base, 0.9) * 1000,
             "n": len(reported),
         }
-        f = figures[family]
+        f = figures[f"{phase} {family}"]
         f["delta_p50_ms"] = f["reported_p50_ms"] - f["bare_p50_ms"]
     return figures
 
@@ -132,25 +167,25 @@ def main(argv: list[str] | None = None) -> int:
             doc = config(lab_yml, args.targets)
             cfg = work / "bench.yml"
             cfg.write_text(yaml.safe_dump(doc))
-            port = int(doc["targets"][0]["port"])
             runs = []
             for i in range(args.runs):
                 print(f"run {i + 1}/{args.runs} ...", file=sys.stderr, flush=True)
-                runs.append(one_run(cfg, port, args.bare, args.samples))
+                runs.append(one_run(cfg, args.bare, args.samples))
         finally:
             lab.stop()
     print(
         f"probe run on {args.targets} lab targets (dns icmp tcp tls http2), --samples "
-        f"{args.samples}; bare: {args.bare} blocking connects per family; cpus {os.cpu_count()}"
+        f"{args.samples}; bare: {args.bare} blocking connects and handshakes per family; "
+        f"cpus {os.cpu_count()}"
     )
     print(
-        f"{'family':6} {'reported p50':>13} {'bare p50':>9} {'delta p50':>10} "
+        f"{'phase':14} {'reported p50':>13} {'bare p50':>9} {'delta p50':>10} "
         f"{'reported p90':>13} {'bare p90':>9}   (ms, median of {args.runs} runs)"
     )
-    for family in ("ipv4", "ipv6"):
-        med = {k: statistics.median(r[family][k] for r in runs) for k in runs[0][family]}
+    for key in runs[0]:
+        med = {k: statistics.median(r[key][k] for r in runs) for k in runs[0][key]}
         print(
-            f"{family:6} {med['reported_p50_ms']:13.3f} {med['bare_p50_ms']:9.3f} "
+            f"{key:14} {med['reported_p50_ms']:13.3f} {med['bare_p50_ms']:9.3f} "
             f"{med['delta_p50_ms']:10.3f} {med['reported_p90_ms']:13.3f} "
             f"{med['bare_p90_ms']:9.3f}"
         )
