@@ -20,7 +20,7 @@ from probes.base import Family, ProbeEnv, Resolution, Target
 
 HOST = "lab.example.com"
 ANSWER_AFTER = 0.1  # seconds the server waits before it answers a ClientHello
-BUSY_FOR = 0.4  # seconds the client's loop is blocked while the answer is on its way
+BUSY_FOR = 1.0  # seconds the client's loop is blocked while the answer is on its way
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +101,9 @@ def test_a_peek_stamps_what_is_queued_and_takes_nothing() -> None:
         assert stamp.queued_arrival(a) is None  # nothing queued
         sent = stamp.now_ns()
         b.send(b"x")
-        time.sleep(0.2)  # read late: the stamp is the arrival's
+        time.sleep(1.0)  # read late: the stamp is the arrival's
         arrived = stamp.queued_arrival(a)
-        assert arrived is not None and 0 <= arrived - sent < 100_000_000
+        assert arrived is not None and 0 <= arrived - sent < 500_000_000
         assert a.recv(1) == b"x"  # peeked, not taken
 
 
@@ -115,10 +115,10 @@ def test_the_wait_runs_from_the_send_to_the_arrival() -> None:
         assert b.recv(5) == b"hello"
         time.sleep(0.05)  # the peer's time
         b.send(b"back")
-        time.sleep(0.3)  # this end's, read late
+        time.sleep(1.0)  # this end's, read late
         waited.arrived()
         seconds = waited.seconds()
-        assert seconds is not None and 0.05 <= seconds < 0.25, seconds
+        assert seconds is not None and 0.05 <= seconds < 0.55, seconds
 
 
 def test_no_figure_for_an_arrival_without_a_wait() -> None:
