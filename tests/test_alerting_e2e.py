@@ -30,6 +30,7 @@ import pytest
 import yaml
 from faultproxy import fault_proxy
 from lab.netns import inside, ip, namespace, python_in, veth
+from polling import wait
 from promstack import alertmanager, prometheus, write_scrape_config
 from serving import serve
 from webhook import webhook_sink
@@ -72,17 +73,6 @@ def shortened_rules(dest: Path, *, scale: float | None = None) -> list[Path]:
         target.write_text(yaml.safe_dump(doc, sort_keys=False))
         out.append(target)
     return out
-
-
-def wait(what: str, check: Any, timeout: float, detail: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.5)
-    more = f"\n{detail()}" if detail is not None else ""
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}{more}")
 
 
 @pytest.mark.slow(50)

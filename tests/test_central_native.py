@@ -31,6 +31,7 @@ import pytest
 import yaml
 from dashboards import panel_queries
 from faultproxy import fault_proxy
+from polling import wait
 from prometheus_client.parser import text_string_to_metric_families
 from promstack import alertmanager
 from serving import Served, serve
@@ -39,7 +40,6 @@ from test_alerting_e2e import (
     SINK,
     short_alertmanager_config,
     shortened_rules,
-    wait,
 )
 from vmstack import VictoriaMetrics, stop, victoria_metrics, vmagent, vmalert
 

@@ -6,14 +6,13 @@ events with both families' results; a file that cannot be written stops nothing.
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from faultproxy import fault_proxy
+from polling import wait
 from serving import Served, serve
 
 from monitor.lab.loopback import LabFacts
@@ -42,16 +41,6 @@ def events(served: Served, query: str) -> list[Event]:
     assert status == 200, body
     found: list[Event] = json.loads(body)["events"]
     return found
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 40.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def change(found: list[Event], old: str | None, new: str) -> Event | None:
@@ -93,12 +82,12 @@ def test_fault_on_and_off_leaves_both_events_in_the_api_the_page_and_the_file(
             assert events(served, "target=flaky") == []  # a healthy start is no event
 
             proxy.ipv6_broken = True
-            broke = wait_for(
+            broke = wait(
                 "ok -> ipv6_failed",
                 lambda: change(events(served, "target=flaky&probe=tls"), "ok", "ipv6_failed"),
             )
             proxy.ipv6_broken = False
-            mended = wait_for(
+            mended = wait(
                 "ipv6_failed -> ok",
                 lambda: change(events(served, "target=flaky&probe=tls"), "ipv6_failed", "ok"),
             )
@@ -159,12 +148,12 @@ def test_an_unwritable_events_file_stops_neither_probing_nor_metrics(
     with serve(config) as served:
         served.wait_verdicts({("v4only", "tls"): "ipv6_failed"})
         # A first verdict that is not ok is an event: a fresh vantage keeps its evidence.
-        (first,) = wait_for("the first event", lambda: events(served, "target=v4only"))
+        (first,) = wait("the first event", lambda: events(served, "target=v4only"))
         assert (first["from"], first["to"]) == (None, "ipv6_failed")
         assert by_family(first)["ipv6"]["error"]["kind"] == "connect_refused"
         served.wait_event("events_write_failed")
         started = [r["started"] for r in json.loads(served.get("/api/v1/results")[1])["results"]]
-        wait_for(  # probing goes on: newer results replace those
+        wait(  # probing goes on: newer results replace those
             "a later round",
             lambda: all(
                 r["started"] not in started

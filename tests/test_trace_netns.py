@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from lab.routed import (
     routed_path,
     set_fault,
 )
+from polling import wait
 
 HOP_TIMEOUT = 0.3
 MAX_HOPS = 8
@@ -246,16 +247,6 @@ def fetch(url: str) -> tuple[int, str]:
         return 0, ""
 
 
-def wait_for(what: str, check: Callable[[], Any], seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.25)
-    pytest.fail(f"{what}: not within {seconds:g} s")
-
-
 @pytest.mark.netns
 def test_serve_traces_a_verdict_that_turns_ipv6_failed_within_the_budget(
     path: Path4, tmp_path: Path
@@ -295,7 +286,7 @@ def test_serve_traces_a_verdict_that_turns_ipv6_failed_within_the_budget(
             def get(url: str) -> tuple[int, str]:
                 return ex.submit(fetch, base + url).result(10)
 
-            wait_for("ready", lambda: get("/readyz")[0] == 200, 30)
+            wait("ready", lambda: get("/readyz")[0] == 200, 30)
             set_fault(path, "transit")
             switched = time.monotonic()
 
@@ -303,9 +294,9 @@ def test_serve_traces_a_verdict_that_turns_ipv6_failed_within_the_budget(
                 events = json.loads(get("/api/v1/events")[1] or '{"events": []}')["events"]
                 return events if any(e["type"] == "trace" for e in events) else []
 
-            events = wait_for("a trace event", traced, 60)
+            events = wait("a trace event", traced, 60)
             assert time.monotonic() - switched < 60
-            metrics = wait_for(
+            metrics = wait(
                 "the second change counted over budget",
                 lambda: (m := get("/metrics")[1]) and f"{OVER_BUDGET} 1.0" in m and m,
                 30,
