@@ -112,6 +112,20 @@ def announced_mss(sock: socket.socket | None) -> int | None:
         return None
 
 
+def route_source(address: str, source: str | None = None) -> str | None:
+    """The kernel's source address toward `address` (from `source` when given), or None when
+    it has no route: a UDP connect is a route lookup, no packet leaves."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            if source:
+                sock.bind((source, 0))
+            sock.connect((address, 9))
+            return str(sock.getsockname()[0]).split("%")[0]
+    except OSError:
+        return None
+
+
 CLOSE_GRACE = 1.0
 """Seconds a probe waits at most for an orderly close; the peer cannot hold it longer."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import random
 import socket
 import statistics
@@ -42,7 +43,7 @@ from probes.echo import (
 from probes.errors import classify, error
 from probes.ipranges import IpRanges
 from probes.kinds import NOT, Compared, Cost, Kind, register
-from probes.netutil import wait_readable
+from probes.netutil import route_source, wait_readable
 
 Method = Literal["udp", "icmp", "tcp"]
 METHODS: tuple[Method, ...] = ("udp", "icmp", "tcp")
@@ -342,7 +343,10 @@ class TcpProber:
     def __init__(self, family: Family, address: str, port: int, *, source: str | None) -> None:
         self.family, self.address, self.port = family, address, port
         af = _af(family)
-        self._local = source or _route_source(family, address, port)
+        local = source or route_source(address)
+        if local is None:
+            raise OSError(errno.ENETUNREACH, f"no route to {address}")
+        self._local = local
         self._sock = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_TCP)
         try:
             self._sock.setblocking(False)
@@ -417,13 +421,6 @@ class TcpProber:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def _route_source(family: Family, address: str, port: int) -> str:
-    """The source address the kernel would use toward `address` (a UDP connect sends nothing)."""
-    with socket.socket(_af(family), socket.SOCK_DGRAM) as probe:
-        probe.connect(_peer(family, address, port))
-        return str(probe.getsockname()[0])
 
 
 def open_prober(

@@ -11,7 +11,6 @@ several can (DualstackIPv6DownMultiVantage), so one vantage blames itself.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Literal
 
 from probes import kinds
 from probes.base import ProbeResult
+from probes.netutil import route_source
 from probes.text import peer_text
 
 VantageReason = Literal["no_route", "ipv6_broken"]
@@ -93,18 +93,6 @@ def cannot_probe(results: Sequence[ProbeResult], resolvers: Sequence[str]) -> st
     return peer_text(
         f"every target failed over {over}{common} — this vantage cannot probe; resolver {used}"
     )
-
-
-def route_source(address: str, source: str | None = None) -> str | None:
-    """The kernel's source address towards `address`, or None when it has no route."""
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            if source:
-                sock.bind((source, 0))
-            sock.connect((address, 9))  # UDP connect: a route lookup, no packet leaves
-            return str(sock.getsockname()[0]).split("%")[0]
-    except OSError:
-        return None
 
 
 def usable(target: str, source: str | None) -> bool:
