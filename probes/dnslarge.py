@@ -48,10 +48,7 @@ def _details(query: dnswire.Query, reply: dnsquery.Reply, buffer: int) -> LargeA
 
 async def probe(req: ProbeRequest) -> Outcome:
     query = large_query(req)
-    source = req.env.source_addresses.get(req.family)
-    got = await dnsquery.ask(
-        query, req.address, req.target.port, timeout=req.timeout * FIRST_SHARE, source=source
-    )
+    got = await dnsquery.ask_target(req, query, timeout=req.timeout * FIRST_SHARE)
     if isinstance(got, ProbeError):
         if got.kind is not ErrorKind.TIMEOUT:
             return Outcome(success=False, error=got)
@@ -76,16 +73,9 @@ async def _why_lost(req: ProbeRequest, query: dnswire.Query, lost: ProbeError) -
     """The small SOA over UDP and the large question over TCP, together: both answered, the
     large UDP answer was lost on the way (its fragments); else the timeout stands."""
     left = req.timeout * (1 - FIRST_SHARE) * 0.9
-    source = req.env.source_addresses.get(req.family)
     small, over_tcp = await asyncio.gather(
-        dnsquery.ask(
-            soa_query(req.target.zone or ""),
-            req.address,
-            req.target.port,
-            timeout=left,
-            source=source,
-        ),
-        dnsquery.ask(query, req.address, req.target.port, timeout=left, source=source, tcp=True),
+        dnsquery.ask_target(req, soa_query(req.target.zone or ""), timeout=left),
+        dnsquery.ask_target(req, query, timeout=left, tcp=True),
     )
     if isinstance(small, ProbeError) or isinstance(over_tcp, ProbeError):
         return Outcome(success=False, error=lost)

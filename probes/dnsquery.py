@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from probes import stamp
-from probes.base import ErrorKind, ProbeError
+from probes.base import ErrorKind, ProbeError, ProbeRequest
 from probes.dnswire import BadMessage, Message, Query, parse, rcode_text
 from probes.errors import classify, error
 
@@ -177,6 +177,15 @@ async def ask(
         return classify(exc)
     except BadMessage as exc:
         return error(ErrorKind.DNS_BAD_RESPONSE, f"{what}: {exc}")
+
+
+async def ask_target(
+    req: ProbeRequest, query: Query, *, timeout: float, tcp: bool = False
+) -> Reply | ProbeError:
+    """`ask` the address being probed, at the target's port, from this vantage's source
+    address for the family."""
+    source = req.env.source_addresses.get(req.family)
+    return await ask(query, req.address, req.target.port, timeout=timeout, source=source, tcp=tcp)
 
 
 def rcode_kind(rcode: int) -> ErrorKind:

@@ -20,15 +20,8 @@ FIRST_SHARE = 0.5
 
 async def probe(req: ProbeRequest) -> Outcome:
     zone = req.target.zone or ""
-    source = req.env.source_addresses.get(req.family)
-    port = req.target.port
-    got = await dnsquery.ask(
-        soa_query(zone),
-        req.address,
-        port,
-        timeout=req.timeout * FIRST_SHARE,
-        source=source,
-        tcp=True,
+    got = await dnsquery.ask_target(
+        req, soa_query(zone), timeout=req.timeout * FIRST_SHARE, tcp=True
     )
     if isinstance(got, ProbeError):
         return Outcome(success=False, error=await _why(req, got))
@@ -37,12 +30,8 @@ async def probe(req: ProbeRequest) -> Outcome:
 
 async def _why(req: ProbeRequest, tcp_error: ProbeError) -> ProbeError:
     """`dns_tcp_failed` when the SOA over UDP is answered now; else TCP's own error."""
-    udp = await dnsquery.ask(
-        soa_query(req.target.zone or ""),
-        req.address,
-        req.target.port,
-        timeout=req.timeout * (1 - FIRST_SHARE) * 0.9,
-        source=req.env.source_addresses.get(req.family),
+    udp = await dnsquery.ask_target(
+        req, soa_query(req.target.zone or ""), timeout=req.timeout * (1 - FIRST_SHARE) * 0.9
     )
     if isinstance(udp, ProbeError):
         return tcp_error

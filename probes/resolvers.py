@@ -42,13 +42,10 @@ def _records(message: dnswire.Message, rdtype: int) -> tuple[str, ...]:
 
 async def probe(req: ProbeRequest) -> Outcome:
     name = req.target.host.rstrip(".") + "."
-    source = req.env.source_addresses.get(req.family)
 
     async def one(rdtype: int, tcp: bool) -> dnsquery.Reply | ProbeError:
         query = dnswire.query(name, rdtype, payload=None)  # RD set: the resolver's recursion
-        return await dnsquery.ask(
-            query, req.address, req.target.port, timeout=req.timeout * 0.9, source=source, tcp=tcp
-        )
+        return await dnsquery.ask_target(req, query, timeout=req.timeout * 0.9, tcp=tcp)
 
     answers = await asyncio.gather(*(one(t, tcp) for t, tcp in _QUESTIONS))
     failures: list[tuple[str, bool, ProbeError]] = []
