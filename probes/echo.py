@@ -131,6 +131,9 @@ class EchoSocket:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._sock.close()
 
     def send(self, size: int, *, hop_limit: int | None = None) -> tuple[int, int]:

@@ -294,7 +294,7 @@ class UdpProber:
 
 class IcmpProber:
     """Echo requests on the icmp probe's socket (probes/echo.py: a ping socket, or a raw one
-    as root): routers answer time exceeded, the destination an echo reply."""
+    with CAP_NET_RAW): routers answer time exceeded, the destination an echo reply."""
 
     def __init__(self, family: Family, address: str, *, source: str | None) -> None:
         self.family, self.address = family, address
@@ -302,7 +302,7 @@ class IcmpProber:
         try:
             self._echo.want_errors()
         except BaseException:
-            self._echo.__exit__(None, None, None)
+            self._echo.close()
             raise
 
     def send(self, hop: int) -> tuple[int, int]:
@@ -327,7 +327,7 @@ class IcmpProber:
         await self._echo.wait()
 
     def close(self) -> None:
-        self._echo.__exit__(None, None, None)
+        self._echo.close()
 
 
 _TCP = struct.Struct("!HHIIBBHHH")
