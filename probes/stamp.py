@@ -103,7 +103,10 @@ class PeerTime:
     to the arrival stamp of what came back, summed over the round trips. What this end takes
     in between, its event loop's delays included, is not in it. Call `waiting()` when the
     exchange waits for the peer and `arrived()` once the socket is readable; `seconds()` is
-    None when the kernel gave no figure (another OS, no stamp), and the caller times by wall.
+    None when the kernel gave no figure (another OS, no stamp) or a round trip was not seen:
+    an answer that came while the library was still in the call that sent the question (this
+    end slow, or descheduled) has no wait to stamp, or none that began after the question
+    left. The caller then times by wall.
 
     It reads the socket through a duplicate of its descriptor: peeks, never takes data."""
 
@@ -112,6 +115,7 @@ class PeerTime:
         self._sent: int | None = None  # data segments sent when last asked
         self._since = 0  # ns: when the peer's turn began (our data left, or its last came)
         self._waited = 0
+        self._rounds = 0  # waits that began with our data leaving
         self._timed = True
         try:
             self._peek = socket.socket(sock.family, sock.type, sock.proto, os.dup(sock.fileno()))
@@ -136,17 +140,24 @@ class PeerTime:
             self._timed = False
         elif sent != self._sent:
             self._sent, self._since = sent, now_ns()
+            self._rounds += 1
 
     def arrived(self) -> None:
         """The socket is readable: the wait lasted until the last queued segment arrived."""
         if self._peek is None or not self._timed:
             return
         at = queued_arrival(self._peek) if self._sent is not None else None
-        if at is None:
+        if at is None or at < self._since:
+            # no stamp; or the answer came before the wait began, so when our data left
+            # (somewhere in the library's call that sent it) is not known
             self._timed = False
             return
-        self._waited += max(0, at - self._since)
-        self._since = max(self._since, at)
+        self._waited += at - self._since
+        self._since = at
 
-    def seconds(self) -> float | None:
-        return self._waited / 1e9 if self._timed and self._peek is not None else None
+    def seconds(self, rounds: int = 1) -> float | None:
+        """The time waited, if every one of the exchange's `rounds` round trips was waited
+        for; else None."""
+        if not self._timed or self._peek is None or self._rounds < rounds:
+            return None
+        return self._waited / 1e9

@@ -128,3 +128,33 @@ def test_no_figure_for_an_arrival_without_a_wait() -> None:
         time.sleep(0.05)
         waited.arrived()
         assert waited.seconds() is None
+
+
+def test_no_figure_for_a_round_trip_it_did_not_wait_for() -> None:
+    """An answer read in the same call that sent the question (the sender slow or
+    descheduled, the peer fast) leaves no wait to stamp: no figure, the caller's wall time."""
+    a, b = tcp_pair()
+    with a, b, stamp.PeerTime(a) as waited:
+        assert waited.seconds() is None  # nothing waited for at all
+        a.send(b"hello")
+        waited.waiting()
+        assert b.recv(5) == b"hello"
+        b.send(b"back")
+        time.sleep(0.05)
+        waited.arrived()
+        assert waited.seconds() is not None  # one round trip, waited for
+        assert waited.seconds(rounds=2) is None  # a second one, read without a wait
+
+
+def test_no_figure_for_an_answer_that_came_before_the_wait() -> None:
+    """The answer arrived before the wait began (the call that sent the question was slow to
+    return): when the question left is not known, so there is no figure."""
+    a, b = tcp_pair()
+    with a, b, stamp.PeerTime(a) as waited:
+        a.send(b"hello")
+        assert b.recv(5) == b"hello"
+        b.send(b"back")
+        time.sleep(0.05)  # the answer is queued before the wait starts
+        waited.waiting()
+        waited.arrived()
+        assert waited.seconds() is None
